@@ -1,0 +1,1 @@
+"""The vhctl checkpoint format: manifest, saving, loading (TRL layouts too), checks."""

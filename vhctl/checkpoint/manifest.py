@@ -1,0 +1,207 @@
+"""``vhctl.json``: what a checkpoint holds, with the size and sha256 of every file.
+
+The manifest is a plain dataclass, validated on read, written with sorted keys so that two
+writes of the same checkpoint are byte-identical.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vhctl._version import __version__
+from vhctl.constants import (
+    ARCH_CAUSAL,
+    ARCH_SEQ2SEQ,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    KIND_POLICY,
+    KIND_REFERENCE,
+    MANIFEST_NAME,
+    MODEL_CARD_NAME,
+)
+from vhctl.errors import ManifestError
+from vhctl.io.files import safe_relpath, sha256_file
+
+_KINDS = (KIND_POLICY, KIND_REFERENCE)
+_ARCHS = (ARCH_CAUSAL, ARCH_SEQ2SEQ)
+
+
+@dataclass
+class FileEntry:
+    size: int
+    sha256: str
+
+
+@dataclass
+class ValueHeadInfo:
+    """How the value head was made; ``init`` is ``random``, ``normal`` or ``loaded``."""
+
+    file: str
+    hidden_size: int
+    dtype: str = "float32"
+    init: str = "random"
+    std: float | None = None
+    dropout: float = 0.1
+    seed: int | None = None
+
+
+@dataclass
+class ReferenceInfo:
+    """For ``kind == "reference"``: where the policy is and which of its tensors are shared."""
+
+    policy: str | None = None
+    num_shared_layers: int = 0
+    pattern: str | None = None
+    shared_tensors: list[str] = field(default_factory=list)
+    shared_sha256: str | None = None
+
+
+@dataclass
+class AdapterInfo:
+    path: str
+    peft_type: str | None = None
+    task_type: str | None = None
+    base_model: str | None = None
+    hidden_size: int | None = None
+    role: str = "reward"
+
+
+@dataclass
+class Manifest:
+    kind: str
+    architecture: str
+    model_type: str
+    value_head: ValueHeadInfo
+    base_model: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, FileEntry] = field(default_factory=dict)
+    frozen: dict[str, Any] | None = None
+    reference: ReferenceInfo | None = None
+    references: list[str] = field(default_factory=list)
+    adapters: dict[str, AdapterInfo] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    format: str = FORMAT_NAME
+    format_version: int = FORMAT_VERSION
+    vhctl_version: str = __version__
+
+    def __post_init__(self) -> None:
+        if self.format != FORMAT_NAME:
+            raise ManifestError(f"manifest format is {self.format!r}, expected {FORMAT_NAME!r}")
+        if not isinstance(self.format_version, int) or self.format_version > FORMAT_VERSION:
+            raise ManifestError(
+                f"manifest format_version {self.format_version!r} is newer than this vhctl understands "
+                f"({FORMAT_VERSION})",
+                hint="upgrade vhctl",
+            )
+        if self.kind not in _KINDS:
+            raise ManifestError(f"manifest kind {self.kind!r} is not one of {', '.join(_KINDS)}")
+        if self.architecture not in _ARCHS:
+            raise ManifestError(
+                f"manifest architecture {self.architecture!r} is not one of {', '.join(_ARCHS)}"
+            )
+        for name in self.files:
+            safe_relpath(name, what="manifest file path")
+        for name, adapter in self.adapters.items():
+            safe_relpath(name, what="adapter name")
+            safe_relpath(adapter.path, what="adapter path")
+
+    # -- serialisation -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Manifest:
+        if not isinstance(data, dict):
+            raise ManifestError("manifest is not a JSON object")
+        try:
+            d = dict(data)
+            vh = d.pop("value_head")
+            if not isinstance(vh, dict):
+                raise TypeError("value_head must be an object")
+            d["value_head"] = ValueHeadInfo(**vh)
+            files = d.pop("files", {}) or {}
+            if not isinstance(files, dict):
+                raise TypeError("files must be an object")
+            d["files"] = {k: FileEntry(**v) for k, v in files.items()}
+            for k, v in d["files"].items():
+                if not isinstance(v.size, int) or not isinstance(v.sha256, str) or len(v.sha256) != 64:
+                    raise TypeError(f"files[{k!r}] needs an integer size and a 64-character sha256")
+            ref = d.pop("reference", None)
+            d["reference"] = ReferenceInfo(**ref) if ref is not None else None
+            adapters = d.pop("adapters", {}) or {}
+            if not isinstance(adapters, dict):
+                raise TypeError("adapters must be an object")
+            d["adapters"] = {k: AdapterInfo(**v) for k, v in adapters.items()}
+            for key in ("kind", "architecture", "model_type", "format"):
+                if key in d and not isinstance(d[key], str):
+                    raise TypeError(f"{key} must be a string")
+            return cls(**d)
+        except ManifestError:
+            raise
+        except (TypeError, KeyError, AttributeError, ValueError) as exc:
+            raise ManifestError(f"manifest does not follow the vhctl format: {exc}") from exc
+
+    @classmethod
+    def read(cls, folder: str | os.PathLike[str]) -> Manifest:
+        path = Path(folder) / MANIFEST_NAME
+        if not path.is_file():
+            raise ManifestError(
+                f"{path} not found: {folder} is not a vhctl checkpoint",
+                hint="make one with 'vhctl wrap MODEL --out DIR'",
+            )
+        try:
+            data = json.loads(path.read_bytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ManifestError(f"{path} is not valid JSON: {exc}") from exc
+        return cls.from_dict(data)
+
+    def write(self, folder: str | os.PathLike[str]) -> Path:
+        path = Path(folder) / MANIFEST_NAME
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(self.to_json(), encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+    # -- files ---------------------------------------------------------------------------
+    def refresh_files(self, folder: str | os.PathLike[str]) -> None:
+        """Record size and sha256 of every file under ``folder`` except the manifest itself.
+
+        Nested reference checkpoints (``ref/`` with their own manifest) are left to their own
+        manifest.
+        """
+        root = Path(folder)
+        self.files = {}
+        for rel in iter_checkpoint_files(root):
+            p = root / rel
+            self.files[rel] = FileEntry(size=p.stat().st_size, sha256=sha256_file(p))
+
+
+def iter_checkpoint_files(root: Path) -> list[str]:
+    """Relative paths of the files that belong to the checkpoint at ``root`` (sorted).
+
+    Skips the manifest, temporary leftovers and any nested folder that is a checkpoint of its own.
+    """
+    out: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        keep = []
+        for d in sorted(dirnames):
+            sub = here / d
+            if d.startswith(".vhctl-") or (sub / MANIFEST_NAME).exists():
+                continue
+            keep.append(d)
+        dirnames[:] = keep
+        for f in sorted(filenames):
+            if here == root and f in (MANIFEST_NAME, MODEL_CARD_NAME):
+                continue
+            if f.endswith(".tmp") or f.startswith(".vhctl-"):
+                continue
+            out.append((here / f).relative_to(root).as_posix())
+    return sorted(out)

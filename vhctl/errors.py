@@ -1,0 +1,83 @@
+"""One error hierarchy: the CLI maps each class to a one-line message and an exit code."""
+
+from __future__ import annotations
+
+
+class VhctlError(Exception):
+    """Base of every error vhctl raises on purpose; the message says what, where and what to do."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message} ({self.hint})"
+
+
+class UsageError(VhctlError, ValueError):
+    """The arguments do not make sense together (bad usage: exit 2)."""
+
+    exit_code = 2
+
+
+class SourceNotFoundError(VhctlError, FileNotFoundError):
+    """A model, checkpoint or adapter could not be found locally, in the cache or on the hub."""
+
+
+class NotAModelError(VhctlError, ValueError):
+    """A folder exists but holds no model vhctl can use."""
+
+
+class UnsupportedModelError(VhctlError, ValueError):
+    """The model is of a kind vhctl cannot wrap (encoder-only, unknown architecture...)."""
+
+
+class CheckpointError(VhctlError, ValueError):
+    """A checkpoint is incomplete, inconsistent or corrupt."""
+
+
+class ManifestError(CheckpointError):
+    """vhctl.json is missing, unreadable or does not follow the format."""
+
+
+class IntegrityError(CheckpointError):
+    """A file or tensor does not match what the manifest or the policy says."""
+
+
+class DestinationExistsError(VhctlError, FileExistsError):
+    """The output folder exists and --force was not given."""
+
+
+class UnsafeLoadError(VhctlError):
+    """Loading would run pickle or remote code that the user did not allow."""
+
+
+class AdapterError(VhctlError, ValueError):
+    """A PEFT adapter is missing, malformed or made for another base model."""
+
+
+class LayerPatternError(VhctlError, ValueError):
+    """No layer pattern matches the model, or the layer count is out of range."""
+
+
+class InputError(VhctlError, ValueError):
+    """A line of scoring input could not be read (bad JSON, missing field, bad encoding)."""
+
+    def __init__(self, message: str, *, line: int | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.line = line
+
+
+class HubError(VhctlError):
+    """The hub refused or could not be reached."""
+
+
+class OfflineError(HubError):
+    """The hub is unreachable (or HF_HUB_OFFLINE is set) and the files are not cached."""
+
+
+class AuthError(HubError):
+    """The token is missing, wrong or lacks the rights for this repo."""

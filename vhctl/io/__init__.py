@@ -1,0 +1,1 @@
+"""Input/output helpers that know nothing of models: hashing, atomic folders, scoring records."""

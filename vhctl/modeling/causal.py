@@ -1,0 +1,69 @@
+"""``AutoModelForCausalLMWithValueHead``: a causal LM plus a scalar value per token."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from vhctl.constants import ARCH_CAUSAL
+from vhctl.modeling.value_head import ValueHead
+from vhctl.modeling.wrapper import PreTrainedModelWrapper
+
+
+class AutoModelForCausalLMWithValueHead(PreTrainedModelWrapper):
+    """An autoregressive LM with a value head, as used by PPO-style trainers.
+
+    ``forward`` returns ``(lm_logits, loss, value)`` with ``value`` of shape ``(batch, seq)`` in fp32
+    and the logits upcast to fp32 (plus the past key values with ``return_past_key_values=True``).
+
+    Example:
+        >>> model = AutoModelForCausalLMWithValueHead.from_pretrained("vhctl:tiny", v_head_init_strategy="normal")
+        >>> logits, loss, value = model(input_ids)
+    """
+
+    transformers_parent_class = AutoModelForCausalLM
+    supported_args = ("summary_dropout_prob", "v_head_initializer_range", "v_head_init_strategy")
+    architecture = ARCH_CAUSAL
+
+    def __init__(self, pretrained_model: Any, **kwargs: Any) -> None:
+        super().__init__(pretrained_model, **kwargs)
+        head_kwargs, _, _ = self._split_kwargs(kwargs)
+        self.v_head = ValueHead(self.pretrained_model.config, **head_kwargs)
+        self._init_weights(**head_kwargs)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        past_key_values: Any = None,
+        attention_mask: torch.Tensor | None = None,
+        return_past_key_values: bool = False,
+        **kwargs: Any,
+    ) -> tuple[Any, ...]:
+        """Run the LM and the head.
+
+        Args:
+            input_ids: ``(batch, seq)`` token ids.
+            past_key_values: a cache from an earlier call, for incremental decoding.
+            attention_mask: ``(batch, seq)``, 1 for real tokens and 0 for padding.
+            return_past_key_values: also return the model's cache.
+            **kwargs: passed to the wrapped model (``labels``, ``position_ids``...).
+
+        Returns:
+            ``(lm_logits, loss, value)``, or with the cache appended.
+        """
+        kwargs["output_hidden_states"] = True
+        kwargs["past_key_values"] = past_key_values
+        if self.is_peft_model and self.pretrained_model.active_peft_config.peft_type == "PREFIX_TUNING":
+            kwargs.pop("past_key_values")
+        output = self.pretrained_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        value = self._value_from_hidden(output.hidden_states[-1]).float()
+        lm_logits = output.logits
+        if lm_logits.dtype != torch.float32:
+            lm_logits = lm_logits.float()
+        if self.is_sequential_parallel and lm_logits.device != value.device:
+            lm_logits = lm_logits.to(value.device)
+        if return_past_key_values:
+            return (lm_logits, output.loss, value, output.past_key_values)
+        return (lm_logits, output.loss, value)

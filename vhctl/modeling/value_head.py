@@ -1,0 +1,69 @@
+"""The scalar value head: dropout, then ``summary = Linear(hidden, 1)``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from vhctl.errors import UnsupportedModelError
+
+DEFAULT_DROPOUT = 0.1
+
+
+def hidden_size_of(config: Any) -> int:
+    """Width of the hidden state the head reads, in TRL's lookup order.
+
+    ``word_embed_proj_dim`` comes first because OPT projects its output (e.g. OPT-350m: 1024 -> 512).
+    """
+    if getattr(config, "word_embed_proj_dim", None) is not None:
+        return int(config.word_embed_proj_dim)
+    if getattr(config, "hidden_size", None) is not None:
+        return int(config.hidden_size)
+    text_config = getattr(config, "text_config", None)
+    if text_config is not None and getattr(text_config, "hidden_size", None) is not None:
+        return int(text_config.hidden_size)
+    decoder = getattr(config, "decoder", None)
+    if getattr(config, "is_encoder_decoder", False) and getattr(decoder, "hidden_size", None) is not None:
+        return int(decoder.hidden_size)
+    raise UnsupportedModelError(
+        f"cannot tell the hidden size of a {type(config).__name__}",
+        hint="the config needs one of hidden_size, word_embed_proj_dim, text_config.hidden_size, "
+        "decoder.hidden_size",
+    )
+
+
+def dropout_of(config: Any, kwargs: dict[str, Any]) -> float:
+    """``config.summary_dropout_prob`` wins when the config has it (as in TRL), else the kwarg, else 0.1."""
+    if hasattr(config, "summary_dropout_prob"):
+        return float(config.summary_dropout_prob or 0.0)
+    value = kwargs.get("summary_dropout_prob", DEFAULT_DROPOUT)
+    return float(value) if value is not None else 0.0
+
+
+class ValueHead(nn.Module):
+    """Maps each hidden state to one scalar: the critic's value estimate.
+
+    Args:
+        config: the wrapped model's config (the hidden size is read from it).
+        summary_dropout_prob: dropout before the linear layer, used when the config has no
+            ``summary_dropout_prob`` of its own (default 0.1; 0 or None means no dropout).
+
+    Shapes: ``(batch, seq, hidden)`` in, ``(batch, seq, 1)`` out, in the head's dtype (fp32 by default:
+    the hidden state is upcast so values keep full precision under bf16 backbones).
+    """
+
+    def __init__(self, config: Any, **kwargs: Any) -> None:
+        super().__init__()
+        self.dropout_prob = dropout_of(config, kwargs)
+        self.dropout: nn.Module = nn.Dropout(self.dropout_prob) if self.dropout_prob else nn.Identity()
+        self.hidden_size = hidden_size_of(config)
+        self.summary = nn.Linear(self.hidden_size, 1)
+        self.flatten = nn.Flatten()
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        output = self.dropout(hidden_states)
+        if output.dtype != self.summary.weight.dtype:
+            output = output.to(self.summary.weight.dtype)
+        return self.summary(output)

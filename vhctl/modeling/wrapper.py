@@ -1,0 +1,305 @@
+"""``PreTrainedModelWrapper``: the shared machinery of the value-head models.
+
+Same names, signatures and behaviour as TRL's class of the same name (trl <= 1.12), so training
+code can switch its import; loading and saving go through the vhctl checkpoint format.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vhctl.constants import V_HEAD_PREFIX
+from vhctl.errors import AdapterError, UsageError
+
+logger = logging.getLogger("vhctl")
+
+_PEFT_POP = ("peft_config", "reward_adapter", "reward_adapter_name", "is_trainable")
+_VHCTL_POP = ("allow_pickle",)
+
+
+def _peft_model_types() -> tuple[type, ...]:
+    from peft import PeftModel
+
+    return (PeftModel,)
+
+
+def _kbit_arg_names() -> set[str]:
+    from peft import prepare_model_for_kbit_training
+
+    return {p for p in inspect.signature(prepare_model_for_kbit_training).parameters if p != "model"}
+
+
+class PreTrainedModelWrapper(nn.Module):
+    """Wraps a ``transformers`` model (or a PEFT model) and adds value-head plumbing.
+
+    Attributes:
+        pretrained_model: the wrapped model; call its methods directly for anything not wrapped.
+        transformers_parent_class: the auto class used to load the wrapped model.
+        supported_args: the keyword arguments that belong to the value head.
+    """
+
+    transformers_parent_class: Any = None
+    supported_args: tuple[str, ...] | None = None
+    supported_modules = ("v_head",)
+    supported_rm_modules = ("score",)
+    architecture: str = ""
+
+    def __init__(
+        self,
+        pretrained_model: Any = None,
+        score_module: nn.Module | None = None,
+        supports_rm_adapter: bool = False,
+        rm_adapter_name: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__()
+        self.pretrained_model = pretrained_model
+        self.config = pretrained_model.config
+        self.prepare_inputs_for_generation = pretrained_model.prepare_inputs_for_generation
+        self.is_loaded_in_8bit = getattr(pretrained_model, "is_loaded_in_8bit", False)
+        self.is_loaded_in_4bit = getattr(pretrained_model, "is_loaded_in_4bit", False)
+        self.is_sequential_parallel = False
+        for name in ("gradient_checkpointing_disable", "gradient_checkpointing_enable", "enable_input_require_grads"):
+            if hasattr(pretrained_model, name):
+                setattr(self, name, getattr(pretrained_model, name))
+        self.supports_rm_adapter = supports_rm_adapter
+        self.rm_adapter_name = rm_adapter_name
+        self.policy_adapter_name = "default"
+        self.is_peft_model = isinstance(pretrained_model, _peft_model_types())
+        self.current_device: Any = None
+        if score_module is not None:
+            self.score = score_module
+        # Provenance for save_pretrained's manifest (not part of TRL's API).
+        self._vhctl_source: dict[str, Any] = {"source": None, "revision": None, "dir": None}
+        self._vhctl_head_init: dict[str, Any] = {"init": "random", "std": None, "seed": None}
+        self._vhctl_frozen: dict[str, Any] | None = None
+        self._vhctl_reward_adapters: dict[str, str] = {}
+
+    # ------------------------------------------------------------------------------------------
+    @classmethod
+    def _split_kwargs(cls, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """Split kwargs into (value-head args, transformers args, kbit-training args)."""
+        supported = set(cls.supported_args or ())
+        kbit = _kbit_arg_names()
+        head_kwargs, model_kwargs, kbit_kwargs = {}, {}, {}
+        for key, value in kwargs.items():
+            if key in supported:
+                head_kwargs[key] = value
+            elif key in kbit:
+                kbit_kwargs[key] = value
+            else:
+                model_kwargs[key] = value
+        return head_kwargs, model_kwargs, kbit_kwargs
+
+    @classmethod
+    def _get_current_device(cls) -> Any:
+        """The device this process should use: its local rank's GPU under a launcher, else CPU."""
+        if torch.cuda.is_available():
+            return int(os.environ.get("LOCAL_RANK", "0"))
+        return "cpu"
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *model_args: Any, **kwargs: Any) -> Any:
+        """Load a model with a value head from a hub id, a local folder, or a built model.
+
+        Args:
+            pretrained_model_name_or_path: a hub id, a local folder (vhctl checkpoint, TRL-style
+                checkpoint, plain transformers model or PEFT adapter), ``"vhctl:tiny"``, or an already
+                built ``PreTrainedModel`` / ``PeftModel``.
+            *model_args: passed on to the transformers ``from_pretrained``.
+            **kwargs: value-head args (``summary_dropout_prob``, ``v_head_initializer_range``,
+                ``v_head_init_strategy``), PEFT args (``peft_config``, ``reward_adapter``,
+                ``reward_adapter_name``, ``is_trainable``, kbit-training args), ``allow_pickle``
+                (default False: pickle weights are refused) and everything else for transformers
+                (``dtype``, ``device_map``, ``revision``, ``token``, ``quantization_config``...).
+
+        Raises:
+            VhctlError: for a source that cannot be found or read, or a head that does not fit.
+        """
+        from vhctl.checkpoint.load import load_wrapper
+
+        peft_kwargs = {k: kwargs.pop(k) for k in _PEFT_POP if k in kwargs}
+        vhctl_kwargs = {k: kwargs.pop(k) for k in _VHCTL_POP if k in kwargs}
+        head_kwargs, model_kwargs, kbit_kwargs = cls._split_kwargs(kwargs)
+        return load_wrapper(
+            cls,
+            pretrained_model_name_or_path,
+            model_args,
+            head_kwargs=head_kwargs,
+            model_kwargs=model_kwargs,
+            kbit_kwargs=kbit_kwargs,
+            peft_config=peft_kwargs.get("peft_config"),
+            reward_adapter=peft_kwargs.get("reward_adapter"),
+            reward_adapter_name=peft_kwargs.get("reward_adapter_name", "reward_adapter"),
+            is_trainable=peft_kwargs.get("is_trainable", False),
+            allow_pickle=bool(vhctl_kwargs.get("allow_pickle", False)),
+        )
+
+    @classmethod
+    def add_and_load_reward_modeling_adapter(
+        cls,
+        pretrained_model: Any,
+        adapter_model_id: str,
+        adapter_name: str = "reward_model_adapter",
+        token: str | None = None,
+    ) -> nn.Module:
+        """Load a PEFT reward adapter next to the policy adapter and return its ``score`` head (frozen).
+
+        The adapter (local folder or hub id) must hold a ``score`` Linear, as PEFT saves a
+        sequence-classification adapter with ``modules_to_save=["score"]``.
+        """
+        from vhctl.checkpoint.adapters import read_reward_adapter
+
+        folder, score_state = read_reward_adapter(adapter_model_id, token=token)
+        pretrained_model.load_adapter(str(folder), adapter_name, is_trainable=False)
+        pretrained_model.train()
+        weight = score_state["weight"]
+        num_labels, hidden = weight.shape
+        has_bias = "bias" in score_state
+        dtype = getattr(pretrained_model, "dtype", torch.float32)
+        score = nn.Linear(hidden, num_labels, bias=has_bias).to(device=weight.device, dtype=dtype)
+        score.load_state_dict({k: v.to(dtype) for k, v in score_state.items()})
+        device = cls._get_current_device()
+        score = score.to(device if not isinstance(device, int) else f"cuda:{device}")
+        for param in score.parameters():
+            param.requires_grad = False
+        return score
+
+    # ------------------------------------------------------------------------------------------
+    def push_to_hub(self, repo_id: str, *args: Any, **kwargs: Any) -> Any:
+        """Save in the vhctl format (with a model card) and upload it in one commit."""
+        import tempfile
+
+        from vhctl.hub import push_checkpoint
+
+        allowed = {"private", "revision", "create_pr", "token", "endpoint"}
+        push_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in allowed}
+        message = kwargs.pop("commit_message", None) or (args[0] if args else None)
+        with tempfile.TemporaryDirectory(prefix="vhctl-push-") as tmp:
+            self.save_pretrained(tmp, **kwargs)
+            return push_checkpoint(tmp, repo_id, message=message, **push_kwargs)
+
+    def save_pretrained(self, save_directory: str | os.PathLike[str], *args: Any, **kwargs: Any) -> None:
+        """Write the vhctl checkpoint format into ``save_directory``.
+
+        The base model goes in as ``transformers`` writes it (loadable with no missing or unexpected
+        keys), the head into ``value_head.safetensors``, then ``vhctl.json`` with every file's hash.
+        A PEFT policy writes its adapter instead of the base. Extra args go to the wrapped model's
+        ``save_pretrained`` (``max_shard_size``...); a ``state_dict`` may carry ``v_head.*`` keys.
+        """
+        from vhctl.checkpoint.save import save_wrapper
+
+        save_wrapper(self, Path(save_directory), *args, **kwargs)
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """The wrapped model's state dict plus ``v_head.*`` (only ``v_head.*`` for a PEFT model)."""
+        if self.is_peft_model:
+            state: dict[str, Any] = {}
+        else:
+            state = self.pretrained_model.state_dict(*args, **kwargs)
+        for key, value in self.v_head.state_dict(*args, **kwargs).items():
+            state[f"{V_HEAD_PREFIX}{key}"] = value
+        return state
+
+    def post_init(self, state_dict: dict[str, Any]) -> None:
+        """Load the ``v_head.*`` entries of ``state_dict`` into the head and place it by device map."""
+        head_state = {}
+        for key in list(state_dict.keys()):
+            idx = key.find(V_HEAD_PREFIX)
+            if idx >= 0:
+                head_state[key[idx + len(V_HEAD_PREFIX) :]] = state_dict[key]
+        if head_state:
+            missing, unexpected = self.v_head.load_state_dict(head_state, strict=False)
+            if unexpected:
+                logger.warning("ignored unexpected value-head keys: %s", ", ".join(unexpected))
+        self._place_head_by_device_map()
+
+    def _head_device(self) -> Any:
+        """Where the last hidden state lands under a device map (None when there is no map)."""
+        device_map = getattr(self.pretrained_model, "hf_device_map", None)
+        if not device_map:
+            return None
+        values = list(device_map.values())
+        if any(v in ("cpu", "disk") for v in values) and any(v not in ("cpu", "disk") for v in values):
+            raise UsageError(
+                "the model is partly offloaded to CPU or disk; vhctl's value head needs every layer on an "
+                "accelerator",
+                hint="give the GPUs more memory in max_memory, or load on one device",
+            )
+        output = self.pretrained_model.get_output_embeddings() if hasattr(
+            self.pretrained_model, "get_output_embeddings"
+        ) else None
+        if output is not None and getattr(output, "weight", None) is not None and output.weight.device.type != "meta":
+            return output.weight.device
+        last = values[-1]
+        return torch.device(f"cuda:{last}") if isinstance(last, int) else torch.device(last)
+
+    def _place_head_by_device_map(self) -> None:
+        device = self._head_device()
+        if device is None:
+            return
+        self.v_head = self.v_head.to(device)
+        self.is_sequential_parallel = True
+
+    def compute_reward_score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any):
+        """Score with the reward adapter: switch it in, run, read ``score``, switch the policy back.
+
+        Returns the reward head's output for every position, shape ``(batch, seq, num_labels)``.
+        """
+        if not self.supports_rm_adapter:
+            raise AdapterError(
+                "this model has no reward adapter",
+                hint="load it with reward_adapter=... (a PEFT model is needed)",
+            )
+        self.pretrained_model.set_adapter(self.rm_adapter_name)
+        self.pretrained_model.eval()
+        try:
+            with torch.no_grad():
+                out = self.pretrained_model(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    output_hidden_states=True,
+                    return_dict=True,
+                    **kwargs,
+                )
+                hidden = out.hidden_states[-1]
+                if hidden.device != self.score.weight.device:
+                    hidden = hidden.to(self.score.weight.device)
+                scores = self.score(hidden.to(self.score.weight.dtype))
+        finally:
+            self.pretrained_model.set_adapter(self.policy_adapter_name)
+            self.pretrained_model.eval()
+        return scores
+
+    # ------------------------------------------------------------------------------------------
+    def _init_weights(self, **kwargs: Any) -> None:
+        """Initialise the head: ``None`` keeps PyTorch's default init, ``"normal"`` draws N(0, range)."""
+        initializer_range = kwargs.pop("v_head_initializer_range", 0.2)
+        strategy = kwargs.pop("v_head_init_strategy", None)
+        if strategy is None:
+            self._vhctl_head_init = {"init": "random", "std": None, "seed": None}
+        elif strategy == "normal":
+            with torch.no_grad():
+                self.v_head.summary.weight.normal_(mean=0.0, std=initializer_range)
+                self.v_head.summary.bias.zero_()
+            self._vhctl_head_init = {"init": "normal", "std": float(initializer_range), "seed": None}
+        else:
+            raise UsageError(
+                f"unknown v_head_init_strategy {strategy!r}", hint="use None (PyTorch default) or 'normal'"
+            )
+
+    def _value_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        if hidden.device != self.v_head.summary.weight.device:
+            hidden = hidden.to(self.v_head.summary.weight.device)
+        return self.v_head(hidden).squeeze(-1)
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        """Generate with the wrapped model (the value head plays no part)."""
+        return self.pretrained_model.generate(*args, **kwargs)
