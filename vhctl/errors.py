@@ -60,7 +60,9 @@ class AdapterError(VhctlError, ValueError):
 
 
 class LayerPatternError(VhctlError, ValueError):
-    """No layer pattern matches the model, or the layer count is out of range."""
+    """No layer pattern matches the model, or the layer count is out of range (bad usage: exit 2)."""
+
+    exit_code = 2
 
 
 class InputError(VhctlError, ValueError):

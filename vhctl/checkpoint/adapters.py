@@ -75,9 +75,25 @@ def read_reward_adapter(adapter: str | os.PathLike[str], *, token: Any = None,
     return folder, score_state_of(weights, where=str(folder))
 
 
-def check_adapter_fits(folder: Path, *, model_type: str, hidden_size: int) -> dict[str, Any]:
-    """Refuse an adapter made for another base: compare its model type and the score head's width."""
-    config = read_adapter_config(folder)
+def _module_dims(module: Any) -> tuple[int, int] | None:
+    """(in, out) features of a Linear-like module (nn.Linear or transformers' Conv1D)."""
+    if hasattr(module, "in_features") and hasattr(module, "out_features"):
+        return int(module.in_features), int(module.out_features)
+    if hasattr(module, "nx") and hasattr(module, "nf"):
+        return int(module.nx), int(module.nf)
+    return None
+
+
+def check_adapter_fits(folder: Path, *, config: Any, architecture: str, hidden_size: int) -> dict[str, Any]:
+    """Refuse an adapter made for another base model.
+
+    Checks the ``score`` head's width against the hidden size, the base model type when the adapter
+    names a readable local base, and every LoRA matrix against the module it adapts in this base
+    (built on the meta device from the config, so nothing is loaded).
+    """
+    from vhctl.modeling.arch import auto_class_for
+
+    adapter_config = read_adapter_config(folder)
     weights = read_adapter_weights(folder)
     score = score_state_of(weights, where=str(folder))
     width = int(score["weight"].shape[-1])
@@ -86,13 +102,40 @@ def check_adapter_fits(folder: Path, *, model_type: str, hidden_size: int) -> di
             f"the adapter in {folder} was made for a model of hidden size {width}, the checkpoint's is {hidden_size}",
             hint="use an adapter trained on this checkpoint's base model",
         )
-    base_type = _adapter_model_type(folder, config)
-    if base_type is not None and base_type != model_type:
+    base_type = _adapter_model_type(folder, adapter_config)
+    if base_type is not None and base_type != config.model_type:
         raise AdapterError(
-            f"the adapter in {folder} was made for a {base_type} model, the checkpoint is {model_type}",
+            f"the adapter in {folder} was made for a {base_type} model, the checkpoint is {config.model_type}",
             hint="use an adapter trained on this checkpoint's base model",
         )
-    return config
+    with torch.device("meta"):
+        model = auto_class_for(architecture).from_config(config)
+    modules = dict(model.named_modules())
+    for key, value in weights.items():
+        for part in ("lora_A", "lora_B"):
+            marker = f".{part}."
+            if marker not in key:
+                continue
+            path = key.split(marker)[0]
+            for prefix in ("base_model.model.", "model."):
+                if path.startswith(prefix) and path[len(prefix):] in modules:
+                    path = path[len(prefix):]
+                    break
+            target = modules.get(path)
+            dims = _module_dims(target) if target is not None else None
+            if dims is None:
+                raise AdapterError(
+                    f"the adapter in {folder} adapts {path!r}, which this {config.model_type} base does not have",
+                    hint="use an adapter trained on this checkpoint's base model",
+                )
+            want = dims[0] if part == "lora_A" else dims[1]
+            got = int(value.shape[1] if part == "lora_A" else value.shape[0])
+            if got != want:
+                raise AdapterError(
+                    f"the adapter in {folder} has {part} of width {got} for {path!r}, the base needs {want}",
+                    hint="use an adapter trained on this checkpoint's base model",
+                )
+    return adapter_config
 
 
 def _adapter_model_type(folder: Path, config: dict[str, Any]) -> str | None:
@@ -106,9 +149,12 @@ def _adapter_model_type(folder: Path, config: dict[str, Any]) -> str | None:
     return None
 
 
-def store_adapter(src: str | os.PathLike[str], checkpoint: Path, name: str, *, allow_pickle: bool = False,
+def store_adapter(src: str | os.PathLike[str], dest: Path, name: str, *, allow_pickle: bool = False,
                   token: Any = None, revision: str | None = None) -> Any:
-    """Copy an adapter into ``checkpoint/adapters/<name>/`` as safetensors; return its manifest entry."""
+    """Copy an adapter into ``dest`` (``adapters/<name>/`` of a checkpoint) as safetensors.
+
+    Returns its manifest entry. A pickle adapter is converted only when allowed.
+    """
     from safetensors.torch import save_file
 
     from vhctl.checkpoint.manifest import AdapterInfo
@@ -120,7 +166,6 @@ def store_adapter(src: str | os.PathLike[str], checkpoint: Path, name: str, *, a
     config = read_adapter_config(folder)
     weights = read_adapter_weights(folder, allow_pickle=allow_pickle)
     score = score_state_of(weights, where=str(folder))
-    dest = checkpoint / ADAPTERS_DIR / name
     dest.mkdir(parents=True, exist_ok=True)
     (dest / ADAPTER_CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     save_file({k: v.contiguous() for k, v in weights.items()}, str(dest / ADAPTER_SAFE_NAME), metadata={"format": "pt"})

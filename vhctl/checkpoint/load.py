@@ -132,7 +132,7 @@ def load_reference_base(
     from safetensors import safe_open
     from transformers import AutoConfig
 
-    from vhctl.checkpoint.tensors import shared_tensors_sha256, tensor_locations
+    from vhctl.checkpoint.tensors import shared_tensors_sha256, tensor_index
 
     ref = manifest.reference
     if ref.policy is None:
@@ -156,11 +156,14 @@ def load_reference_base(
     state: dict[str, torch.Tensor] = {}
     for root in (policy, folder):
         names = set(ref.shared_tensors) if root == policy else None
-        for name, (file, _) in tensor_locations(root).items():
-            if names is not None and name not in names:
-                continue
-            with safe_open(str(root / file), framework="pt", device="cpu") as handle:
-                state[name] = handle.get_tensor(name)
+        by_file: dict[Path, list[str]] = {}
+        for name, (file, _) in tensor_index(root).items():
+            if names is None or name in names:
+                by_file.setdefault(file, []).append(name)
+        for file, file_names in by_file.items():
+            with safe_open(str(file), framework="pt", device="cpu") as handle:
+                for name in file_names:
+                    state[name] = handle.get_tensor(name)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     model.tie_weights()
     still_meta = [n for n, p in model.named_parameters() if p.device.type == "meta"]
@@ -300,7 +303,11 @@ def load_wrapper(
         score = cls.add_and_load_reward_modeling_adapter(pretrained_model, str(reward_adapter), reward_adapter_name, token=token)
         multi = {"score_module": score, "supports_rm_adapter": True, "rm_adapter_name": reward_adapter_name}
 
+    if manifest is not None and "summary_dropout_prob" not in head_kwargs:
+        head_kwargs = {**head_kwargs, "summary_dropout_prob": manifest.value_head.dropout}
     model = cls(pretrained_model, **multi, **head_kwargs)
+    if frozen and frozen.get("num_shared_layers") is not None:
+        freeze_shared(model.pretrained_model, int(frozen["num_shared_layers"]), frozen.get("pattern"))
     model.current_device = cls._get_current_device()
     model._vhctl_source = source_info
     model._vhctl_frozen = frozen
@@ -335,6 +342,19 @@ def load_wrapper(
         state = pretrained_model.state_dict() if not is_peft else {}
         model.post_init(state_dict={k: v for k, v in state.items() if "v_head." in k})
     return model
+
+
+def freeze_shared(model: Any, num_shared_layers: int, pattern: str | None) -> None:
+    """Freeze what a reference shares with this policy, as its manifest records.
+
+    Training those layers would change the reference too (its hash check would then refuse it).
+    """
+    from vhctl.modeling.reference import split_shared
+
+    params = dict(model.named_parameters(remove_duplicate=False))
+    shared, _ = split_shared(list(params), num_shared_layers, pattern)
+    for name in shared:
+        params[name].requires_grad_(False)
 
 
 def load_checkpoint(path: str | os.PathLike[str], **kwargs: Any) -> Any:

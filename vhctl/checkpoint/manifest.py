@@ -54,7 +54,7 @@ class ReferenceInfo:
     """For ``kind == "reference"``: where the policy is and which of its tensors are shared."""
 
     policy: str | None = None
-    num_shared_layers: int = 0
+    num_shared_layers: int | None = None
     pattern: str | None = None
     shared_tensors: list[str] = field(default_factory=list)
     shared_sha256: str | None = None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import shutil
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ import torch
 
 from vhctl.constants import (
     ADAPTER_CONFIG_NAME,
+    ADAPTERS_DIR,
     KIND_POLICY,
     MANIFEST_NAME,
     TOKENIZER_FILES,
@@ -101,7 +101,7 @@ def save_wrapper(model: Any, folder: Path, *args: Any, **kwargs: Any) -> Any:
 
     adapters: dict[str, AdapterInfo] = {}
     for name, src in model._vhctl_reward_adapters.items():
-        adapters[name] = store_adapter(src, folder, name)
+        adapters[name] = store_adapter(src, folder / ADAPTERS_DIR / name, name)
     if old is not None:
         for name, info in old.adapters.items():
             if name not in adapters and (folder / info.path / ADAPTER_CONFIG_NAME).is_file():

@@ -54,9 +54,7 @@ class AutoModelForCausalLMWithValueHead(PreTrainedModelWrapper):
             ``(lm_logits, loss, value)``, or with the cache appended.
         """
         kwargs["output_hidden_states"] = True
-        kwargs["past_key_values"] = past_key_values
-        if self.is_peft_model and self.pretrained_model.active_peft_config.peft_type == "PREFIX_TUNING":
-            kwargs.pop("past_key_values")
+        kwargs = self._cache_kwargs(past_key_values, kwargs)
         output = self.pretrained_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         value = self._value_from_hidden(output.hidden_states[-1]).float()
         lm_logits = output.logits
@@ -65,5 +63,5 @@ class AutoModelForCausalLMWithValueHead(PreTrainedModelWrapper):
         if self.is_sequential_parallel and lm_logits.device != value.device:
             lm_logits = lm_logits.to(value.device)
         if return_past_key_values:
-            return (lm_logits, output.loss, value, output.past_key_values)
+            return (lm_logits, output.loss, value, self._cache_of(output))
         return (lm_logits, output.loss, value)

@@ -50,9 +50,7 @@ class AutoModelForSeq2SeqLMWithValueHead(PreTrainedModelWrapper):
         Returns ``(lm_logits, loss, value)`` (plus the cache on request); ``value`` is
         ``(batch, decoder_seq)`` in fp32.
         """
-        kwargs["past_key_values"] = past_key_values
-        if self.is_peft_model and self.pretrained_model.active_peft_config.peft_type == "PREFIX_TUNING":
-            kwargs.pop("past_key_values")
+        kwargs = self._cache_kwargs(past_key_values, kwargs)
         output = self.pretrained_model(
             input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, **kwargs
         )
@@ -63,5 +61,5 @@ class AutoModelForSeq2SeqLMWithValueHead(PreTrainedModelWrapper):
         if self.is_sequential_parallel and lm_logits.device != value.device:
             lm_logits = lm_logits.to(value.device)
         if return_past_key_values:
-            return (lm_logits, output.loss, value, output.past_key_values)
+            return (lm_logits, output.loss, value, self._cache_of(output))
         return (lm_logits, output.loss, value)

@@ -36,6 +36,16 @@ def _kbit_arg_names() -> set[str]:
     return {p for p in inspect.signature(prepare_model_for_kbit_training).parameters if p != "model"}
 
 
+def _cache_arg_name(model: Any) -> str:
+    """``cache`` for transformers versions whose forward takes it, else ``past_key_values``."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        params = inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
 class PreTrainedModelWrapper(nn.Module):
     """Wraps a ``transformers`` model (or a PEFT model) and adds value-head plumbing.
 
@@ -299,6 +309,22 @@ class PreTrainedModelWrapper(nn.Module):
         if hidden.device != self.v_head.summary.weight.device:
             hidden = hidden.to(self.v_head.summary.weight.device)
         return self.v_head(hidden).squeeze(-1)
+
+    def _cache_kwargs(self, past_key_values: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Pass a cache under the name the installed transformers takes (``cache`` from 5.x on).
+
+        Nothing is passed when there is no cache, so newer transformers do not warn on every call.
+        """
+        if self.is_peft_model and self.pretrained_model.active_peft_config.peft_type == "PREFIX_TUNING":
+            return kwargs
+        if past_key_values is not None:
+            kwargs[_cache_arg_name(self.pretrained_model)] = past_key_values
+        return kwargs
+
+    @staticmethod
+    def _cache_of(output: Any) -> Any:
+        cache = output.get("cache") if hasattr(output, "get") else None
+        return cache if cache is not None else getattr(output, "past_key_values", None)
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         """Generate with the wrapped model (the value head plays no part)."""

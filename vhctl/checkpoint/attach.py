@@ -1,0 +1,61 @@
+"""``attach-reward-adapter``: check a PEFT reward adapter against a checkpoint and store it atomically."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from vhctl.constants import ADAPTERS_DIR, KIND_POLICY
+from vhctl.errors import AdapterError, DestinationExistsError, SourceNotFoundError, UsageError
+
+
+def attach_adapter(
+    ckpt: str | os.PathLike[str],
+    adapter: str,
+    *,
+    name: str = "reward_adapter",
+    force: bool = False,
+    revision: str | None = None,
+    token: Any = None,
+    allow_pickle: bool = False,
+) -> dict[str, Any]:
+    """Store ``adapter`` under ``ckpt/adapters/<name>/`` and record it in the manifest.
+
+    The adapter is written to a temporary folder and renamed into place; the manifest is rewritten
+    last (atomically), so a killed run leaves the checkpoint valid.
+    """
+    from vhctl.checkpoint.adapters import check_adapter_fits, resolve_adapter_dir, store_adapter
+    from vhctl.checkpoint.manifest import FileEntry, Manifest
+    from vhctl.checkpoint.wrap import load_config
+    from vhctl.io.files import atomic_output_dir, safe_relpath, sha256_file
+
+    folder = Path(ckpt).absolute()
+    if not folder.is_dir():
+        raise SourceNotFoundError(f"{ckpt} does not exist", hint="pass the folder made by 'vhctl wrap'")
+    manifest = Manifest.read(folder)
+    if manifest.kind != KIND_POLICY:
+        raise UsageError(f"{ckpt} is a {manifest.kind} checkpoint", hint="attach adapters to a policy")
+    name = safe_relpath(name, what="adapter name")
+    if "/" in name or name.startswith("."):
+        raise AdapterError(f"adapter name {name!r} must be a plain folder name")
+    if name in manifest.adapters and not force:
+        raise DestinationExistsError(f"{ckpt} already has an adapter named {name!r}",
+                                     hint="pass --force to replace it, or choose another --name")
+    source = resolve_adapter_dir(adapter, token=token, revision=revision, allow_pickle=allow_pickle)
+    config = load_config(folder, where=str(ckpt))
+    dest = folder / ADAPTERS_DIR / name
+    (folder / ADAPTERS_DIR).mkdir(exist_ok=True)
+    with atomic_output_dir(dest, force=True) as tmp:
+        info = store_adapter(source, tmp, name, allow_pickle=allow_pickle)
+        # A converted pickle adapter is checked once it is safetensors.
+        check_adapter_fits(tmp, config=config, architecture=manifest.architecture,
+                           hidden_size=manifest.value_head.hidden_size)
+    manifest.adapters[name] = info
+    prefix = f"{ADAPTERS_DIR}/{name}/"
+    manifest.files = {k: v for k, v in manifest.files.items() if not k.startswith(prefix)}
+    for item in sorted(dest.iterdir()):
+        manifest.files[prefix + item.name] = FileEntry(size=item.stat().st_size, sha256=sha256_file(item))
+    manifest.write(folder)
+    return {"name": name, **asdict(info)}

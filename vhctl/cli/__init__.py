@@ -1,0 +1,1 @@
+"""The ``vhctl`` command line: a thin Typer layer over the library (parse, call, render)."""

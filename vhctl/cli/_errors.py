@@ -1,0 +1,57 @@
+"""Turn known errors into one line on stderr and an exit code; ``-v`` adds the traceback.
+
+Unknown exceptions are bugs: they propagate with their traceback.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import traceback
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+
+from vhctl.cli._output import error, state
+from vhctl.errors import VhctlError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def describe(exc: BaseException) -> tuple[str, int]:
+    """The one-line message and exit code for an exception vhctl knows."""
+    if isinstance(exc, VhctlError):
+        return str(exc), exc.exit_code
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        if exc.errno == errno.ENOSPC:
+            return f"no space left on the device{where}; nothing was written (free some space and retry)", 1
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return f"permission denied{where} (choose a folder you can write to)", 1
+        return f"{exc.strerror or exc}{where}", 1
+    if isinstance(exc, MemoryError):
+        return "out of memory (try a smaller --batch-size or --max-length)", 1
+    raise exc
+
+
+def handle_errors(func: F) -> F:
+    """Decorator for command functions: known errors become one line and an exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
+        except (VhctlError, OSError, MemoryError) as exc:
+            text, code = describe(exc)
+            if state.verbose:
+                traceback.print_exc()
+            error(text)
+            raise typer.Exit(code) from None
+        except KeyboardInterrupt:
+            error("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]

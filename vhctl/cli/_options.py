@@ -1,0 +1,20 @@
+"""Options shared by several commands (one definition, one help text)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Write a JSON report to stdout.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Replace DIR if it exists (only once the new one is complete).")]
+AllowPickleOpt = Annotated[
+    bool, typer.Option("--allow-pickle", help="Allow reading pickle weights (with weights_only=True).")
+]
+RevisionOpt = Annotated[str | None, typer.Option("--revision", help="Hub revision (branch, tag or commit) to pin.")]
+TokenOpt = Annotated[
+    str | None, typer.Option("--token", help="Hub token (default: HF_TOKEN or the HF login); never printed.",
+                             show_default=False)
+]
+CkptArg = Annotated[Path, typer.Argument(help="A vhctl checkpoint folder.", show_default=False)]

@@ -1,0 +1,87 @@
+"""One output sink: data on stdout (Rich tables on a terminal, plain text otherwise, or JSON),
+messages and progress on stderr. Colour follows Rich's rules (``NO_COLOR``, non-terminals)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from rich.console import Console
+
+
+class _State:
+    verbose: int = 0
+    quiet: bool = False
+
+
+state = _State()
+
+
+def _console(stderr: bool) -> Console:
+    # Built per call: CliRunner and tests swap sys.stdout/sys.stderr between invocations.
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(file=stream, stderr=stderr, soft_wrap=True, highlight=False,
+                   no_color=bool(os.environ.get("NO_COLOR")))
+
+
+def is_terminal(stderr: bool = False) -> bool:
+    stream = sys.stderr if stderr else sys.stdout
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
+def emit_json(data: Any) -> None:
+    """Write one JSON document to stdout."""
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def emit_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """A Rich table on a terminal; tab-separated lines with a header otherwise (for grep/cut)."""
+    rows = [[("" if c is None else str(c)) for c in row] for row in rows]
+    if is_terminal():
+        from rich.table import Table
+
+        table = Table(title=title, title_justify="left")
+        for col in columns:
+            table.add_column(col)
+        for row in rows:
+            table.add_row(*row)
+        _console(False).print(table)
+    else:
+        out = sys.stdout
+        out.write(f"# {title}\n")
+        out.write("\t".join(columns) + "\n")
+        for row in rows:
+            out.write("\t".join(row) + "\n")
+        out.flush()
+
+
+def emit_pairs(title: str, pairs: Iterable[tuple[str, Any]]) -> None:
+    emit_table(title, ("field", "value"), pairs)
+
+
+def message(text: str) -> None:
+    """A progress or result line on stderr (silenced by -q)."""
+    if not state.quiet:
+        _console(True).print(text, markup=False)
+
+
+def success(text: str, hint: str | None = None) -> None:
+    message(text)
+    if hint and not state.quiet:
+        _console(True).print(f"next: {hint}", markup=False, style="dim")
+
+
+def warning(text: str) -> None:
+    _console(True).print(f"Warning: {text}", markup=False, style="yellow")
+
+
+def error(text: str) -> None:
+    _console(True).print(f"Error: {text}", markup=False, style="bold red")
+
+
+def progress_enabled() -> bool:
+    return is_terminal(stderr=True) and not state.quiet

@@ -1,0 +1,50 @@
+"""``vhctl wrap``: make a vhctl checkpoint from a base model or a TRL-style checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vhctl.cli._errors import handle_errors
+from vhctl.cli._options import AllowPickleOpt, ForceOpt, JsonOpt, RevisionOpt, TokenOpt
+from vhctl.cli._output import emit_json, success
+
+
+@handle_errors
+def wrap(
+    model: Annotated[str, typer.Argument(help="Hub id, local folder, TRL-style checkpoint, or vhctl:tiny.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The checkpoint folder to write.")],
+    init: Annotated[str, typer.Option("--init", help="New head init: random (PyTorch default) or normal.")] = "random",
+    std: Annotated[float | None, typer.Option("--std", help="Std of the normal init (default 0.2).")] = None,
+    dropout: Annotated[float | None, typer.Option("--dropout", help="Head dropout (default 0.1).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed: the same seed gives identical head files.")] = None,
+    revision: RevisionOpt = None,
+    dtype: Annotated[
+        str | None, typer.Option("--dtype", help="Convert base weights: float32, bfloat16 or float16.")
+    ] = None,
+    link: Annotated[bool, typer.Option("--link", help="Hard-link unchanged base files instead of copying.")] = False,
+    force: ForceOpt = False,
+    allow_pickle: AllowPickleOpt = False,
+    token: TokenOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Wrap MODEL with a value head and write a vhctl checkpoint to --out."""
+    from vhctl.checkpoint.wrap import wrap_model
+
+    result = wrap_model(
+        model, out, init=init, std=std, dropout=dropout, seed=seed, revision=revision, dtype=dtype,
+        force=force, link=link, token=token, allow_pickle=allow_pickle,
+    )
+    if json_:
+        emit_json({
+            "out": str(result.out), "source": result.source, "architecture": result.architecture,
+            "model_type": result.model_type, "hidden_size": result.hidden_size, "head_init": result.head_init,
+            "head_from": result.head_from, "files": result.files,
+        })
+    kept = f", head kept from {result.head_from} layout" if result.head_from else f", head init {result.head_init}"
+    success(
+        f"wrapped {result.source} ({result.model_type}, {result.architecture}{kept}) -> {result.out}",
+        hint=f"vhctl make-ref {result.out} --shared N",
+    )
