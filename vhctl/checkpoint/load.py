@@ -130,7 +130,6 @@ def load_reference_base(
     was made would silently give another reference model.
     """
     from safetensors import safe_open
-    from transformers import AutoConfig
 
     from vhctl.checkpoint.tensors import shared_tensors_sha256, tensor_index
 
@@ -149,37 +148,37 @@ def load_reference_base(
             f"the policy's shared tensors changed since reference {folder} was made",
             hint="make the reference again with 'vhctl make-ref'",
         )
-    config = AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
-    dtype = model_kwargs.get("dtype", model_kwargs.get("torch_dtype"))
-    with torch.device("meta"):
-        model = parent_class.from_config(config)
-    state: dict[str, torch.Tensor] = {}
-    for root in (policy, folder):
-        names = set(ref.shared_tensors) if root == policy else None
-        by_file: dict[Path, list[str]] = {}
-        for name, (file, _) in tensor_index(root).items():
-            if names is None or name in names:
-                by_file.setdefault(file, []).append(name)
-        for file, file_names in by_file.items():
-            with safe_open(str(file), framework="pt", device="cpu") as handle:
-                for name in file_names:
-                    state[name] = handle.get_tensor(name)
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    model.tie_weights()
-    still_meta = [n for n, p in model.named_parameters() if p.device.type == "meta"]
-    if still_meta or unexpected:
+    kwargs = _transformers_kwargs(model_kwargs, allow_pickle=False)
+    kwargs.pop("revision", None)
+    with quiet_transformers():
+        # The shared tensors are missing from the reference's own file: transformers initialises
+        # them, and they are overwritten with the policy's right after.
+        model, info = parent_class.from_pretrained(str(folder), output_loading_info=True, **kwargs)
+    shared: dict[str, torch.Tensor] = {}
+    by_file: dict[Path, list[str]] = {}
+    for name, (file, _) in tensor_index(policy).items():
+        if name in set(ref.shared_tensors):
+            by_file.setdefault(file, []).append(name)
+    for file, names in by_file.items():
+        with safe_open(str(file), framework="pt", device="cpu") as handle:
+            for name in names:
+                shared[name] = handle.get_tensor(name)
+    uncovered = [k for k in info.get("missing_keys", []) if k not in shared]
+    tied = set(getattr(model, "all_tied_weights_keys", None) or {}) | set(
+        getattr(model, "_tied_weights_keys", None) or []
+    )
+    uncovered = [k for k in uncovered if k not in tied]
+    if uncovered or info.get("unexpected_keys"):
         raise CheckpointError(
-            f"reference {folder} is incomplete: missing {still_meta[:5]}, unexpected {unexpected[:5]}",
+            f"reference {folder} does not fit its policy: missing {uncovered[:5]}, "
+            f"unexpected {list(info.get('unexpected_keys', []))[:5]}",
             hint="run 'vhctl validate' on it",
         )
-    for name, buf in list(model.named_buffers()):
-        if buf.device.type == "meta":
-            raise CheckpointError(f"reference {folder}: buffer {name} could not be restored")
-    if isinstance(dtype, torch.dtype):
-        model = model.to(dtype)
-    device_map = model_kwargs.get("device_map")
-    if isinstance(device_map, str | torch.device) and device_map not in ("auto", "balanced", "sequential"):
-        model = model.to(device_map)
+    with torch.no_grad():
+        _, unexpected = model.load_state_dict(shared, strict=False)
+    if unexpected:
+        raise CheckpointError(f"reference {folder}: shared tensors {unexpected[:5]} are not in the model")
+    model.tie_weights()
     model.eval()
     return model
 
