@@ -42,15 +42,9 @@ def resolve_source(
     allow_pickle: bool = False,
 ) -> Path:
     """A local folder for a model name: the tiny model, an existing folder, or a hub snapshot."""
-    if isinstance(name_or_path, os.PathLike) or (isinstance(name_or_path, str) and os.path.isdir(name_or_path)):
-        return Path(name_or_path)
-    if name_or_path == TINY_MODEL_NAME:
-        from vhctl._tiny import tiny_model_path
-
-        return tiny_model_path()
     from vhctl.hub import resolve_model_dir
 
-    return resolve_model_dir(str(name_or_path), revision=revision, token=token, allow_pickle=allow_pickle)
+    return resolve_model_dir(name_or_path, revision=revision, token=token, allow_pickle=allow_pickle)
 
 
 def has_safetensors_weights(folder: Path) -> bool:

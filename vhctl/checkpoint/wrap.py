@@ -22,7 +22,6 @@ from vhctl.constants import (
     GENERATION_CONFIG_NAME,
     KIND_POLICY,
     SAFE_WEIGHTS_INDEX_NAME,
-    TINY_MODEL_NAME,
     V_HEAD_BIAS,
     V_HEAD_WEIGHT,
     VALUE_HEAD_NAME,
@@ -177,7 +176,7 @@ def wrap_model(
         link: hard-link unchanged base files instead of copying them (same filesystem only).
     """
     from vhctl.checkpoint.heads import check_head_state, find_head
-    from vhctl.checkpoint.load import has_pickle_weights, has_safetensors_weights, resolve_source
+    from vhctl.checkpoint.load import has_pickle_weights, has_safetensors_weights
     from vhctl.checkpoint.manifest import Manifest, ValueHeadInfo
     from vhctl.checkpoint.save import copy_tokenizer_files, dtype_name, finish_manifest, write_head
     from vhctl.io.files import atomic_output_dir
@@ -188,7 +187,10 @@ def wrap_model(
     if dtype is not None and dtype not in DTYPES:
         raise UsageError(f"unknown --dtype {dtype!r}", hint=f"use one of: {', '.join(DTYPES)}")
     target_dtype = DTYPES[dtype] if dtype is not None else None
-    src = resolve_source(source, revision=revision, token=token, allow_pickle=allow_pickle)
+    from vhctl.hub import resolve_model
+
+    resolved = resolve_model(source, revision=revision, token=token, allow_pickle=allow_pickle)
+    src = resolved.path
     out_path = Path(out).absolute()
     if out_path == src.absolute() or src.absolute() in out_path.parents:
         raise UsageError(f"--out {out_path} is inside the source model folder", hint="choose a folder elsewhere")
@@ -251,9 +253,8 @@ def wrap_model(
                 seed=head_seed,
             ),
             base_model={
-                "source": str(source) if str(source) == TINY_MODEL_NAME or not os.path.isdir(str(source))
-                else str(Path(source).absolute()),
-                "revision": revision,
+                "source": str(Path(source).absolute()) if resolved.origin == "local" else resolved.source,
+                "revision": resolved.commit or revision,
             },
         )
         finish_manifest(tmp, manifest)
