@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import pickle
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,14 @@ from vhctl.constants import (
     TINY_MODEL_NAME,
     VALUE_HEAD_NAME,
 )
-from vhctl.errors import CheckpointError, IntegrityError, NotAModelError, UnsafeLoadError, UsageError
+from vhctl.errors import (
+    CheckpointError,
+    IntegrityError,
+    NotAModelError,
+    UnsafeLoadError,
+    UnsupportedModelError,
+    UsageError,
+)
 
 logger = logging.getLogger("vhctl")
 
@@ -88,6 +96,17 @@ def _check_pickle_policy(folder: Path, allow_pickle: bool) -> None:
     if not has_safetensors_weights(folder) and has_pickle_weights(folder) and not allow_pickle:
         raise UnsafeLoadError(
             f"{folder} holds only pickle weights ({PT_WEIGHTS_NAME})",
+            hint="pass allow_pickle=True (CLI: --allow-pickle) to read them with weights_only=True",
+        )
+
+
+def _check_adapter_pickle_policy(folder: Path, allow_pickle: bool) -> None:
+    """PEFT would read ``adapter_model.bin`` (with weights_only=True) on its own: refuse it unless allowed."""
+    from vhctl.constants import ADAPTER_PT_NAME, ADAPTER_SAFE_NAME
+
+    if not (folder / ADAPTER_SAFE_NAME).is_file() and (folder / ADAPTER_PT_NAME).is_file() and not allow_pickle:
+        raise UnsafeLoadError(
+            f"the PEFT adapter in {folder} holds only pickle weights ({ADAPTER_PT_NAME})",
             hint="pass allow_pickle=True (CLI: --allow-pickle) to read them with weights_only=True",
         )
 
@@ -158,9 +177,8 @@ def load_reference_base(
             for name in names:
                 shared[name] = handle.get_tensor(name)
     uncovered = [k for k in info.get("missing_keys", []) if k not in shared]
-    tied = set(getattr(model, "all_tied_weights_keys", None) or {}) | set(
-        getattr(model, "_tied_weights_keys", None) or []
-    )
+    # Only the ties in effect (transformers 5's _tied_weights_keys lists possible ones).
+    tied = set(getattr(model, "all_tied_weights_keys", None) or {})
     uncovered = [k for k in uncovered if k not in tied]
     if uncovered or info.get("unexpected_keys"):
         raise CheckpointError(
@@ -245,12 +263,16 @@ def load_wrapper(
         if (folder / ADAPTER_CONFIG_NAME).is_file():
             if peft_config is not None:
                 logger.warning("peft_config ignored: %s already holds a PEFT adapter", source)
+            _check_adapter_pickle_policy(folder, allow_pickle)
             adapter_config = PeftConfig.from_pretrained(str(folder))
             base_dir = resolve_source(
                 adapter_config.base_model_name_or_path, token=token, allow_pickle=allow_pickle
             )
             base = load_base(cls.transformers_parent_class, base_dir, model_args, model_kwargs, allow_pickle=allow_pickle)
-            pretrained_model = PeftModel.from_pretrained(base, str(folder), is_trainable=is_trainable)
+            try:
+                pretrained_model = PeftModel.from_pretrained(base, str(folder), is_trainable=is_trainable)
+            except pickle.UnpicklingError as exc:  # weights_only=True refused what the pickle holds
+                raise CheckpointError(f"cannot read the PEFT adapter in {folder}: {str(exc).splitlines()[0]}") from exc
             source_info["source"] = adapter_config.base_model_name_or_path
         elif manifest is not None and manifest.kind == KIND_REFERENCE and manifest.reference and (
             manifest.reference.shared_tensors
@@ -259,6 +281,14 @@ def load_wrapper(
         else:
             read_config_dict(folder)
             _check_pickle_policy(folder, allow_pickle)
+            from vhctl.formats import detect_foreign_layout
+
+            foreign = detect_foreign_layout(folder, allow_pickle=allow_pickle)
+            if foreign is not None:
+                raise UnsupportedModelError(
+                    f"{source} is a {foreign.format} checkpoint, which from_pretrained does not convert",
+                    hint=f"convert it once with 'vhctl wrap {source} --out DIR' and load DIR",
+                )
             head_found, looked = find_head(folder, allow_pickle=allow_pickle)
             quiet = head_found is not None and head_found.layout != "vhctl"
             with quiet_transformers() if quiet else contextlib.nullcontext():

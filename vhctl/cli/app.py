@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from vhctl._version import __version__
-from vhctl.cli import attach, info, make_ref, push, score, validate, wrap
+from vhctl.cli import attach, export, info, make_ref, push, score, validate, wrap
 from vhctl.cli._output import state
 
 app = typer.Typer(
@@ -50,6 +50,7 @@ app.command("score")(score.score)
 app.command("validate")(validate.validate)
 app.command("info")(info.info)
 app.command("push")(push.push)
+app.command("export")(export.export)
 
 
 def main() -> None:

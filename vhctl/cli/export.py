@@ -1,0 +1,63 @@
+"""``vhctl export``: a vhctl checkpoint in the layout TRL, OpenRLHF or transformers' seqcls reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vhctl.cli._errors import handle_errors
+from vhctl.cli._options import CkptArg, ForceOpt, JsonOpt, RevisionOpt, TokenOpt
+from vhctl.cli._output import emit_json, success, warning
+
+_HINTS = {
+    "trl": "AutoModelForCausalLMWithValueHead.from_pretrained('{out}')  (trl.experimental.ppo)",
+    "openrlhf": "get_llm_for_sequence_regression('{out}', 'critic')  (openrlhf.models)",
+    "seqcls": "AutoModelForSequenceClassification.from_pretrained('{out}')  (or vLLM's pooling runner)",
+}
+
+
+@handle_errors
+def export(
+    checkpoint: CkptArg,
+    format_: Annotated[str, typer.Option(
+        "--format", "-f", metavar="trl|openrlhf|seqcls",
+        help="trl: TRL <= 1.12 value-head layout; openrlhf: OpenRLHF critic/reward model; "
+        "seqcls: transformers *ForSequenceClassification with num_labels=1.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The folder to write.", show_default=False)],
+    force: ForceOpt = False,
+    keep_shards: Annotated[bool, typer.Option(
+        "--keep-shards", help="trl: keep the checkpoint's shards (TRL 1.12 reloads those only from the hub; "
+        "default: one model.safetensors).")] = False,
+    bias: Annotated[str, typer.Option(
+        "--bias", metavar="auto|norm|mean|config",
+        help="openrlhf/seqcls, whose heads have no bias: auto folds a non-zero head bias into the final "
+        "norm's bias where the model has one, else refuses; mean (openrlhf) folds it into the reward mean; "
+        "config only records it.")] = "auto",
+    value_head_prefix: Annotated[str | None, typer.Option(
+        "--value-head-prefix", help="openrlhf: name of the head (default score; value_head for old OpenRLHF).",
+        show_default=False)] = None,
+    revision: RevisionOpt = None,
+    token: TokenOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Export CHECKPOINT for TRL, OpenRLHF or transformers/vLLM, exactly (values equal within 1e-6)."""
+    from vhctl.formats import export_checkpoint
+
+    result = export_checkpoint(
+        checkpoint, format_, out, force=force, keep_shards=keep_shards, bias=bias,
+        value_head_prefix=value_head_prefix, revision=revision, token=token,
+    )
+    for note in result.notes:
+        warning(note)
+    if json_:
+        emit_json({
+            "out": str(result.out), "format": result.format, "source": result.source,
+            "architecture": result.architecture, "model_type": result.model_type, "bias": result.bias,
+            "norm_bias_key": result.norm_bias_key, "files": result.files, "notes": result.notes,
+        })
+    success(
+        f"exported {result.source} ({result.model_type}, {result.architecture}) as {result.format} -> {result.out}",
+        hint=_HINTS[result.format].format(out=result.out),
+    )
