@@ -14,7 +14,13 @@ from vhctl import AutoModelForCausalLMWithValueHead, AutoModelForSeq2SeqLMWithVa
 from vhctl.checkpoint.load import load_checkpoint
 from vhctl.checkpoint.reference import make_reference
 from vhctl.checkpoint.wrap import wrap_model
-from vhctl.constants import MANIFEST_NAME, SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, TINY_MODEL_NAME, VALUE_HEAD_NAME
+from vhctl.constants import (
+    MANIFEST_NAME,
+    SAFE_WEIGHTS_INDEX_NAME,
+    SAFE_WEIGHTS_NAME,
+    TINY_MODEL_NAME,
+    VALUE_HEAD_NAME,
+)
 from vhctl.errors import (
     DestinationExistsError,
     IntegrityError,

@@ -84,28 +84,31 @@ def _module_dims(module: Any) -> tuple[int, int] | None:
     return None
 
 
-def check_adapter_fits(folder: Path, *, config: Any, architecture: str, hidden_size: int) -> dict[str, Any]:
+def check_adapter_fits(folder: Path, *, config: Any, architecture: str, hidden_size: int,
+                       where: str | None = None) -> dict[str, Any]:
     """Refuse an adapter made for another base model.
 
     Checks the ``score`` head's width against the hidden size, the base model type when the adapter
     names a readable local base, and every LoRA matrix against the module it adapts in this base
-    (built on the meta device from the config, so nothing is loaded).
+    (built on the meta device from the config, so nothing is loaded). ``where`` names the adapter
+    in messages (default: ``folder``, which may be a temporary copy).
     """
+    shown = where or str(folder)
     from vhctl.modeling.arch import auto_class_for
 
     adapter_config = read_adapter_config(folder)
     weights = read_adapter_weights(folder)
-    score = score_state_of(weights, where=str(folder))
+    score = score_state_of(weights, where=shown)
     width = int(score["weight"].shape[-1])
     if width != hidden_size:
         raise AdapterError(
-            f"the adapter in {folder} was made for a model of hidden size {width}, the checkpoint's is {hidden_size}",
+            f"the adapter in {shown} was made for a model of hidden size {width}, the checkpoint's is {hidden_size}",
             hint="use an adapter trained on this checkpoint's base model",
         )
     base_type = _adapter_model_type(folder, adapter_config)
     if base_type is not None and base_type != config.model_type:
         raise AdapterError(
-            f"the adapter in {folder} was made for a {base_type} model, the checkpoint is {config.model_type}",
+            f"the adapter in {shown} was made for a {base_type} model, the checkpoint is {config.model_type}",
             hint="use an adapter trained on this checkpoint's base model",
         )
     with torch.device("meta"):
@@ -125,14 +128,14 @@ def check_adapter_fits(folder: Path, *, config: Any, architecture: str, hidden_s
             dims = _module_dims(target) if target is not None else None
             if dims is None:
                 raise AdapterError(
-                    f"the adapter in {folder} adapts {path!r}, which this {config.model_type} base does not have",
+                    f"the adapter in {shown} adapts {path!r}, which this {config.model_type} base does not have",
                     hint="use an adapter trained on this checkpoint's base model",
                 )
             want = dims[0] if part == "lora_A" else dims[1]
             got = int(value.shape[1] if part == "lora_A" else value.shape[0])
             if got != want:
                 raise AdapterError(
-                    f"the adapter in {folder} has {part} of width {got} for {path!r}, the base needs {want}",
+                    f"the adapter in {shown} has {part} of width {got} for {path!r}, the base needs {want}",
                     hint="use an adapter trained on this checkpoint's base model",
                 )
     return adapter_config

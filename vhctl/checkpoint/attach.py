@@ -23,15 +23,16 @@ def attach_adapter(
 ) -> dict[str, Any]:
     """Store ``adapter`` under ``ckpt/adapters/<name>/`` and record it in the manifest.
 
-    The adapter is written to a temporary folder and renamed into place; the manifest is rewritten
-    last (atomically), so a killed run leaves the checkpoint valid.
+    The checkpoint is rebuilt next to itself (hard links, so no data is copied), the adapter and the
+    new manifest are written into that copy, and the copy is swapped in at the end: a killed run
+    leaves the checkpoint as it was, and a replaced adapter survives any failure before the swap.
     """
     from vhctl.checkpoint.adapters import check_adapter_fits, resolve_adapter_dir, store_adapter
     from vhctl.checkpoint.manifest import FileEntry, Manifest
     from vhctl.checkpoint.wrap import load_config
-    from vhctl.io.files import atomic_output_dir, safe_relpath, sha256_file
+    from vhctl.io.files import atomic_output_dir, link_tree, safe_relpath, sha256_file
 
-    folder = Path(ckpt).absolute()
+    folder = Path(ckpt).resolve()  # a symlinked checkpoint: swap the real folder, keep the link
     if not folder.is_dir():
         raise SourceNotFoundError(f"{ckpt} does not exist", hint="pass the folder made by 'vhctl wrap'")
     manifest = Manifest.read(folder)
@@ -45,17 +46,17 @@ def attach_adapter(
                                      hint="pass --force to replace it, or choose another --name")
     source = resolve_adapter_dir(adapter, token=token, revision=revision, allow_pickle=allow_pickle)
     config = load_config(folder, where=str(ckpt))
-    dest = folder / ADAPTERS_DIR / name
-    (folder / ADAPTERS_DIR).mkdir(exist_ok=True)
-    with atomic_output_dir(dest, force=True) as tmp:
-        info = store_adapter(source, tmp, name, allow_pickle=allow_pickle)
-        # A converted pickle adapter is checked once it is safetensors.
-        check_adapter_fits(tmp, config=config, architecture=manifest.architecture,
-                           hidden_size=manifest.value_head.hidden_size)
-    manifest.adapters[name] = info
     prefix = f"{ADAPTERS_DIR}/{name}/"
-    manifest.files = {k: v for k, v in manifest.files.items() if not k.startswith(prefix)}
-    for item in sorted(dest.iterdir()):
-        manifest.files[prefix + item.name] = FileEntry(size=item.stat().st_size, sha256=sha256_file(item))
-    manifest.write(folder)
+    with atomic_output_dir(folder, force=True) as tmp:
+        link_tree(folder, tmp, skip=lambda rel: rel == prefix.rstrip("/"))
+        dest = tmp / ADAPTERS_DIR / name
+        info = store_adapter(source, dest, name, allow_pickle=allow_pickle)
+        # A converted pickle adapter is checked once it is safetensors.
+        check_adapter_fits(dest, config=config, architecture=manifest.architecture,
+                           hidden_size=manifest.value_head.hidden_size, where=str(adapter))
+        manifest.adapters[name] = info
+        manifest.files = {k: v for k, v in manifest.files.items() if not k.startswith(prefix)}
+        for item in sorted(dest.iterdir()):
+            manifest.files[prefix + item.name] = FileEntry(size=item.stat().st_size, sha256=sha256_file(item))
+        manifest.write(tmp)
     return {"name": name, **asdict(info)}

@@ -18,7 +18,7 @@ from vhctl.constants import (
     V_HEAD_WEIGHT,
     VALUE_HEAD_NAME,
 )
-from vhctl.errors import CheckpointError, UnsafeLoadError
+from vhctl.errors import CheckpointError, UnsafeLoadError, VhctlError
 
 
 @dataclass
@@ -110,6 +110,9 @@ def find_head(folder: Path, *, allow_pickle: bool = False) -> tuple[FoundHead | 
 
     for name in (PT_WEIGHTS_NAME, PT_WEIGHTS_INDEX_NAME):
         looked.append(name)
+    if (single.is_file() or index.is_file()) and not allow_pickle:
+        # The weights are in safetensors: a pickle next to them is never opened unless allowed.
+        return None, looked
     pt = folder / PT_WEIGHTS_NAME
     pt_index = folder / PT_WEIGHTS_INDEX_NAME
     if pt.is_file():
@@ -130,13 +133,16 @@ def find_head(folder: Path, *, allow_pickle: bool = False) -> tuple[FoundHead | 
 
 
 def _weight_map(index: Path) -> dict[str, str]:
+    """The index's name -> shard map; shard paths must stay inside the folder (no ``..``, no ``/abs``)."""
+    from vhctl.io.files import safe_relpath
+
     try:
         data = json.loads(index.read_text(encoding="utf-8"))
         weight_map = data["weight_map"]
         if not isinstance(weight_map, dict):
             raise TypeError("weight_map is not an object")
-        return weight_map
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return {str(k): safe_relpath(v, what="shard file") for k, v in weight_map.items()}
+    except (OSError, ValueError, KeyError, TypeError, VhctlError) as exc:
         raise CheckpointError(f"{index} is not a valid weight index: {exc}") from exc
 
 

@@ -23,8 +23,8 @@ from vhctl.constants import (
     MANIFEST_NAME,
     MODEL_CARD_NAME,
 )
-from vhctl.errors import ManifestError
-from vhctl.io.files import safe_relpath, sha256_file
+from vhctl.errors import ManifestError, VhctlError
+from vhctl.io.files import clean_stale_siblings, safe_relpath, sha256_file, temp_sibling
 
 _KINDS = (KIND_POLICY, KIND_REFERENCE)
 _ARCHS = (ARCH_CAUSAL, ARCH_SEQ2SEQ)
@@ -102,11 +102,14 @@ class Manifest:
             raise ManifestError(
                 f"manifest architecture {self.architecture!r} is not one of {', '.join(_ARCHS)}"
             )
-        for name in self.files:
-            safe_relpath(name, what="manifest file path")
-        for name, adapter in self.adapters.items():
-            safe_relpath(name, what="adapter name")
-            safe_relpath(adapter.path, what="adapter path")
+        try:
+            for name in self.files:
+                safe_relpath(name, what="manifest file path")
+            for name, adapter in self.adapters.items():
+                safe_relpath(name, what="adapter name")
+                safe_relpath(adapter.path, what="adapter path")
+        except VhctlError as exc:
+            raise ManifestError(exc.message, hint=exc.hint) from exc
 
     # -- serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -163,10 +166,22 @@ class Manifest:
         return cls.from_dict(data)
 
     def write(self, folder: str | os.PathLike[str]) -> Path:
+        """Write ``vhctl.json`` atomically: a unique temporary file, flushed, then renamed over the old one.
+
+        Leftovers of killed writers (``.vhctl-tmp-vhctl.json-<pid>-*``) are removed first.
+        """
         path = Path(folder) / MANIFEST_NAME
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.to_json(), encoding="utf-8")
-        os.replace(tmp, path)
+        clean_stale_siblings(path)
+        tmp = temp_sibling(path)
+        try:
+            with open(tmp, "w", encoding="utf-8") as handle:
+                handle.write(self.to_json())
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return path
 
     # -- files ---------------------------------------------------------------------------

@@ -138,7 +138,7 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
             begin, end = entry["data_offsets"]
         except (TypeError, KeyError, ValueError) as exc:
             raise bad(f"entry {name!r} lacks dtype, shape or data_offsets") from exc
-        if code not in DTYPES:
+        if not isinstance(code, str) or code not in DTYPES:
             raise bad(f"tensor {name!r} has unknown dtype {code!r}")
         if not all(isinstance(d, int) and d >= 0 for d in shape):
             raise bad(f"tensor {name!r} has invalid shape {list(shape)}")

@@ -18,6 +18,8 @@ import torch
 
 from vhctl.constants import (
     ADAPTER_CONFIG_NAME,
+    ARCH_CAUSAL,
+    ARCH_SEQ2SEQ,
     CONFIG_NAME,
     GENERATION_CONFIG_NAME,
     KIND_POLICY,
@@ -42,6 +44,7 @@ class WrapResult:
     head_init: str
     head_from: str | None
     files: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def init_head(hidden_size: int, *, init: str, std: float, seed: int | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,20 +77,52 @@ def check_head_options(init: str, std: float | None, dropout: float | None) -> N
         raise UsageError(f"--dropout must be in [0, 1), got {dropout}")
 
 
-def load_config(folder: Path, *, where: str) -> Any:
-    """The transformers config of a model folder, never running remote code."""
+def load_config(folder: Path, *, where: str, trust_remote_code: bool = False) -> Any:
+    """The transformers config of a model folder; the folder's own code runs only when trusted."""
     from transformers import AutoConfig
 
     from vhctl.checkpoint.load import read_config_dict
 
     data = read_config_dict(folder)
     try:
-        return AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
-    except (ValueError, KeyError, OSError) as exc:
+        return AutoConfig.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+    except (ValueError, KeyError, OSError, ImportError) as exc:
+        hint = "upgrade transformers or pick a supported model"
+        if data.get("auto_map") and not trust_remote_code:
+            hint = "its config needs the model's own code: pass --trust-remote-code if you trust it"
         raise UnsupportedModelError(
             f"{where} has model type {data.get('model_type')!r}, which this transformers does not know",
-            hint="vhctl never runs remote code; upgrade transformers or pick a supported model",
+            hint=hint,
         ) from exc
+
+
+def _remote_code_files(src: Path, config: Any) -> list[str]:
+    """The local ``*.py`` modules a config's ``auto_map`` names (``module.Class``), which a trusted
+    remote-code checkpoint needs next to its config."""
+    auto_map = getattr(config, "auto_map", None) or {}
+    names: set[str] = set()
+    for value in auto_map.values():
+        for ref in value if isinstance(value, list | tuple) else [value]:
+            if isinstance(ref, str) and "--" not in ref and "." in ref:
+                module = ref.rsplit(".", 1)[0]
+                if "/" not in module and (src / f"{module}.py").is_file():
+                    names.add(f"{module}.py")
+    return sorted(names)
+
+
+def _detect(config: Any, *, where: str, trust_remote_code: bool) -> str:
+    """Causal or seq2seq; a trusted remote-code model says which through its ``auto_map``."""
+    from vhctl.modeling.arch import detect_architecture
+
+    try:
+        return detect_architecture(config, where=where)
+    except UnsupportedModelError:
+        auto_map = getattr(config, "auto_map", None) or {}
+        if trust_remote_code and "AutoModelForSeq2SeqLM" in auto_map:
+            return ARCH_SEQ2SEQ
+        if trust_remote_code and "AutoModelForCausalLM" in auto_map:
+            return ARCH_CAUSAL
+        raise
 
 
 def _strip_head_from_safetensors(src: Path, dst: Path, dtype: torch.dtype | None) -> None:
@@ -161,6 +196,8 @@ def wrap_model(
     link: bool = False,
     token: Any = None,
     allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    init_from_reward: str | os.PathLike[str] | None = None,
 ) -> WrapResult:
     """Write a vhctl checkpoint for ``source`` into ``out`` (atomically).
 
@@ -174,13 +211,20 @@ def wrap_model(
         seed: makes the head file byte-identical across runs.
         dtype: convert the base's floating-point weights (``float32``, ``bfloat16``, ``float16``).
         link: hard-link unchanged base files instead of copying them (same filesystem only).
+        allow_pickle: read pickle weights (``pytorch_model.bin``) with ``weights_only=True``.
+        trust_remote_code: run the model folder's own code (``auto_map`` in its config); off by
+            default, and then such a config is refused rather than executed.
+        init_from_reward: take the head from this reward model's score head (see
+            :func:`vhctl.formats.read_reward_head`) instead of the source's or a new one.
+
+    OpenRLHF, sequence-classification and DeepSpeed-Chat folders are recognised and converted by
+    :mod:`vhctl.formats` (their heads are kept).
     """
     from vhctl.checkpoint.heads import check_head_state, find_head
     from vhctl.checkpoint.load import has_pickle_weights, has_safetensors_weights
     from vhctl.checkpoint.manifest import Manifest, ValueHeadInfo
     from vhctl.checkpoint.save import copy_tokenizer_files, dtype_name, finish_manifest, write_head
     from vhctl.io.files import atomic_output_dir
-    from vhctl.modeling.arch import detect_architecture
     from vhctl.modeling.value_head import dropout_of, hidden_size_of
 
     check_head_options(init, std, dropout)
@@ -199,18 +243,27 @@ def wrap_model(
             f"{source} is a PEFT adapter, not a model",
             hint="wrap its base model, then add a reward adapter with 'vhctl attach-reward-adapter'",
         )
-    config = load_config(src, where=str(source))
-    architecture = detect_architecture(config, where=str(source))
+    config = load_config(src, where=str(source), trust_remote_code=trust_remote_code)
+    architecture = _detect(config, where=str(source), trust_remote_code=trust_remote_code)
     hidden = hidden_size_of(config)
     if not has_safetensors_weights(src) and not has_pickle_weights(src):
         raise NotAModelError(f"{source} holds a config but no weights", hint="point at a saved model folder")
-    found, _ = find_head(src, allow_pickle=allow_pickle)
+    from vhctl.formats import detect_foreign_layout, import_foreign, read_reward_head
+
+    foreign = detect_foreign_layout(src, allow_pickle=allow_pickle)
+    found = None if foreign is not None else find_head(src, allow_pickle=allow_pickle)[0]
+    reward = None if init_from_reward is None else read_reward_head(
+        init_from_reward, hidden_size=hidden, allow_pickle=allow_pickle, token=token
+    )
     if found is not None:
         check_head_state(found.state, hidden, where=f"{source}/{found.files[0]}")
     effective_dropout = dropout_of(config, {"summary_dropout_prob": 0.1 if dropout is None else dropout})
 
+    imported = None
     with atomic_output_dir(out_path, force=force) as tmp:
-        if has_safetensors_weights(src):
+        if foreign is not None:
+            imported = import_foreign(foreign, tmp, config=config, dtype=target_dtype)
+        elif has_safetensors_weights(src):
             _copy_safetensors_base(
                 src, tmp, head_files=found.base_files if found else [], dtype=target_dtype, link=link
             )
@@ -229,7 +282,14 @@ def wrap_model(
                 )
             _convert_pickle_base(src, tmp, architecture, target_dtype)
         copy_tokenizer_files(src, tmp)
-        if found is not None:
+        if trust_remote_code:
+            for name in _remote_code_files(src, config):
+                shutil.copyfile(src / name, tmp / name)
+        if reward is not None or imported is not None:
+            head = reward if reward is not None else imported
+            weight, bias = head.weight, head.bias
+            head_init, head_std, head_seed = "loaded", None, None
+        elif found is not None:
             weight, bias = found.state[V_HEAD_WEIGHT], found.state[V_HEAD_BIAS]
             head_init, head_std, head_seed = "loaded", None, None
         else:
@@ -256,6 +316,7 @@ def wrap_model(
                 "source": str(Path(source).absolute()) if resolved.origin == "local" else resolved.source,
                 "revision": resolved.commit or revision,
             },
+            extra={**(imported.extra if imported else {}), **(reward.manifest_extra() if reward else {})},
         )
         finish_manifest(tmp, manifest)
     return WrapResult(
@@ -265,8 +326,9 @@ def wrap_model(
         model_type=str(config.model_type),
         hidden_size=hidden,
         head_init=head_init,
-        head_from=found.layout if found else None,
+        head_from=f"reward:{reward.format}" if reward else foreign.format if foreign else found.layout if found else None,
         files=sorted(manifest.files),
+        notes=imported.notes if imported else [],
     )
 
 

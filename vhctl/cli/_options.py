@@ -12,6 +12,10 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Replace DIR if it exist
 AllowPickleOpt = Annotated[
     bool, typer.Option("--allow-pickle", help="Allow reading pickle weights (with weights_only=True).")
 ]
+TrustRemoteCodeOpt = Annotated[
+    bool,
+    typer.Option("--trust-remote-code", help="Run the model's own Python code (auto_map); only for models you trust."),
+]
 RevisionOpt = Annotated[str | None, typer.Option("--revision", help="Hub revision (branch, tag or commit) to pin.")]
 TokenOpt = Annotated[
     str | None, typer.Option("--token", help="Hub token (default: HF_TOKEN or the HF login); never printed.",

@@ -8,13 +8,14 @@ from typing import Annotated
 import typer
 
 from vhctl.cli._errors import handle_errors
-from vhctl.cli._options import AllowPickleOpt, ForceOpt, JsonOpt, RevisionOpt, TokenOpt
-from vhctl.cli._output import emit_json, success
+from vhctl.cli._options import AllowPickleOpt, ForceOpt, JsonOpt, RevisionOpt, TokenOpt, TrustRemoteCodeOpt
+from vhctl.cli._output import emit_json, success, warning
 
 
 @handle_errors
 def wrap(
-    model: Annotated[str, typer.Argument(help="Hub id, local folder, TRL-style checkpoint, or vhctl:tiny.")],
+    model: Annotated[str, typer.Argument(
+        help="Hub id, local folder, TRL / OpenRLHF / seqcls / DeepSpeed-Chat checkpoint, or vhctl:tiny.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The checkpoint folder to write.")],
     init: Annotated[str, typer.Option("--init", help="New head init: random (PyTorch default) or normal.")] = "random",
     std: Annotated[float | None, typer.Option("--std", help="Std of the normal init (default 0.2).")] = None,
@@ -27,6 +28,11 @@ def wrap(
     link: Annotated[bool, typer.Option("--link", help="Hard-link unchanged base files instead of copying.")] = False,
     force: ForceOpt = False,
     allow_pickle: AllowPickleOpt = False,
+    trust_remote_code: TrustRemoteCodeOpt = False,
+    init_from_reward: Annotated[str | None, typer.Option(
+        "--init-from-reward", metavar="RM",
+        help="Start the value head from this reward model's score head (seqcls, OpenRLHF, DeepSpeed-Chat, "
+        "PEFT reward adapter); hidden sizes must match.")] = None,
     token: TokenOpt = None,
     json_: JsonOpt = False,
 ) -> None:
@@ -35,8 +41,11 @@ def wrap(
 
     result = wrap_model(
         model, out, init=init, std=std, dropout=dropout, seed=seed, revision=revision, dtype=dtype,
-        force=force, link=link, token=token, allow_pickle=allow_pickle,
+        force=force, link=link, token=token, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+        init_from_reward=init_from_reward,
     )
+    for note in result.notes:
+        warning(note)
     if json_:
         emit_json({
             "out": str(result.out), "source": result.source, "architecture": result.architecture,
