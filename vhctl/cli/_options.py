@@ -21,4 +21,4 @@ TokenOpt = Annotated[
     str | None, typer.Option("--token", help="Hub token (default: HF_TOKEN or the HF login); never printed.",
                              show_default=False)
 ]
-CkptArg = Annotated[Path, typer.Argument(help="A vhctl checkpoint folder.", show_default=False)]
+CkptArg = Annotated[Path, typer.Argument(help="A vhctl checkpoint folder.", show_default=False, metavar="CKPT")]

@@ -14,7 +14,7 @@ from vhctl.cli._output import emit_json, success
 @handle_errors
 def attach_reward_adapter(
     ckpt: CkptArg,
-    adapter: Annotated[str, typer.Argument(help="Local folder or hub id of a PEFT adapter with a score head.")],
+    adapter: Annotated[str, typer.Argument(help="Local folder or hub id of a PEFT adapter with a score head.", metavar="ADAPTER")],
     name: Annotated[str, typer.Option("--name", help="Name under adapters/.")] = "reward_adapter",
     force: Annotated[bool, typer.Option("--force", help="Replace an adapter of the same name.")] = False,
     revision: RevisionOpt = None,

@@ -32,7 +32,7 @@ def _hub_progress_bars(enabled: bool) -> Iterator[None]:
 def push(
     ckpt: CkptArg,
     repo_id: Annotated[
-        str, typer.Argument(help="Hub repo id, namespace/name (created if missing).", show_default=False)
+        str, typer.Argument(help="Hub repo id, namespace/name (created if missing).", show_default=False, metavar="REPO_ID")
     ],
     private: Annotated[
         bool, typer.Option("--private", help="Create the repo private (refused for an existing public repo).")

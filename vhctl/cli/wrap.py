@@ -15,7 +15,7 @@ from vhctl.cli._output import emit_json, success, warning
 @handle_errors
 def wrap(
     model: Annotated[str, typer.Argument(
-        help="Hub id, local folder, TRL / OpenRLHF / seqcls / DeepSpeed-Chat checkpoint, or vhctl:tiny.")],
+        help="Hub id, local folder, TRL / OpenRLHF / seqcls / DeepSpeed-Chat checkpoint, or vhctl:tiny.", metavar="MODEL")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The checkpoint folder to write.")],
     init: Annotated[str, typer.Option("--init", help="New head init: random (PyTorch default) or normal.")] = "random",
     std: Annotated[float | None, typer.Option("--std", help="Std of the normal init (default 0.2).")] = None,
