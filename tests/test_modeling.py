@@ -227,3 +227,15 @@ def test_same_values_as_trl(arch: str) -> None:
         a, b = ours(**batch), theirs(**batch)
     assert torch.allclose(a[0], b[0]) and torch.allclose(a[2], b[2], atol=1e-6)
     assert list(ours.state_dict()) == list(theirs.state_dict())
+
+
+def test_kbit_argument_names_match_peft() -> None:
+    """The static list of kbit-training kwargs is the one peft's function takes."""
+    import inspect
+
+    from peft import prepare_model_for_kbit_training
+
+    from vhctl.modeling.wrapper import _kbit_arg_names
+
+    params = set(inspect.signature(prepare_model_for_kbit_training).parameters) - {"model"}
+    assert params == set(_kbit_arg_names())

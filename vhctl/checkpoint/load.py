@@ -220,17 +220,20 @@ def load_wrapper(
     allow_pickle: bool,
 ) -> Any:
     """The body of ``from_pretrained`` (see its docstring)."""
-    from peft import PeftConfig, PeftModel
     from transformers import PreTrainedModel
 
     from vhctl.checkpoint.heads import check_head_state, find_head
     from vhctl.checkpoint.manifest import Manifest
     from vhctl.modeling.value_head import hidden_size_of
+    from vhctl.modeling.wrapper import _peft_model_types
 
     if reward_adapter is not None and not isinstance(reward_adapter, str | os.PathLike):
         raise UsageError("reward_adapter must be a local path or a hub id of a reward-modeling adapter")
-    if peft_config is not None and not isinstance(peft_config, PeftConfig):
-        raise UsageError("peft_config must be a peft.PeftConfig instance")
+    if peft_config is not None:
+        from peft import PeftConfig
+
+        if not isinstance(peft_config, PeftConfig):
+            raise UsageError("peft_config must be a peft.PeftConfig instance")
 
     token = model_kwargs.get("token")
     revision = model_kwargs.get("revision")
@@ -261,6 +264,8 @@ def load_wrapper(
             source_info["revision"] = manifest.base_model.get("revision")
             frozen = manifest.frozen
         if (folder / ADAPTER_CONFIG_NAME).is_file():
+            from peft import PeftConfig, PeftModel
+
             if peft_config is not None:
                 logger.warning("peft_config ignored: %s already holds a PEFT adapter", source)
             _check_adapter_pickle_policy(folder, allow_pickle)
@@ -300,7 +305,7 @@ def load_wrapper(
         if head_found is None:
             head_found, more = find_head(folder, allow_pickle=allow_pickle)
             looked = looked or more
-    elif isinstance(source, PeftModel | PreTrainedModel):
+    elif isinstance(source, (PreTrainedModel, *_peft_model_types())):
         pretrained_model = source
         if peft_config is not None and isinstance(source, PreTrainedModel):
             pretrained_model = _apply_peft_config(source, peft_config, kbit_kwargs)
@@ -312,7 +317,7 @@ def load_wrapper(
             f"not {type(source).__name__}"
         )
 
-    is_peft = isinstance(pretrained_model, PeftModel)
+    is_peft = isinstance(pretrained_model, _peft_model_types())
     if is_peft:
         from peft import PromptLearningConfig
 

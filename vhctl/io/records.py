@@ -81,7 +81,8 @@ def _check_str(value: Any, field: str, line: int) -> str:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise _bad(
-            line, f"field '{field}' holds an invalid unicode escape (a lone surrogate at character {exc.start})"
+            line,
+            f"field '{field}' holds an invalid unicode escape (a lone surrogate at character {exc.start})",
         ) from None
     return value
 
@@ -96,11 +97,15 @@ def _json_type(value: Any) -> str:
 
 def _check_messages(value: Any, line: int) -> list[dict[str, Any]]:
     if not isinstance(value, list) or not value:
-        raise _bad(line, "field 'messages' must be a non-empty array of {\"role\": ..., \"content\": ...} objects")
+        raise _bad(
+            line, 'field \'messages\' must be a non-empty array of {"role": ..., "content": ...} objects'
+        )
     for index, message in enumerate(value):
         where = f"messages[{index}]"
         if not isinstance(message, dict):
-            raise _bad(line, f"{where} must be an object with 'role' and 'content', not {_json_type(message)}")
+            raise _bad(
+                line, f"{where} must be an object with 'role' and 'content', not {_json_type(message)}"
+            )
         for key in ("role", "content"):
             if key not in message:
                 raise _bad(line, f"{where} has no '{key}'")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +26,21 @@ _VHCTL_POP = ("allow_pickle",)
 
 
 def _peft_model_types() -> tuple[type, ...]:
+    """PeftModel when peft is loaded; a model cannot be one otherwise (and importing peft costs ~2 s)."""
+    if "peft" not in sys.modules:
+        return ()
     from peft import PeftModel
 
     return (PeftModel,)
 
 
-def _kbit_arg_names() -> set[str]:
-    from peft import prepare_model_for_kbit_training
+# The keyword arguments of peft's ``prepare_model_for_kbit_training`` (peft 0.14 to 0.21), listed
+# here so that from_pretrained does not import peft (about 2 s) just to split kwargs.
+_KBIT_ARGS = frozenset({"use_gradient_checkpointing", "gradient_checkpointing_kwargs", "auto_clear_cache"})
 
-    return {p for p in inspect.signature(prepare_model_for_kbit_training).parameters if p != "model"}
+
+def _kbit_arg_names() -> frozenset[str]:
+    return _KBIT_ARGS
 
 
 def _cache_arg_name(model: Any) -> str:
