@@ -31,8 +31,8 @@ from vhctl.constants import (
     V_HEAD_WEIGHT,
     VALUE_HEAD_NAME,
 )
-from vhctl.errors import CheckpointError, ManifestError, NotAModelError, SourceNotFoundError, VhctlError
-from vhctl.io.files import safe_relpath
+from vhctl.errors import CheckpointError, ManifestError, NotAModelError, VhctlError
+from vhctl.io.files import existing_folder, safe_relpath
 
 LAYOUT_VHCTL = "vhctl"
 LAYOUT_TRL = "trl"
@@ -172,13 +172,7 @@ def inspect_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         NotAModelError: ``path`` is a file, or a folder with no model in it.
         ManifestError: ``vhctl.json`` is there but broken (run ``vhctl validate`` for details).
     """
-    root = Path(path)
-    if not root.exists():
-        raise SourceNotFoundError(f"{root} does not exist", hint="pass the folder of a checkpoint")
-    if not root.is_dir():
-        raise NotAModelError(
-            f"{root} is a file, not a checkpoint folder", hint="pass the checkpoint's folder"
-        )
+    root = existing_folder(path, hint="pass the folder of a checkpoint")
     headers = _Headers(root)
     info: dict[str, Any] = {"path": str(root)}
     if (root / MANIFEST_NAME).is_file():

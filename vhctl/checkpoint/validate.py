@@ -50,8 +50,8 @@ from vhctl.constants import (
     V_HEAD_WEIGHT,
     VALUE_HEAD_NAME,
 )
-from vhctl.errors import CheckpointError, NotAModelError, SourceNotFoundError, VhctlError
-from vhctl.io.files import safe_relpath, sha256_file
+from vhctl.errors import CheckpointError, VhctlError
+from vhctl.io.files import existing_folder, safe_relpath, sha256_file
 
 ERROR = "error"
 WARNING = "warning"
@@ -162,13 +162,7 @@ def validate_checkpoint(
         SourceNotFoundError: ``path`` does not exist.
         NotAModelError: ``path`` is not a folder.
     """
-    root = Path(path)
-    if not root.exists():
-        raise SourceNotFoundError(f"{root} does not exist", hint="pass the folder of a vhctl checkpoint")
-    if not root.is_dir():
-        raise NotAModelError(
-            f"{root} is a file, not a checkpoint folder", hint="pass the checkpoint's folder"
-        )
+    root = existing_folder(path, hint="pass the folder of a vhctl checkpoint")
     return _Validator(root, deep=deep, check_policy=check_policy).run()
 
 

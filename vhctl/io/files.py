@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from vhctl.constants import OLD_PREFIX, TMP_PREFIX
-from vhctl.errors import DestinationExistsError, UsageError, VhctlError
+from vhctl.errors import DestinationExistsError, NotAModelError, SourceNotFoundError, UsageError, VhctlError
 
 _CHUNK = 8 * 1024 * 1024
 
@@ -28,6 +28,16 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def existing_folder(path: str | os.PathLike[str], *, hint: str = "pass the folder of a vhctl checkpoint") -> Path:
+    """``path`` as a Path if it is a folder; otherwise the one clear error for a missing path or a file."""
+    root = Path(path)
+    if not root.exists():
+        raise SourceNotFoundError(f"{root} does not exist", hint=hint)
+    if not root.is_dir():
+        raise NotAModelError(f"{root} is a file, not a checkpoint folder", hint="pass the checkpoint's folder")
+    return root
 
 
 def safe_relpath(rel: str, *, what: str = "path") -> str:
