@@ -41,7 +41,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -218,6 +218,15 @@ class Scorer:
         max_batch_tokens: Padded tokens per forward pass. Default: ``batch_size`` times the
             longest sequence of the window, so memory stays what ``batch_size`` of those need.
         skip_bad: Give a record that cannot be tokenized an error result instead of raising.
+        shard: ``(rank, world)`` for data-parallel scoring: every rank is given the same records and
+            makes the same windowing, sorting and batching decisions, but computes only the batches
+            (or prompt packs) whose running index ``% world == rank``; ``gather`` then merges the
+            ranks' results, so every rank yields every result, each computed in exactly the batch a
+            single process would have put it in (the same floats, for the same thread count).
+            None or a world of 1: everything is computed here.
+        gather: With ``shard``: a collective that takes this rank's partial results of a window
+            (any picklable object) and returns every rank's, in rank order (e.g.
+            ``vhctl.distributed.Group.all_gather``). Called once per window, on every rank.
         fuse_activations: While scoring, run Python-written tanh-approximate GELUs (GPT-2's
             ``gelu_new``, ``gelu_fast``, Bloom's) as PyTorch's fused kernel: the same function
             (about 1e-7 apart in float32), a quarter less time for small GPT-2 models. The model
@@ -249,6 +258,8 @@ class Scorer:
         max_batch_tokens: int | None = None,
         skip_bad: bool = False,
         fuse_activations: bool = True,
+        shard: tuple[int, int] | None = None,
+        gather: Callable[[Any], list[Any]] | None = None,
     ) -> None:
         if tokenizer is None:
             raise UsageError(
@@ -260,6 +271,16 @@ class Scorer:
             raise UsageError(f"max length must be at least 1, got {max_length}")
         if max_batch_tokens is not None and max_batch_tokens < 1:
             raise UsageError(f"max batch tokens must be at least 1, got {max_batch_tokens}")
+        if shard is not None:
+            rank, world = shard
+            if world < 1 or not 0 <= rank < world:
+                raise UsageError(f"shard must be (rank, world) with 0 <= rank < world, got {shard}")
+            if world > 1 and gather is None:
+                raise UsageError("a shard of a multi-process run needs a gather function")
+        self._shard = shard if shard is not None and shard[1] > 1 else None
+        self._gather_parts = gather
+        self._unit = 0  # running index of the batches and prompt packs planned so far (for the shard)
+        self._parts: list[dict[int, dict[str, Any]]] = []  # sharded: this rank's results, per pass
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -381,6 +402,11 @@ class Scorer:
         return contextlib.nullcontext()
 
     # ------------------------------------------------------------------ public API
+
+    @property
+    def input_device(self) -> torch.device:
+        """Where token ids go: the input embeddings' device (the first GPU of a device map)."""
+        return self._device
 
     def score(self, records: Iterable[Record]) -> Iterator[dict[str, Any]]:
         """Score records, yielding one result dict per record in input order.
@@ -564,6 +590,8 @@ class Scorer:
                         self._run_pass(groups, plain, reward=True)
                     finally:
                         self._pm.set_adapter(previous)
+            if self._shard is not None:
+                self._merge_shards(items)
         for item in items:
             if item.error is not None:
                 self.stats.errors += 1
@@ -655,14 +683,40 @@ class Scorer:
         """
         per_token = self.per_token and not reward
         self._pending = []
+        if self._shard is not None:
+            self._parts.append({})
         if self._seq2seq:
             for batch in self._batches(plain, lambda i: (len(i.ids), len(i.dec or ()))):
-                self._queue(batch, *self._forward_seq2seq(batch, per_token), reward=reward)
+                if self._owns_next():
+                    self._queue(batch, *self._forward_seq2seq(batch, per_token), reward=reward)
         else:
-            self._run_plain_items(plain, per_token, reward=reward)
+            for batch in self._batches(plain, lambda i: len(i.ids)):
+                if self._owns_next():
+                    self._queue(batch, *self._forward_plain(batch, per_token), reward=reward)
             for pack in self._prompt_batches(groups):
-                self._run_shared(pack, per_token, reward=reward)
+                # Another rank scores a pack it does not own, but the first-use check of prompt
+                # sharing still runs here: what it decides changes the plan of later windows.
+                self._run_shared(pack, per_token, reward=reward, compute=self._owns_next())
         self._read_back(reward=reward)
+
+    def _owns_next(self) -> bool:
+        """Whether this rank computes the next batch or prompt pack of the plan (always, unsharded)."""
+        unit, self._unit = self._unit, self._unit + 1
+        return self._shard is None or unit % self._shard[1] == self._shard[0]
+
+    def _merge_shards(self, items: list[_Item]) -> None:
+        """Put every rank's results of this window into ``items``, pass by pass, as one process would.
+
+        Keys are added in the order a single process adds them (value, values, then reward), so
+        the output is byte for byte the single-process one.
+        """
+        mine, self._parts = self._parts, []
+        assert self._gather_parts is not None
+        everyone: list[list[dict[int, dict[str, Any]]]] = self._gather_parts(mine)
+        for step in range(len(mine)):
+            for parts in everyone:
+                for index, values in parts[step].items():
+                    items[index].result.update(values)
 
     def _queue(
         self, batch: list[_Item], last: torch.Tensor, seq: list[torch.Tensor] | None, *, reward: bool
@@ -690,13 +744,18 @@ class Scorer:
             for b, item in enumerate(batch):
                 values = flat[row]
                 row += 1
+                new: dict[str, Any] = {}
                 if reward:
-                    item.result["reward"] = values[0] if len(values) == 1 else values
+                    new["reward"] = values[0] if len(values) == 1 else values
                 else:
-                    item.result["value"] = values[0]
+                    new["value"] = values[0]
                     if seq is not None and rows is not None:
-                        item.result["values"] = rows[start : start + len(seq[b])]
+                        new["values"] = rows[start : start + len(seq[b])]
                         start += len(seq[b])
+                if self._shard is None:
+                    item.result.update(new)
+                else:  # merged with the other ranks' in _merge_shards
+                    self._parts[-1][item.index] = new
         self._pending = []
 
     def _values(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -733,7 +792,8 @@ class Scorer:
     ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
         import torch
 
-        last = hidden[torch.arange(hidden.shape[0], device=hidden.device), padded.lengths - 1]
+        lengths = padded.lengths.to(hidden.device)  # a no-op, except under a device map (last GPU)
+        last = hidden[torch.arange(hidden.shape[0], device=hidden.device), lengths - 1]
         if not per_token:
             return last, None
         values = self._values(hidden)
@@ -790,27 +850,39 @@ class Scorer:
             hidden = out.decoder_hidden_states[-1]
         return self._gather(hidden, dec, per_token)
 
-    def _run_shared(self, pack: list[_Group], per_token: bool, *, reward: bool) -> None:
-        """Run the prompts of a pack once with a cache, then every response on that cache."""
+    def _run_shared(self, pack: list[_Group], per_token: bool, *, reward: bool, compute: bool = True) -> None:
+        """Run the prompts of a pack once with a cache, then every response on that cache.
+
+        With ``compute=False`` (a pack another rank scores) only the first-use checks run, so that
+        every rank takes the same decisions a single process takes; nothing is queued.
+        """
         import torch
 
+        if not compute and self._verified:
+            return
         prompts = self._pad([group.prompt for group in pack])
         many = len(pack) > 1
         prompt_hidden, cache = self._causal(prompts.ids, prompts.mask if many else None, use_cache=True)
         if not _cache_supported(cache):
             # This model's cache cannot be replicated along the batch: score these records the plain way.
             self._sharing = False
-            self._run_plain_items([item for group in pack for item in group.items], per_token, reward=reward)
+            if compute:
+                self._run_plain_items(
+                    [item for group in pack for item in group.items], per_token, reward=reward
+                )
             return
         shared = _Shared(cache, prompts, many)
         if not self._verified and not self._verify(pack, shared):
             if many:  # several prompts in one batch is what failed: try them one by one
                 self._multi_prompt = False
                 for group in pack:
-                    self._run_shared([group], per_token, reward=reward)
+                    self._run_shared([group], per_token, reward=reward, compute=compute)
             else:
                 self._sharing = False
-                self._run_plain_items(pack[0].items, per_token, reward=reward)
+                if compute:
+                    self._run_plain_items(pack[0].items, per_token, reward=reward)
+            return
+        if not compute:
             return
         prompt_values = self._values(prompt_hidden) if per_token else None
         rows = sorted(
@@ -924,11 +996,18 @@ def _select_cache(cache: Any, index: torch.Tensor) -> Any:
     """A new cache holding rows ``index`` of ``cache`` (rows may repeat); ``cache`` itself is untouched.
 
     The layers are copied shallowly, then ``batch_select_indices`` replaces their tensors (it does
-    not write into them), so the prompt cache serves every chunk of responses.
+    not write into them), so the prompt cache serves every chunk of responses. Under a device map
+    the layers sit on several GPUs: each gets the index on its own device.
     """
     selected = copy.copy(cache)
     selected.layers = [copy.copy(layer) for layer in cache.layers]
-    selected.batch_select_indices(index)
+    on_device = {index.device: index}
+    for layer in selected.layers:
+        keys = getattr(layer, "keys", None)
+        device = getattr(keys, "device", index.device)
+        if device not in on_device:
+            on_device[device] = index.to(device)
+        layer.batch_select_indices(on_device[device])
     return selected
 
 

@@ -12,19 +12,22 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterator
+import traceback
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Annotated, Any
 
 import typer
 
-from vhctl.cli._errors import handle_errors
-from vhctl.cli._options import AllowPickleOpt, RevisionOpt, TokenOpt
-from vhctl.cli._output import message, progress_enabled, success, warning
-from vhctl.errors import AdapterError, UsageError
+from vhctl.cli._errors import describe, handle_errors
+from vhctl.cli._options import AllowPickleOpt, RevisionOpt, TokenOpt, TrustRemoteCodeOpt
+from vhctl.cli._output import error, message, progress_enabled, state, success, warning
+from vhctl.errors import AdapterError, UsageError, VhctlError
 
 DEFAULT_REWARD = "reward_adapter"
+DEVICE_MAP_CHOICES = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's strategies
 
 
 @handle_errors
@@ -63,6 +66,14 @@ def score(
         ),
     ] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device_map: Annotated[
+        str | None,
+        typer.Option(
+            "--device-map",
+            help="Spread a model too large for one GPU over the GPUs with accelerate: auto, balanced, "
+            "balanced_low_0 or sequential.",
+        ),
+    ] = None,
     dtype: Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16 or float16.")] = "auto",
     skip_bad: Annotated[
         bool, typer.Option("--skip-bad", help="Write an error record for a bad line and go on.")
@@ -73,37 +84,137 @@ def score(
     revision: RevisionOpt = None,
     token: TokenOpt = None,
     allow_pickle: AllowPickleOpt = False,
+    trust_remote_code: TrustRemoteCodeOpt = False,
 ) -> None:
-    """Score text or JSONL with CKPT's value head: one JSON object per input line on stdout."""
-    from vhctl.io.records import iter_records
-    from vhctl.scoring import Scorer, resolve_device, resolve_dtype
+    """Score text or JSONL with CKPT's value head: one JSON object per input line on stdout.
+
+    Under torchrun or accelerate launch, the ranks share the work and rank 0 writes the same
+    output a single process would.
+    """
+    from vhctl import distributed
 
     if reward_name is not None and not reward:
         raise UsageError(f"unexpected argument {reward_name!r}", hint=f"did you mean --reward {reward_name}?")
-    torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, torch_device)
+    options = _Options(
+        ckpt=ckpt,
+        input_=input_,
+        reward=(reward_name or "") if reward else None,
+        per_token=per_token,
+        batch_size=batch_size,
+        max_length=max_length,
+        device=device,
+        device_map=_device_map(device_map, device),
+        dtype=dtype,
+        skip_bad=skip_bad,
+        prefix_sharing=not no_prefix_sharing,
+        revision=revision,
+        token=token,
+        allow_pickle=allow_pickle,
+        trust_remote_code=trust_remote_code,
+    )
+    launch = distributed.launch_from_env()
+    if launch is None:
+        _score(options, None)
+    else:
+        _score_distributed(options, launch)
+
+
+@dataclass(frozen=True)
+class _Options:
+    ckpt: str
+    input_: str
+    reward: str | None  # None: no reward; "": the checkpoint's only (or default) reward adapter
+    per_token: bool
+    batch_size: int
+    max_length: int | None
+    device: str
+    device_map: str | None
+    dtype: str
+    skip_bad: bool
+    prefix_sharing: bool
+    revision: str | None
+    token: str | None
+    allow_pickle: bool
+    trust_remote_code: bool
+
+
+def _device_map(value: str | None, device: str) -> str | None:
+    if value is None:
+        return None
+    choice = value.strip().lower()
+    if choice not in DEVICE_MAP_CHOICES:
+        raise UsageError(
+            f"invalid --device-map {value!r}", hint=f"use one of {', '.join(DEVICE_MAP_CHOICES)}"
+        )
+    if (device or "auto").strip().lower() != "auto":
+        raise UsageError(
+            f"--device {device} and --device-map {value} both place the model",
+            hint="give only one: --device for one device, --device-map to spread it over several",
+        )
+    return choice
+
+
+def _score(options: _Options, group: Any) -> None:
+    """Load, score, write. ``group`` (a :class:`vhctl.distributed.Group`) when several processes share the work."""
+    from vhctl.io.records import iter_records
+    from vhctl.scoring import Scorer, resolve_device, resolve_dtype
+
+    main = group is None or group.is_main
     with ExitStack() as stack:
-        stream = _open_input(input_, stack)
-        adapter = (reward_name or "") if reward else None
-        model, tokenizer = _load(ckpt, torch_device, torch_dtype, adapter, revision, token, allow_pickle)
-        interactive = input_ == "-" and is_terminal_stdin()
+        failure: tuple[str, int] | None = None
+        try:
+            spec = options.device if group is None else _local_device(options, group)
+            torch_device = resolve_device(spec if options.device_map is None else "auto")
+            if group is not None and torch_device.type == "cuda" and options.device_map is None:
+                import torch
+
+                torch.cuda.set_device(torch_device)
+            torch_dtype = resolve_dtype(options.dtype, torch_device)
+            reading = options.input_ != "-" or main  # stdin: only rank 0 reads it (then broadcasts)
+            stream = _open_input(options.input_, stack) if reading else None
+            model, tokenizer = _load(options, torch_device, torch_dtype)
+            interactive = options.input_ == "-" and main and is_terminal_stdin()
+            scorer = Scorer(
+                model,
+                tokenizer,
+                batch_size=options.batch_size,
+                max_length=options.max_length,
+                per_token=options.per_token,
+                reward=options.reward is not None,
+                window=1 if interactive else None,
+                prefix_sharing=options.prefix_sharing,
+                skip_bad=options.skip_bad,
+                shard=group.shard if group is not None else None,
+                gather=group.all_gather if group is not None else None,
+            )
+            if options.device_map is not None:
+                torch_device = scorer.input_device
+        except (VhctlError, OSError, MemoryError) as exc:
+            if group is None:
+                raise
+            failure = describe(exc)
+        if group is not None:
+            group.agree(failure)  # every rank raises the first failure: none waits for a failed one
+            scorer.window = group.broadcast(scorer.window)  # rank 0's (1 when reading a terminal)
         if interactive:
             message("reading lines from the terminal (Ctrl-D ends)")
-        scorer = Scorer(
-            model,
-            tokenizer,
-            batch_size=batch_size,
-            max_length=max_length,
-            per_token=per_token,
-            reward=reward,
-            window=1 if interactive else None,
-            prefix_sharing=not no_prefix_sharing,
-            skip_bad=skip_bad,
-        )
+        records = iter_records(stream, skip_bad=options.skip_bad) if stream is not None else None
+        if group is not None and options.input_ == "-":
+            records = group.records(records, chunk=scorer.window)
         started = time.perf_counter()
-        _write_results(scorer.score(iter_records(stream, skip_bad=skip_bad)), scorer)
+        results = scorer.score(records)  # type: ignore[arg-type]
+        if main:
+            _write_results(results, scorer, on_closed=group.request_stop if group is not None else None)
+        else:
+            for _ in results:  # rank 0 writes; this rank's share reaches it through the gather
+                pass
     elapsed = max(time.perf_counter() - started, 1e-9)
-    stats = scorer.stats
+    if main:
+        _summary(scorer, elapsed, torch_device, torch_dtype, group)
+
+
+def _summary(scorer: Any, elapsed: float, device: Any, dtype: Any, group: Any) -> None:
+    stats = scorer.stats  # the same on every rank: each sees every record of the input
     if stats.errors:
         warning(f"{stats.errors} bad line(s) skipped (see their error records)")
     if stats.truncated:
@@ -111,11 +222,77 @@ def score(
     shared = (
         f", {stats.shared_prompts} prompt forward(s) saved by prefix sharing" if stats.shared_prompts else ""
     )
+    where = f"{device}" if group is None else f"{group.world} processes ({device.type})"
     success(
         f"scored {stats.records} line(s), {stats.tokens} tokens in {elapsed:.1f}s "
-        f"({stats.tokens / elapsed:,.0f} tokens/s on {torch_device}, {str(torch_dtype).removeprefix('torch.')}"
+        f"({stats.tokens / elapsed:,.0f} tokens/s on {where}, {str(dtype).removeprefix('torch.')}"
         f"{shared})"
     )
+
+
+def _local_device(options: _Options, group: Any) -> str:
+    """This rank's device (``cuda:LOCAL_RANK`` for auto/cuda); a device map is refused with several per node."""
+    from vhctl import distributed
+
+    if options.device_map is not None and group.launch.local_world > 1:
+        raise UsageError(
+            f"--device-map spreads the model over every GPU of the node, and {group.launch.local_world} "
+            "processes per node would each do that",
+            hint="use one process per node with --device-map (torchrun --nproc-per-node 1), or drop it",
+        )
+    return distributed.local_device(options.device, group.launch)
+
+
+def _score_distributed(options: _Options, launch: Any) -> None:
+    """Data-parallel scoring: every rank scores its share, rank 0 writes and reports.
+
+    An error every rank meets alike (a bad line, a set-up failure shared by :meth:`Group.agree`) is
+    printed once, by rank 0, and every rank exits with its code after a barrier: a launcher stops
+    all workers as soon as one fails, and rank 0 must have written its line by then.
+    """
+    from vhctl import distributed
+    from vhctl.errors import InputError
+
+    cuda = distributed.local_device(options.device, launch).startswith("cuda") or (
+        options.device_map is not None and _cuda_available()
+    )
+    group = distributed.start(launch, cuda=cuda)
+    if not group.is_main:
+        _quiet_rank()
+    try:
+        _score(options, group)
+    except distributed.Stopped:  # rank 0's output was closed (e.g. `| head`): a normal end
+        return
+    except (InputError, distributed.PeerError) as exc:
+        if group.is_main:
+            text, _ = describe(exc)
+            if state.verbose:
+                traceback.print_exc()
+            error(text)
+        group.barrier()
+        raise typer.Exit(exc.exit_code) from None
+    finally:
+        group.close()
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _quiet_rank() -> None:
+    """Ranks other than 0 print nothing: rank 0 reports for the job (errors, warnings, summary)."""
+    import logging
+
+    state.quiet = True
+    logging.getLogger("vhctl").setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
 
 
 def is_terminal_stdin() -> bool:
@@ -132,30 +309,36 @@ def _open_input(path: str, stack: ExitStack) -> IO[bytes]:
     return stack.enter_context(open(file, "rb"))
 
 
-def _load(
-    ckpt: str, device: Any, dtype: Any, reward: str | None, revision: str | None, token: str | None,
-    allow_pickle: bool,
-) -> tuple[Any, Any]:  # fmt: skip
-    """The checkpoint's value-head model on ``device`` with its tokenizer (and its reward adapter)."""
+def _load(options: _Options, device: Any, dtype: Any) -> tuple[Any, Any]:
+    """The checkpoint's value-head model on ``device`` (or spread by ``--device-map``) with its
+    tokenizer (and its reward adapter)."""
     from transformers import AutoTokenizer
 
     from vhctl.checkpoint.load import load_checkpoint, quiet_transformers, resolve_source
 
+    ckpt, revision, token, allow_pickle = options.ckpt, options.revision, options.token, options.allow_pickle
     folder = resolve_source(ckpt, revision=revision, token=token, allow_pickle=allow_pickle)
+    reward = options.reward
     adapter = _reward_adapter_dir(folder, reward) if reward is not None else None  # fail before loading
-    kwargs: dict[str, Any] = {"dtype": dtype, "allow_pickle": allow_pickle}
+    kwargs: dict[str, Any] = {
+        "dtype": dtype, "allow_pickle": allow_pickle, "trust_remote_code": options.trust_remote_code,
+    }  # fmt: skip
     if revision is not None:
         kwargs["revision"] = revision
     if token is not None:
         kwargs["token"] = token
-    if device.type == "cuda":
+    if options.device_map is not None:
+        kwargs["device_map"] = options.device_map  # accelerate places it; the head goes where it ends
+    elif device.type == "cuda":
         kwargs["device_map"] = {"": str(device)}
     with quiet_transformers(), _no_progress_bars():
         model = load_checkpoint(ckpt, **kwargs)
-        if device.type != "cuda":
+        if device.type != "cuda" and options.device_map is None:
             model.to(device)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(folder))
+            tokenizer = AutoTokenizer.from_pretrained(
+                str(folder), trust_remote_code=options.trust_remote_code
+            )
         except (OSError, ValueError, TypeError) as exc:
             raise UsageError(
                 f"{ckpt} has no tokenizer, and scoring needs one ({type(exc).__name__})",
@@ -235,7 +418,7 @@ def _with_reward_adapter(model: Any, name: str, adapter_dir: Path) -> Any:
     else:
         peft_model = PeftModel.from_pretrained(base, str(adapter_dir), adapter_name=name, is_trainable=False)
     weight = score_state["weight"]
-    device = base.get_input_embeddings().weight.device if hasattr(base, "get_input_embeddings") else "cpu"
+    device = model.v_head.summary.weight.device  # where the last hidden state lands (device maps too)
     head = torch.nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in score_state)
     head.load_state_dict({k: v.to(torch.float32) for k, v in score_state.items()})
     head = head.to(device=device, dtype=getattr(base, "dtype", torch.float32)).requires_grad_(False)
@@ -253,8 +436,12 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def _write_results(results: Any, scorer: Any) -> None:
-    """One compact JSON object per line, flushed as it comes; a closed pipe (``| head``) ends quietly."""
+def _write_results(results: Any, scorer: Any, on_closed: Callable[[], None] | None = None) -> None:
+    """One compact JSON object per line, flushed as it comes; a closed pipe (``| head``) ends quietly.
+
+    ``on_closed`` (data-parallel runs) asks the other ranks to stop; the results are then drained
+    unwritten until they do, so no rank is left waiting in a collective.
+    """
     out = sys.stdout
     progress = None
     if progress_enabled():
@@ -283,4 +470,8 @@ def _write_results(results: Any, scorer: Any) -> None:
             os.dup2(devnull, out.fileno())
         except (OSError, ValueError):
             pass
+        if on_closed is not None:
+            on_closed()
+            for _ in results:
+                pass
         raise typer.Exit(0) from None

@@ -53,6 +53,30 @@ def _cache_arg_name(model: Any) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+def _last_hidden_parameter(model: Any) -> str | None:
+    """The name (as in ``hf_device_map``) of the last parameter of the module that outputs the last hidden state."""
+    hf = model.get_base_model() if hasattr(model, "get_base_model") else model  # under a PeftModel
+    core = getattr(hf, "base_model", hf)  # the backbone, without the LM head
+    seq2seq = getattr(getattr(hf, "config", None), "is_encoder_decoder", False)
+    if seq2seq and callable(getattr(hf, "get_decoder", None)):
+        core = hf.get_decoder()
+    prefix = next((name for name, module in hf.named_modules() if module is core), "")
+    names = [name for name, _ in core.named_parameters()]
+    if not names:
+        return None
+    return f"{prefix}.{names[-1]}" if prefix else names[-1]
+
+
+def _device_map_lookup(device_map: dict[str, Any], name: str) -> Any:
+    """The device ``device_map`` gives parameter ``name`` (its longest matching module prefix)."""
+    best: tuple[int, Any] | None = None
+    for key, where in device_map.items():
+        if key == "" or name == key or name.startswith(key + "."):
+            if best is None or len(key) > best[0]:
+                best = (len(key), where)
+    return best[1] if best is not None else None
+
+
 class PreTrainedModelWrapper(nn.Module):
     """Wraps a ``transformers`` model (or a PEFT model) and adds value-head plumbing.
 
@@ -239,24 +263,29 @@ class PreTrainedModelWrapper(nn.Module):
         self._place_head_by_device_map()
 
     def _head_device(self) -> Any:
-        """Where the last hidden state lands under a device map (None when there is no map)."""
+        """Where the last hidden state lands under a device map (None when there is no map).
+
+        That is the device of the module computing it (the backbone's final norm, the decoder's for
+        seq2seq), not the LM head's: a tied LM head sits with the input embeddings on the first GPU.
+        Offload is refused: a map that sends modules to disk, or some to the CPU and others to GPUs.
+        """
         device_map = getattr(self.pretrained_model, "hf_device_map", None)
         if not device_map:
             return None
-        values = list(device_map.values())
-        if any(v in ("cpu", "disk") for v in values) and any(v not in ("cpu", "disk") for v in values):
+        offloaded = [(name, where) for name, where in device_map.items() if where in ("cpu", "disk")]
+        if offloaded and (len(offloaded) < len(device_map) or any(w == "disk" for _, w in offloaded)):
+            shown = ", ".join(f"{name or '(all)'} -> {where}" for name, where in offloaded[:3])
+            more = f" and {len(offloaded) - 3} more" if len(offloaded) > 3 else ""
             raise UsageError(
-                "the model is partly offloaded to CPU or disk; vhctl's value head needs every layer on an "
-                "accelerator",
-                hint="give the GPUs more memory in max_memory, or load on one device",
+                f"the device map offloads {len(offloaded)} of {len(device_map)} modules ({shown}{more}); "
+                "vhctl scores and trains with the whole model on GPUs, or all of it on the CPU, not offloaded",
+                hint="give the GPUs more memory (max_memory), load in bfloat16, use more GPUs, or load on the CPU",
             )
-        output = self.pretrained_model.get_output_embeddings() if hasattr(
-            self.pretrained_model, "get_output_embeddings"
-        ) else None
-        if output is not None and getattr(output, "weight", None) is not None and output.weight.device.type != "meta":
-            return output.weight.device
-        last = values[-1]
-        return torch.device(f"cuda:{last}") if isinstance(last, int) else torch.device(last)
+        name = _last_hidden_parameter(self.pretrained_model)
+        where = _device_map_lookup(device_map, name) if name is not None else None
+        if where is None:
+            where = list(device_map.values())[-1]
+        return torch.device(f"cuda:{where}") if isinstance(where, int) else torch.device(where)
 
     def _place_head_by_device_map(self) -> None:
         device = self._head_device()
