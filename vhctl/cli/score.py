@@ -81,6 +81,14 @@ def score(
     no_prefix_sharing: Annotated[
         bool, typer.Option("--no-prefix-sharing", help="Run every line in full, even when prompts repeat.")
     ] = False,
+    normalize: Annotated[
+        bool,
+        typer.Option(
+            "--normalize",
+            help="Write (value - mean) / std with the reward normalisation the checkpoint carries "
+            "(an imported OpenRLHF reward model's mean/std).",
+        ),
+    ] = False,
     revision: RevisionOpt = None,
     token: TokenOpt = None,
     allow_pickle: AllowPickleOpt = False,
@@ -107,6 +115,7 @@ def score(
         dtype=dtype,
         skip_bad=skip_bad,
         prefix_sharing=not no_prefix_sharing,
+        normalize=normalize,
         revision=revision,
         token=token,
         allow_pickle=allow_pickle,
@@ -132,6 +141,7 @@ class _Options:
     dtype: str
     skip_bad: bool
     prefix_sharing: bool
+    normalize: bool
     revision: str | None
     token: str | None
     allow_pickle: bool
@@ -172,6 +182,7 @@ def _score(options: _Options, group: Any) -> None:
             torch_dtype = resolve_dtype(options.dtype, torch_device)
             reading = options.input_ != "-" or main  # stdin: only rank 0 reads it (then broadcasts)
             stream = _open_input(options.input_, stack) if reading else None
+            normalization = _normalization(options) if options.normalize else None
             model, tokenizer = _load(options, torch_device, torch_dtype)
             interactive = options.input_ == "-" and main and is_terminal_stdin()
             scorer = Scorer(
@@ -203,6 +214,8 @@ def _score(options: _Options, group: Any) -> None:
             records = group.records(records, chunk=scorer.window)
         started = time.perf_counter()
         results = scorer.score(records)  # type: ignore[arg-type]
+        if normalization is not None:
+            results = _normalized(results, normalization)
         if main:
             _write_results(results, scorer, on_closed=group.request_stop if group is not None else None)
         else:
@@ -211,6 +224,35 @@ def _score(options: _Options, group: Any) -> None:
     elapsed = max(time.perf_counter() - started, 1e-9)
     if main:
         _summary(scorer, elapsed, torch_device, torch_dtype, group)
+
+
+def _normalization(options: _Options) -> tuple[float, float]:
+    """The checkpoint's reward normalisation (mean, std), or a usage error before any scoring."""
+    from vhctl.checkpoint.load import resolve_source
+    from vhctl.checkpoint.manifest import Manifest
+    from vhctl.formats import normalization_of
+
+    folder = resolve_source(options.ckpt, revision=options.revision, token=options.token,
+                            allow_pickle=options.allow_pickle)
+    found = normalization_of(Manifest.read(folder))
+    if found is None:
+        raise UsageError(
+            f"--normalize needs a reward normalisation, and {options.ckpt} has none",
+            hint="import an OpenRLHF reward model whose config has mean/std with 'vhctl wrap'",
+        )
+    return found
+
+
+def _normalized(results: Any, normalization: tuple[float, float]) -> Iterator[dict[str, Any]]:
+    """``value`` and per-token ``values`` as (x - mean) / std; rewards of a PEFT adapter are left as they are."""
+    from vhctl.formats import normalize
+
+    for result in results:
+        if result.get("value") is not None:
+            result["value"] = normalize(result["value"], normalization)
+        if result.get("values") is not None:
+            result["values"] = [None if v is None else normalize(v, normalization) for v in result["values"]]
+        yield result
 
 
 def _summary(scorer: Any, elapsed: float, device: Any, dtype: Any, group: Any) -> None:
