@@ -479,16 +479,14 @@ def test_head_goes_where_the_last_hidden_state_lands(ckpt) -> None:
     del pm.hf_device_map
 
 
-def test_device_map_with_several_processes_per_node_is_refused(ckpt, monkeypatch) -> None:
+def test_device_map_with_several_processes_per_node_is_refused() -> None:
+    from types import SimpleNamespace
+
     from vhctl.cli import score as score_cli
 
-    class FakeGroup:
-        launch = Launch(rank=0, world=2, local_rank=0, local_world=2)
-
-    options = score_cli._Options(
-        ckpt=str(ckpt), input_="-", reward=None, per_token=False, batch_size=2, max_length=None, device="auto",
-        device_map="auto", dtype="auto", skip_bad=False, prefix_sharing=True, revision=None, token=None,
-        allow_pickle=False, trust_remote_code=False,
-    )  # fmt: skip
+    group = SimpleNamespace(launch=Launch(rank=0, world=2, local_rank=0, local_world=2))
+    options = SimpleNamespace(device="auto", device_map="auto")  # the fields _local_device reads
     with pytest.raises(UsageError, match="--nproc-per-node 1"):
-        score_cli._local_device(options, FakeGroup())
+        score_cli._local_device(options, group)
+    alone = SimpleNamespace(launch=Launch(rank=1, world=2, local_rank=0, local_world=1))  # one per node
+    assert score_cli._local_device(options, alone) == ("cuda:0" if torch.cuda.is_available() else "auto")
