@@ -42,6 +42,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from common import build_tokenizer, special_tokens  # noqa: E402  (same tokenizers as the main benchmark)
+
 WORK = ROOT / "benchmarks" / "_work" / "dp"
 RESULTS = ROOT / "benchmarks" / "RESULTS-dp.md"
 LABEL = {"gpt2": "GPT-2 124M", "llama": "Llama-style 110M", "tiny-gpt2": "GPT-2 2-layer (quick)"}
@@ -69,35 +73,6 @@ def model_config(name: str) -> Any:
 
         return GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=512)
     raise ValueError(f"unknown model {name!r}")
-
-
-def specials(name: str) -> dict[str, Any]:
-    """GPT-2's tokenizer adds no special token; the Llama-style one puts a BOS first."""
-    if name == "llama":
-        return {"unk": "<unk>", "bos": "<s>", "eos": "</s>", "pad": "<unk>", "prefix": 1, "first_word": 3}
-    eot = "<|endoftext|>"
-    return {"unk": eot, "bos": eot, "eos": eot, "pad": eot, "prefix": 0, "first_word": 1}
-
-
-def build_tokenizer(name: str, vocab_size: int) -> Any:
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    spec = specials(name)
-    vocab = {tok: i for i, tok in enumerate(dict.fromkeys([spec["unk"], spec["bos"], spec["eos"]]))}
-    for i in range(len(vocab), vocab_size):
-        vocab[f"w{i}"] = i
-    tok = Tokenizer(models.WordLevel(vocab, unk_token=spec["unk"]))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    if spec["prefix"]:
-        bos = spec["bos"]
-        tok.post_processor = processors.TemplateProcessing(
-            single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, vocab[bos])]
-        )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token=spec["unk"], bos_token=spec["bos"], eos_token=spec["eos"],
-        pad_token=spec["pad"], padding_side="right",
-    )  # fmt: skip
 
 
 def checkpoint(name: str) -> Path:
@@ -142,11 +117,11 @@ def checkpoint(name: str) -> Path:
 
 def workload(name: str, vocab: int, n: int, seed: int = 1234) -> bytes:
     """``n`` JSON lines of texts whose token lengths (special tokens included) are uniform in 16..256."""
-    spec = specials(name)
+    spec = special_tokens(name)
     rng = random.Random(seed)
     lines = []
     for i in range(n):
-        length = rng.randint(16, 256) - spec["prefix"]
+        length = rng.randint(16, 256) - len(spec["prefix"])
         text = " ".join(f"w{rng.randrange(spec['first_word'], vocab)}" for _ in range(length))
         lines.append(json.dumps({"id": i, "text": text}))
     return ("\n".join(lines) + "\n").encode()
