@@ -320,6 +320,32 @@ def section_why(lines: list[str]) -> None:
         lines += ["## Why the missed targets are missed", "", *why, ""]
 
 
+def section_data_parallel(targets: list[list[str]], lines: list[str]) -> None:
+    """Section 7: the data-parallel benchmark, as its own command last wrote it (``RESULTS-dp.md``).
+
+    ``bench_dp.py`` takes about 20 minutes, so ``run.sh`` does not run it; its recorded report is
+    carried into this file with the command and date it came from.
+    """
+    source = common.BENCH / "RESULTS-dp.md"
+    if not source.is_file():
+        return
+    text = source.read_text(encoding="utf-8").splitlines()
+    ratios = []
+    for row in text:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        if len(cells) == 7 and cells[1].startswith("2 processes"):
+            ratios.append(f"{cells[0]} {cells[5]}")
+    targets.append(["7. data-parallel scoring: 2 processes x 1 thread vs 1 process x 2 threads",
+                    "; ".join(ratios) or "see section 7", "recorded (see section 7; no target ratio set)"])
+    body = text[1:]  # its title becomes this section's
+    while body and not body[0].strip():
+        body.pop(0)
+    lines += ["## 7. Data-parallel scoring (torchrun, CPU)", "",
+              "Measured by `python benchmarks/bench_dp.py --reps 2`, a separate command (about 20 min; not part "
+              "of `run.sh`); its report [`RESULTS-dp.md`](RESULTS-dp.md) is carried in here as recorded:", "",
+              *[f"> {row}" if row else ">" for row in body], ""]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=common.BENCH / "RESULTS.md")
@@ -345,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
              "this CPU run claims no GPU numbers.", "", *GPU_RECORDED, ""]
     targets.append(["6. GPU bf16 scoring vs TRL", "2.60x mixed, 2.40x best-of-n (GPT-2 124M, H200, recorded once)",
                     "recorded (see section 6)"])
+    section_data_parallel(targets, body)
     head = [
         "# vhctl benchmarks",
         "",

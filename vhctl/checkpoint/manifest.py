@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -185,17 +186,22 @@ class Manifest:
         return path
 
     # -- files ---------------------------------------------------------------------------
-    def refresh_files(self, folder: str | os.PathLike[str]) -> None:
+    def refresh_files(
+        self, folder: str | os.PathLike[str], known: Mapping[str, str] | None = None
+    ) -> None:
         """Record size and sha256 of every file under ``folder`` except the manifest itself.
 
         Nested reference checkpoints (``ref/`` with their own manifest) are left to their own
-        manifest.
+        manifest. ``known`` gives digests the caller already has (files copied verbatim from a
+        source hashed while they were copied); the others are read and hashed here.
         """
         root = Path(folder)
+        known = known or {}
         self.files = {}
         for rel in iter_checkpoint_files(root):
             p = root / rel
-            self.files[rel] = FileEntry(size=p.stat().st_size, sha256=sha256_file(p))
+            sha = known.get(rel) or sha256_file(p)
+            self.files[rel] = FileEntry(size=p.stat().st_size, sha256=sha)
 
 
 def iter_checkpoint_files(root: Path) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -62,9 +63,12 @@ def previous_manifest(folder: Path) -> Any:
         return None
 
 
-def finish_manifest(folder: Path, manifest: Any) -> Any:
-    """Hash every file and write ``vhctl.json`` last, so a checkpoint with a manifest is complete."""
-    manifest.refresh_files(folder)
+def finish_manifest(folder: Path, manifest: Any, known: Mapping[str, str] | None = None) -> Any:
+    """Hash every file and write ``vhctl.json`` last, so a checkpoint with a manifest is complete.
+
+    ``known``: digests of files the caller hashed already (see :meth:`Manifest.refresh_files`).
+    """
+    manifest.refresh_files(folder, known)
     manifest.write(folder)
     return manifest
 

@@ -6,13 +6,14 @@ change: a TRL layout whose files also hold the head, a dtype conversion, or pick
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -29,6 +30,9 @@ from vhctl.constants import (
     VALUE_HEAD_NAME,
 )
 from vhctl.errors import NotAModelError, UnsafeLoadError, UnsupportedModelError, UsageError
+
+if TYPE_CHECKING:
+    from vhctl.io.files import BackgroundHasher
 
 INITS = ("random", "normal")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -145,17 +149,25 @@ def _strip_head_from_safetensors(src: Path, dst: Path, dtype: torch.dtype | None
 
 
 def _copy_safetensors_base(src: Path, dst: Path, *, head_files: list[str], dtype: torch.dtype | None,
-                           link: bool) -> list[str]:
+                           link: bool, hasher: BackgroundHasher | None = None) -> dict[str, str]:
+    """Copy (or link) the base's weight files; rewrite those holding ``v_head`` keys or needing ``dtype``.
+
+    Returns the sha256 of the files copied verbatim that ``hasher`` hashed at the source meanwhile.
+    """
     from vhctl.checkpoint.tensors import weight_files
     from vhctl.io.files import link_or_copy
 
     written = []
+    known: dict[str, str] = {}
     for rel in weight_files(src):
         (dst / rel).parent.mkdir(parents=True, exist_ok=True)
         if rel in head_files or dtype is not None:
             _strip_head_from_safetensors(src / rel, dst / rel, dtype)
         else:
             link_or_copy(src / rel, dst / rel, link=link)
+            digest = hasher.digest(src / rel) if hasher is not None else None
+            if digest is not None and (dst / rel).stat().st_size == (src / rel).stat().st_size:
+                known[rel] = digest
         written.append(rel)
     index = src / SAFE_WEIGHTS_INDEX_NAME
     if index.is_file():
@@ -165,8 +177,7 @@ def _copy_safetensors_base(src: Path, dst: Path, *, head_files: list[str], dtype
             total = sum((dst / rel).stat().st_size for rel in written)
             data.setdefault("metadata", {})["total_size"] = total
         (dst / SAFE_WEIGHTS_INDEX_NAME).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        written.append(SAFE_WEIGHTS_INDEX_NAME)
-    return written
+    return known
 
 
 def _convert_pickle_base(src: Path, dst: Path, architecture: str, dtype: torch.dtype | None) -> list[str]:
@@ -243,93 +254,109 @@ def wrap_model(
             f"{source} is a PEFT adapter, not a model",
             hint="wrap its base model, then add a reward adapter with 'vhctl attach-reward-adapter'",
         )
-    config = load_config(src, where=str(source), trust_remote_code=trust_remote_code)
-    architecture = _detect(config, where=str(source), trust_remote_code=trust_remote_code)
-    hidden = hidden_size_of(config)
-    if not has_safetensors_weights(src) and not has_pickle_weights(src):
-        raise NotAModelError(f"{source} holds a config but no weights", hint="point at a saved model folder")
-    from vhctl.formats import detect_foreign_layout, import_foreign, read_reward_head
+    hasher = None
+    with contextlib.ExitStack() as stack:
+        if target_dtype is None and has_safetensors_weights(src):
+            # Hash the weights while transformers is imported and they are copied (neither reads
+            # them), instead of reading them a second time for the manifest at the end.
+            from vhctl.checkpoint.tensors import weight_files
+            from vhctl.io.files import BackgroundHasher
 
-    foreign = detect_foreign_layout(src, allow_pickle=allow_pickle)
-    found = None if foreign is not None else find_head(src, allow_pickle=allow_pickle)[0]
-    reward = None if init_from_reward is None else read_reward_head(
-        init_from_reward, hidden_size=hidden, allow_pickle=allow_pickle, token=token
-    )
-    if found is not None:
-        check_head_state(found.state, hidden, where=f"{source}/{found.files[0]}")
-    effective_dropout = dropout_of(config, {"summary_dropout_prob": 0.1 if dropout is None else dropout})
+            hasher = stack.enter_context(BackgroundHasher())
+            for rel in weight_files(src):
+                hasher.submit(src / rel)
 
-    imported = None
-    with atomic_output_dir(out_path, force=force) as tmp:
-        if foreign is not None:
-            imported = import_foreign(foreign, tmp, config=config, dtype=target_dtype)
-        elif has_safetensors_weights(src):
-            _copy_safetensors_base(
-                src, tmp, head_files=found.base_files if found else [], dtype=target_dtype, link=link
-            )
-            config_data = json.loads((src / CONFIG_NAME).read_text(encoding="utf-8"))
-            if target_dtype is not None:
-                config_data["dtype"] = dtype
-                config_data.pop("torch_dtype", None)
-            (tmp / CONFIG_NAME).write_text(json.dumps(config_data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-            if (src / GENERATION_CONFIG_NAME).is_file():
-                shutil.copyfile(src / GENERATION_CONFIG_NAME, tmp / GENERATION_CONFIG_NAME)
-        else:
-            if not allow_pickle:
-                raise UnsafeLoadError(
-                    f"{source} holds only pickle weights",
-                    hint="pass --allow-pickle to convert them (read with weights_only=True)",
+        config = load_config(src, where=str(source), trust_remote_code=trust_remote_code)
+        architecture = _detect(config, where=str(source), trust_remote_code=trust_remote_code)
+        hidden = hidden_size_of(config)
+        if not has_safetensors_weights(src) and not has_pickle_weights(src):
+            raise NotAModelError(f"{source} holds a config but no weights", hint="point at a saved model folder")
+        from vhctl.formats import detect_foreign_layout, import_foreign, read_reward_head
+
+        foreign = detect_foreign_layout(src, allow_pickle=allow_pickle)
+        found = None if foreign is not None else find_head(src, allow_pickle=allow_pickle)[0]
+        reward = None if init_from_reward is None else read_reward_head(
+            init_from_reward, hidden_size=hidden, allow_pickle=allow_pickle, token=token
+        )
+        if found is not None:
+            check_head_state(found.state, hidden, where=f"{source}/{found.files[0]}")
+        effective_dropout = dropout_of(config, {"summary_dropout_prob": 0.1 if dropout is None else dropout})
+
+        imported = None
+        known: dict[str, str] = {}
+        if foreign is not None and hasher is not None:
+            hasher.close()  # converted, not copied: the source's digests are of no use
+        with atomic_output_dir(out_path, force=force) as tmp:
+            if foreign is not None:
+                imported = import_foreign(foreign, tmp, config=config, dtype=target_dtype)
+            elif has_safetensors_weights(src):
+                known = _copy_safetensors_base(
+                    src, tmp, head_files=found.base_files if found else [], dtype=target_dtype, link=link,
+                    hasher=hasher,
                 )
-            _convert_pickle_base(src, tmp, architecture, target_dtype)
-        copy_tokenizer_files(src, tmp)
-        if trust_remote_code:
-            for name in _remote_code_files(src, config):
-                shutil.copyfile(src / name, tmp / name)
-        if reward is not None or imported is not None:
-            head = reward if reward is not None else imported
-            weight, bias = head.weight, head.bias
-            head_init, head_std, head_seed = "loaded", None, None
-        elif found is not None:
-            weight, bias = found.state[V_HEAD_WEIGHT], found.state[V_HEAD_BIAS]
-            head_init, head_std, head_seed = "loaded", None, None
-        else:
-            head_std = 0.2 if std is None else float(std)
-            weight, bias = init_head(hidden, init=init, std=head_std, seed=seed)
-            head_init, head_seed = init, seed
-            if init != "normal":
-                head_std = None
-        write_head(tmp, weight, bias)
-        manifest = Manifest(
-            kind=KIND_POLICY,
+                config_data = json.loads((src / CONFIG_NAME).read_text(encoding="utf-8"))
+                if target_dtype is not None:
+                    config_data["dtype"] = dtype
+                    config_data.pop("torch_dtype", None)
+                (tmp / CONFIG_NAME).write_text(json.dumps(config_data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+                if (src / GENERATION_CONFIG_NAME).is_file():
+                    shutil.copyfile(src / GENERATION_CONFIG_NAME, tmp / GENERATION_CONFIG_NAME)
+            else:
+                if not allow_pickle:
+                    raise UnsafeLoadError(
+                        f"{source} holds only pickle weights",
+                        hint="pass --allow-pickle to convert them (read with weights_only=True)",
+                    )
+                _convert_pickle_base(src, tmp, architecture, target_dtype)
+            copy_tokenizer_files(src, tmp)
+            if trust_remote_code:
+                for name in _remote_code_files(src, config):
+                    shutil.copyfile(src / name, tmp / name)
+            if reward is not None or imported is not None:
+                head = reward if reward is not None else imported
+                weight, bias = head.weight, head.bias
+                head_init, head_std, head_seed = "loaded", None, None
+            elif found is not None:
+                weight, bias = found.state[V_HEAD_WEIGHT], found.state[V_HEAD_BIAS]
+                head_init, head_std, head_seed = "loaded", None, None
+            else:
+                head_std = 0.2 if std is None else float(std)
+                weight, bias = init_head(hidden, init=init, std=head_std, seed=seed)
+                head_init, head_seed = init, seed
+                if init != "normal":
+                    head_std = None
+            write_head(tmp, weight, bias)
+            manifest = Manifest(
+                kind=KIND_POLICY,
+                architecture=architecture,
+                model_type=str(config.model_type),
+                value_head=ValueHeadInfo(
+                    file=VALUE_HEAD_NAME,
+                    hidden_size=hidden,
+                    dtype=dtype_name(weight.dtype),
+                    init=head_init,
+                    std=head_std,
+                    dropout=effective_dropout,
+                    seed=head_seed,
+                ),
+                base_model={
+                    "source": str(Path(source).absolute()) if resolved.origin == "local" else resolved.source,
+                    "revision": resolved.commit or revision,
+                },
+                extra={**(imported.extra if imported else {}), **(reward.manifest_extra() if reward else {})},
+            )
+            finish_manifest(tmp, manifest, known)
+        return WrapResult(
+            out=out_path,
+            source=str(source),
             architecture=architecture,
             model_type=str(config.model_type),
-            value_head=ValueHeadInfo(
-                file=VALUE_HEAD_NAME,
-                hidden_size=hidden,
-                dtype=dtype_name(weight.dtype),
-                init=head_init,
-                std=head_std,
-                dropout=effective_dropout,
-                seed=head_seed,
-            ),
-            base_model={
-                "source": str(Path(source).absolute()) if resolved.origin == "local" else resolved.source,
-                "revision": resolved.commit or revision,
-            },
-            extra={**(imported.extra if imported else {}), **(reward.manifest_extra() if reward else {})},
+            hidden_size=hidden,
+            head_init=head_init,
+            head_from=f"reward:{reward.format}" if reward else foreign.format if foreign else found.layout if found else None,
+            files=sorted(manifest.files),
+            notes=imported.notes if imported else [],
         )
-        finish_manifest(tmp, manifest)
-    return WrapResult(
-        out=out_path,
-        source=str(source),
-        architecture=architecture,
-        model_type=str(config.model_type),
-        hidden_size=hidden,
-        head_init=head_init,
-        head_from=f"reward:{reward.format}" if reward else foreign.format if foreign else found.layout if found else None,
-        files=sorted(manifest.files),
-        notes=imported.notes if imported else [],
-    )
 
 
 __all__ = ["INITS", "WrapResult", "init_head", "wrap_model"]
