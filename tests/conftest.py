@@ -40,3 +40,16 @@ def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
         monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(hf_home / "token"), raising=False)
         monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(hf_home / "stored_tokens"), raising=False)
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True, raising=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory):
+    """``vhctl wrap vhctl:tiny`` with a seeded normal head, once per module (tests only read it)."""
+    from typer.testing import CliRunner
+
+    from vhctl.cli.app import app
+
+    out = tmp_path_factory.mktemp("tiny") / "ck"
+    result = CliRunner().invoke(app, ["wrap", "vhctl:tiny", "--out", str(out), "--init", "normal", "--seed", "0"])
+    assert result.exit_code == 0, result.output
+    return out

@@ -68,11 +68,8 @@ def mixed_lines(n: int, seed: int = 0) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("dp") / "ck"
-    result = runner.invoke(app, ["wrap", "vhctl:tiny", "--out", str(out), "--init", "normal", "--seed", "0"])
-    assert result.exit_code == 0, result.output
-    return out
+def ckpt(tiny_ckpt: Path) -> Path:
+    return tiny_ckpt
 
 
 # ---------------------------------------------------------------------------- launcher environment

@@ -20,7 +20,7 @@ so they need no GPU memory and no ``torch.cuda.set_device`` ordering. Nothing he
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -162,6 +162,7 @@ class Group:
         self.rank = launch.rank
         self.world = launch.world
         self._stop = False
+        self._left = 0  # records of the chunk being yielded, not yet yielded
 
     @property
     def is_main(self) -> bool:
@@ -214,6 +215,10 @@ class Group:
                 message, code = item
                 raise PeerError(message if rank == 0 else f"rank {rank}: {message}", exit_code=code)
 
+    def ready(self) -> bool:
+        """Whether the chunk :meth:`records` is yielding has more records (a scorer's ``ready``)."""
+        return self._left > 0
+
     def request_stop(self) -> None:
         """Ask every rank to stop at the next window (rank 0 calls this when its output is closed)."""
         self._stop = True
@@ -227,12 +232,18 @@ class Group:
 
     # ------------------------------------------------------------------ input
 
-    def records(self, source: Iterable[Record] | None, *, chunk: int) -> Iterator[Record]:
+    def records(
+        self, source: Iterable[Record] | None, *, chunk: int, ready: Callable[[], bool] | None = None
+    ) -> Iterator[Record]:
         """One record stream on every rank: rank 0 reads ``source`` ``chunk`` records at a time and broadcasts.
 
         Other ranks pass ``source=None`` (stdin may only be read by one process). A bad line read
         by rank 0 is sent along as a marker after the records before it, and raised on every rank
         at the same place (rank 0 raises the original exception). A stop request ends the stream.
+
+        ``ready`` (rank 0, ``--stream``): a chunk also ends at a pause in the input. Every rank's
+        scorer then takes :meth:`ready` as its own, so all of them end their windows where rank 0's
+        chunks end, and plan the same batches.
 
         Raises:
             InputError: a bad line (see :func:`vhctl.io.records.iter_records`).
@@ -247,6 +258,8 @@ class Group:
                 end = self._stop or iterator is None
                 marker: tuple[Any, ...] | None = None
                 while not end and len(batch) < chunk:
+                    if batch and ready is not None and not ready():
+                        break
                     try:
                         batch.append(next(iterator))  # type: ignore[arg-type]
                     except StopIteration:
@@ -260,7 +273,10 @@ class Group:
                         break
                 payload = (batch, end, marker)
             batch, end, marker = self.broadcast(payload)
-            yield from batch
+            self._left = len(batch)
+            for record in batch:
+                self._left -= 1
+                yield record
             if marker is not None:
                 if original is not None:
                     raise original

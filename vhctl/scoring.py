@@ -408,12 +408,20 @@ class Scorer:
         """Where token ids go: the input embeddings' device (the first GPU of a device map)."""
         return self._device
 
-    def score(self, records: Iterable[Record]) -> Iterator[dict[str, Any]]:
+    def score(
+        self, records: Iterable[Record], *, ready: Callable[[], bool] | None = None
+    ) -> Iterator[dict[str, Any]]:
         """Score records, yielding one result dict per record in input order.
 
         A result is ``{"id"?: ..., "value": float, "reward"?: float, "values"?: [float, ...]}``,
         or ``{"line": N, "id"?: ..., "error": "..."}`` for a bad record (``skip_bad``). Results come
         window by window, so the first ones appear long before a long input ends.
+
+        ``ready`` says whether another record can be read without waiting (e.g.
+        :meth:`vhctl.io.records.LineReader.ready`). With it, a window also ends at a pause in the
+        input, so the records that have come are scored while the producer makes more; the batches
+        (and so the last bits of the values) then depend on the timing. Without it, every window
+        is full until the input ends, and the output is the same on every run.
 
         Raises:
             InputError: a bad line, when ``skip_bad`` is off. The results of all lines before it
@@ -425,6 +433,8 @@ class Scorer:
             pending: InputError | None = None
             exhausted = False
             while len(window) < self.window:
+                if window and ready is not None and not ready():
+                    break  # a pause in the input: score what has come
                 try:
                     window.append(next(iterator))
                 except StopIteration:

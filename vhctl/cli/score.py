@@ -81,6 +81,14 @@ def score(
     no_prefix_sharing: Annotated[
         bool, typer.Option("--no-prefix-sharing", help="Run every line in full, even when prompts repeat.")
     ] = False,
+    stream: Annotated[
+        bool,
+        typer.Option(
+            "--stream",
+            help="Score lines as they arrive: a window also ends when no more input is waiting (for a "
+            "slow producer); values may then differ in the last bits between runs.",
+        ),
+    ] = False,
     normalize: Annotated[
         bool,
         typer.Option(
@@ -115,6 +123,7 @@ def score(
         dtype=dtype,
         skip_bad=skip_bad,
         prefix_sharing=not no_prefix_sharing,
+        stream=stream,
         normalize=normalize,
         revision=revision,
         token=token,
@@ -141,6 +150,7 @@ class _Options:
     dtype: str
     skip_bad: bool
     prefix_sharing: bool
+    stream: bool
     normalize: bool
     revision: str | None
     token: str | None
@@ -166,7 +176,7 @@ def _device_map(value: str | None, device: str) -> str | None:
 
 def _score(options: _Options, group: Any) -> None:
     """Load, score, write. ``group`` (a :class:`vhctl.distributed.Group`) when several processes share the work."""
-    from vhctl.io.records import iter_records
+    from vhctl.io.records import LineReader, iter_records
     from vhctl.scoring import Scorer, resolve_device, resolve_dtype
 
     main = group is None or group.is_main
@@ -180,11 +190,13 @@ def _score(options: _Options, group: Any) -> None:
 
                 torch.cuda.set_device(torch_device)
             torch_dtype = resolve_dtype(options.dtype, torch_device)
-            reading = options.input_ != "-" or main  # stdin: only rank 0 reads it (then broadcasts)
+            # stdin (and any input with --stream): only rank 0 reads it, then broadcasts it
+            reading = main or (options.input_ != "-" and not options.stream)
             stream = _open_input(options.input_, stack) if reading else None
             normalization = _normalization(options) if options.normalize else None
             model, tokenizer = _load(options, torch_device, torch_dtype)
             interactive = options.input_ == "-" and main and is_terminal_stdin()
+            stream_input = options.stream or interactive  # a terminal: each line as it is typed
             scorer = Scorer(
                 model,
                 tokenizer,
@@ -192,7 +204,6 @@ def _score(options: _Options, group: Any) -> None:
                 max_length=options.max_length,
                 per_token=options.per_token,
                 reward=options.reward is not None,
-                window=1 if interactive else None,
                 prefix_sharing=options.prefix_sharing,
                 skip_bad=options.skip_bad,
                 shard=group.shard if group is not None else None,
@@ -206,14 +217,20 @@ def _score(options: _Options, group: Any) -> None:
             failure = describe(exc)
         if group is not None:
             group.agree(failure)  # every rank raises the first failure: none waits for a failed one
-            scorer.window = group.broadcast(scorer.window)  # rank 0's (1 when reading a terminal)
+            stream_input = group.broadcast(stream_input)  # rank 0's (True when reading a terminal)
         if interactive:
             message("reading lines from the terminal (Ctrl-D ends)")
-        records = iter_records(stream, skip_bad=options.skip_bad) if stream is not None else None
-        if group is not None and options.input_ == "-":
-            records = group.records(records, chunk=scorer.window)
+        reader = LineReader(stream) if stream is not None and stream_input else None
+        ready = reader.ready if reader is not None else None
+        source = reader if reader is not None else stream
+        records = iter_records(source, skip_bad=options.skip_bad) if source is not None else None
+        if group is not None and (options.input_ == "-" or stream_input):
+            # One reader (rank 0) for stdin; with --stream also for a file, so that every rank
+            # ends its windows where rank 0's input paused.
+            records = group.records(records if main else None, chunk=scorer.window, ready=ready)
+            ready = group.ready if stream_input else None
         started = time.perf_counter()
-        results = scorer.score(records)  # type: ignore[arg-type]
+        results = scorer.score(records, ready=ready)  # type: ignore[arg-type]
         if normalization is not None:
             results = _normalized(results, normalization)
         if main:

@@ -18,13 +18,15 @@ with ``skip_bad=True``, becomes a Record whose ``error`` says what is wrong.
 from __future__ import annotations
 
 import json
+import os
+import select
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
 from vhctl.errors import InputError
 
-__all__ = ["ACCEPTED_FIELDS", "Record", "iter_records", "parse_line"]
+__all__ = ["ACCEPTED_FIELDS", "LineReader", "Record", "iter_records", "parse_line"]
 
 ACCEPTED_FIELDS = "'text', 'prompt' + 'response', or 'messages'"
 _BOM = "\ufeff"
@@ -229,3 +231,62 @@ def _recover_id(raw: bytes | str, record: Record) -> None:
         return
     if isinstance(obj, dict) and "id" in obj:
         record.id, record.has_id = obj["id"], True
+
+
+class LineReader:
+    """The lines of a file or pipe, which can tell whether the next one is already there.
+
+    ``vhctl score --stream`` ends a window when :meth:`ready` says no more input is waiting, so a
+    slow producer's lines (a generator writing samples as it makes them, a person typing) are
+    scored as they come instead of once a full window has arrived. The lines are the ones a
+    binary file yields (split after ``\\n``, the last one possibly without it).
+
+    Args:
+        stream: A binary file with a file descriptor (``sys.stdin.buffer``, ``open(path, "rb")``)
+            that nothing has read from yet: reading goes around Python's buffer.
+        chunk: Bytes asked for per read (a pipe returns what it holds, up to this).
+    """
+
+    def __init__(self, stream: IO[bytes], *, chunk: int = 1 << 16) -> None:
+        try:
+            self._fd: int | None = stream.fileno()
+        except (OSError, ValueError, AttributeError):  # io.UnsupportedOperation is an OSError
+            self._fd = None  # an in-memory stream: read it as it is, always ready
+        self._stream = stream
+        self._chunk = chunk
+        self._buffer = b""
+        self._start = 0  # the unread part of the buffer begins here
+        self._eof = False
+
+    def __iter__(self) -> LineReader:
+        return self
+
+    def __next__(self) -> bytes:
+        while True:
+            end = self._buffer.find(b"\n", self._start)
+            if end >= 0:
+                line = self._buffer[self._start : end + 1]
+                self._start = end + 1
+                return line
+            if self._eof:
+                if self._start < len(self._buffer):
+                    line, self._buffer, self._start = self._buffer[self._start :], b"", 0
+                    return line
+                raise StopIteration
+            data = os.read(self._fd, self._chunk) if self._fd is not None else self._stream.read(self._chunk)
+            self._buffer, self._start = self._buffer[self._start :] + data, 0
+            self._eof = not data
+
+    def ready(self) -> bool:
+        """Whether the next line can be had without waiting for the producer (end of input counts).
+
+        A partly written line counts as ready once any of it is there. Where the descriptor
+        cannot be polled, always True: the caller then reads full windows, as without ``--stream``.
+        """
+        if self._eof or self._fd is None or self._buffer.find(b"\n", self._start) >= 0:
+            return True
+        try:
+            readable, _, _ = select.select([self._fd], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable)
