@@ -6,10 +6,10 @@ computes the same numbers with less work:
 
 - it runs the **backbone only** (``model.base_model``: no LM head over the vocabulary, no stack of
   hidden states), under ``torch.inference_mode``;
-- it reads the input in **windows** of ``window`` records, sorts each window by length so batches
-  carry little padding, packs short sequences into a token budget (``batch_size`` times the
-  longest sequence of the window), and emits the results in input order (memory is bounded by the
-  window, whatever the input length);
+- it reads the input in **windows** of ``window`` records, sorts each window by length, cuts it
+  into batches within a token budget (``batch_size`` times the longest sequence of the window)
+  where padding would cost more than another forward pass (:mod:`vhctl.batching`), and emits the
+  results in input order (memory is bounded by the window, whatever the input length);
 - records of a window that share an exact **prompt token prefix** (best-of-n: one prompt, n
   responses) compute the prompt once: the prompt runs with ``use_cache=True`` and the responses run
   on the cached keys/values, replicated along the batch, with the matching position ids and mask.
@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from vhctl.batching import pass_overhead, plan_batches
 from vhctl.errors import InputError, UsageError
 from vhctl.io.records import Record
 
@@ -304,6 +305,7 @@ class Scorer:
             getattr(cfg, "is_prompt_learning", False) for cfg in pm.peft_config.values()
         )
         self._device = self._hf.get_input_embeddings().weight.device
+        self._overhead = pass_overhead(self._device.type)  # a forward pass's fixed cost, in tokens
         self._v_head = model.v_head
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
@@ -646,7 +648,16 @@ class Scorer:
         and there are fewer, fuller forward passes (what both a loaded CPU and a GPU want).
         """
         ordered = sorted(items, key=length)
-        batch: list[_Item] = []
+        if ordered and not isinstance(length(ordered[0]), tuple):
+            # One width per sequence: cut where padding costs more than another pass.
+            sizes = plan_batches(
+                [length(item) for item in ordered],
+                max_rows=lambda width: self._budget // width,
+                overhead=self._overhead,
+            )
+            yield from _split(ordered, sizes)
+            return
+        batch: list[_Item] = []  # seq2seq (encoder, decoder) lengths: fill the budget in order
         for item in ordered:
             if batch and (len(batch) + 1) * _total(length(item)) > self._budget:
                 yield batch
@@ -900,17 +911,13 @@ class Scorer:
             key=lambda row: len(row[1].ids) - row[1].prefix_len,
         )
         longest_prompt = max(prompts.lengths_list)
-        chunk: list[tuple[int, _Item]] = []
-        for row in [*rows, None]:
-            if row is not None:
-                width = len(row[1].ids) - row[1].prefix_len  # sorted: the longest response so far
-                rows_after = len(chunk) + 1
-                if not chunk or (
-                    rows_after * width <= self._budget
-                    and rows_after * (width + longest_prompt) <= 4 * self._budget
-                ):
-                    chunk.append(row)
-                    continue
+        sizes = plan_batches(
+            [len(item.ids) - item.prefix_len for _, item in rows],
+            # the responses' tokens within the budget, and their cached context within 4 budgets
+            max_rows=lambda width: min(self._budget // width, 4 * self._budget // (width + longest_prompt)),
+            overhead=self._overhead,
+        )
+        for chunk in _split(rows, sizes):
             hidden, cont = self._shared_chunk(shared, chunk)
             last, cont_values = self._gather(hidden, cont, per_token)
             seq = None
@@ -920,7 +927,6 @@ class Scorer:
                     for (g, _), values in zip(chunk, cont_values, strict=True)
                 ]
             self._queue([item for _, item in chunk], last, seq, reward=reward)
-            chunk = [row] if row is not None else []
 
     def _shared_chunk(self, shared: _Shared, chunk: list[tuple[int, _Item]]) -> tuple[torch.Tensor, _Padded]:
         """Hidden states of the responses in ``chunk`` ((prompt index, item) rows) on the prompt cache."""
@@ -972,6 +978,13 @@ def torch_stack_last(seq: list[torch.Tensor]) -> torch.Tensor:
     import torch
 
     return torch.stack([values[-1] for values in seq])
+
+
+def _split(ordered: list[Any], sizes: list[int]) -> Iterator[list[Any]]:
+    start = 0
+    for size in sizes:
+        yield ordered[start : start + size]
+        start += size
 
 
 def _total(length: Any) -> int:
