@@ -196,11 +196,12 @@ def test_torchrun_stream_answers_before_the_input_ends(ckpt) -> None:
             proc.stdin.flush()
             got += [json.loads(_read_line(proc.stdout, 240)) for _ in burst]
         proc.stdin.close()
-        assert proc.wait(timeout=120) == 0
+        code = proc.wait(timeout=120)
     finally:
         _stop(proc)
         drain.join(timeout=60)
-    assert [r["id"] for r in got] == [0, 1, 2, 3, 4], errors
+    assert code == 0, b"".join(errors).decode(errors="replace")
+    assert [r["id"] for r in got] == [0, 1, 2, 3, 4]
 
 
 def test_a_terminal_is_read_as_a_stream(ckpt) -> None:

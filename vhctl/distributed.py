@@ -224,10 +224,22 @@ class Group:
         self._stop = True
 
     def close(self) -> None:
-        """Leave the process group (safe to call twice, or after a failure)."""
+        """Leave the process group together (safe to call twice, or after a failure).
+
+        Every rank waits for the others first: a rank tearing gloo down while a peer still
+        finishes the last collective could abort that peer (``terminate called without an active
+        exception``, seen about once in 25 runs). A rank that failed may not reach the barrier;
+        the others then give up on it after a short timeout and leave anyway.
+        """
+        import datetime
+
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
+            try:
+                dist.monitored_barrier(timeout=datetime.timedelta(seconds=30), wait_all_ranks=True)
+            except Exception:  # noqa: BLE001 - a rank is gone, or the backend has no such barrier: leave
+                pass
             dist.destroy_process_group()
 
     # ------------------------------------------------------------------ input
