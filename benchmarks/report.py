@@ -350,7 +350,7 @@ def section_data_parallel(targets: list[list[str]], lines: list[str]) -> None:
     while body and not body[0].strip():
         body.pop(0)
     lines += ["## 7. Data-parallel scoring (torchrun, CPU)", "",
-              "Measured by `python benchmarks/bench_dp.py --reps 2`, a separate command (about 20 min; not part "
+              "Measured by `benchmarks/bench_dp.py`, a separate command (10 to 20 min; not part "
               "of `run.sh`); its report [`RESULTS-dp.md`](RESULTS-dp.md) is carried in here as recorded:", "",
               *[f"> {row}" if row else ">" for row in body], ""]
 
