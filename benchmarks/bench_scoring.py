@@ -28,14 +28,15 @@ import common  # noqa: E402
 # ---------------------------------------------------------------------------------------------- data
 
 
-def mixed_workload(name: str, vocab: int, n: int, seed: int = 1234) -> list[list[int]]:
-    """``n`` token sequences (special tokens included) whose lengths are uniform in 16..256."""
+def mixed_workload(name: str, vocab: int, n: int, seed: int = 1234, low: int = 16,
+                   high: int = 256) -> list[list[int]]:
+    """``n`` token sequences (special tokens included) whose lengths are uniform in ``low..high``."""
     spec = common.special_tokens(name)
     rng = random.Random(seed)
     prefix = len(spec["prefix"])
     seqs = []
     for _ in range(n):
-        length = rng.randint(16, 256)
+        length = rng.randint(low, high)
         seqs.append([rng.randrange(spec["first_word"], vocab) for _ in range(length - prefix)])
     return seqs
 

@@ -1,6 +1,6 @@
 """Workload 6: bf16 scoring throughput on a CUDA GPU, vhctl's Scorer against TRL's value-head model.
 
-One self-contained script (no downloads, no files needed): it builds GPT-2 124M and a Llama-style 110M from
+One script (no downloads; the workloads come from bench_scoring.py): it builds GPT-2 124M and a Llama-style 110M from
 configs with random weights, runs correctness checks on CUDA, then times workloads 1 (mixed lengths) and 2
 (best-of-n) scaled up, in bf16, interleaved repetitions, and writes a markdown table.
 
@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import platform
-import random
 import sys
 import time
 from functools import partial
@@ -37,6 +35,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import common  # noqa: E402
+from bench_scoring import (  # noqa: E402  (the CPU benchmark's workloads, other sizes)
+    best_of_n_workload,
+    jsonl_best_of_n,
+    jsonl_mixed,
+    mixed_workload,
+)
 
 START = time.perf_counter()
 
@@ -46,28 +50,6 @@ def log(msg: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- data
-
-
-def mixed(name: str, vocab: int, n: int, lo: int, hi: int, seed: int) -> list[list[int]]:
-    spec = common.special_tokens(name)
-    rng = random.Random(seed)
-    pre = len(spec["prefix"])
-    return [[rng.randrange(spec["first_word"], vocab) for _ in range(rng.randint(lo, hi) - pre)] for _ in range(n)]
-
-
-def best_of_n(name: str, vocab: int, prompts: int, per: int, seed: int) -> list[tuple[list[int], list[int]]]:
-    spec = common.special_tokens(name)
-    rng = random.Random(seed)
-    pre = len(spec["prefix"])
-    rows = []
-    for _ in range(prompts):
-        p = [rng.randrange(spec["first_word"], vocab) for _ in range(rng.randint(96, 160) - pre)]
-        for _ in range(per):
-            rows.append((p, [rng.randrange(spec["first_word"], vocab) for _ in range(rng.randint(16, 64))]))
-    return rows
-
-
-# ---------------------------------------------------------------------------------------------- engines
 
 
 def build(name: str, tiny: bool, device: str) -> tuple[Any, Any, Any, str]:
@@ -149,15 +131,6 @@ class Runner:
         return [r["value"] for r in scorer.score(iter_records(io.BytesIO(data)))]
 
 
-def jsonl_texts(seqs: list[list[int]]) -> bytes:
-    return b"".join(json.dumps({"text": common.words(s)}).encode() + b"\n" for s in seqs)
-
-
-def jsonl_pairs(rows: list[tuple[list[int], list[int]]]) -> bytes:
-    return b"".join(json.dumps({"prompt": common.words(p), "response": " " + common.words(r)}).encode() + b"\n"
-                    for p, r in rows)
-
-
 def maxdiff(a: list[float], b: list[float]) -> float:
     if len(a) != len(b):
         return float("inf")
@@ -205,18 +178,18 @@ def main(argv: list[str] | None = None) -> int:
         hf, vh, trl, baseline_used = build(name, tiny, device)
         runner = Runner(name, vh, trl, device, args.batch_size)
         vocab = hf.config.vocab_size
-        seqs = mixed(name, vocab, args.texts, 16, args.max_len, seed=1)
-        pairs_rows = best_of_n(name, vocab, args.prompts, 8, seed=2)
+        seqs = mixed_workload(name, vocab, args.texts, seed=1, high=args.max_len)
+        pairs_rows = best_of_n_workload(name, vocab, args.prompts, 8, seed=2)
         texts = [common.words(s) for s in seqs]
         pairs = [(common.words(p), " " + common.words(r)) for p, r in pairs_rows]
-        data1, data2 = jsonl_texts(seqs), jsonl_pairs(pairs_rows)
+        data1, data2 = jsonl_mixed(seqs), jsonl_best_of_n(pairs_rows)
 
         # --- correctness in float32 (TF32 off) on subsets
         n1, n2 = min(len(seqs), 256), min(len(pairs), 256)
         ref1 = runner.trl_texts(texts[:n1])
         ref2 = runner.trl_pairs(pairs[:n2])
-        got1 = runner.vhctl(jsonl_texts(seqs[:n1]))
-        got2 = runner.vhctl(jsonl_pairs(pairs_rows[:n2]))
+        got1 = runner.vhctl(jsonl_mixed(seqs[:n1]))
+        got2 = runner.vhctl(jsonl_best_of_n(pairs_rows[:n2]))
         d1, d2 = maxdiff(ref1, got1), maxdiff(ref2, got2)
         checks.append((f"{name} fp32 mixed: max|vhctl-TRL| = {d1:.1e} <= 1e-4", d1 <= 1e-4, ""))
         checks.append((f"{name} fp32 best-of-n: max|vhctl-TRL| = {d2:.1e} <= 1e-4", d2 <= 1e-4, ""))
@@ -224,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
 
         # --- bf16
         hf.to(torch.bfloat16)
-        b_trl1, b_vh1 = runner.trl_texts(texts[:n1]), runner.vhctl(jsonl_texts(seqs[:n1]))
-        b_trl2, b_vh2 = runner.trl_pairs(pairs[:n2]), runner.vhctl(jsonl_pairs(pairs_rows[:n2]))
+        b_trl1, b_vh1 = runner.trl_texts(texts[:n1]), runner.vhctl(jsonl_mixed(seqs[:n1]))
+        b_trl2, b_vh2 = runner.trl_pairs(pairs[:n2]), runner.vhctl(jsonl_best_of_n(pairs_rows[:n2]))
         for label, ref, bt, bv in (("mixed", ref1, b_trl1, b_vh1), ("best-of-n", ref2, b_trl2, b_vh2)):
             et, ev = maxdiff(ref, bt), maxdiff(ref, bv)
             ok = ev <= 2 * et + 1e-2
@@ -236,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         tok1 = sum(len(s) for s in seqs) + len(seqs) * len(common.special_tokens(name)["prefix"])
         tok2 = sum(len(p) + len(r) for p, r in pairs_rows) + len(pairs_rows) * len(common.special_tokens(name)["prefix"])
         runner.trl_texts(texts[: args.batch_size * 2])  # warm-up
-        runner.vhctl(jsonl_texts(seqs[: args.batch_size * 2]))
+        runner.vhctl(jsonl_mixed(seqs[: args.batch_size * 2]))
         work = (
             ("mixed", tok1, len(seqs), partial(runner.trl_texts, texts), partial(runner.vhctl, data1)),
             ("best-of-n", tok2, len(pairs), partial(runner.trl_pairs, pairs), partial(runner.vhctl, data2)),

@@ -17,7 +17,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_models import make_reward_adapter, save_tiny_model, tiny_lora_config, tiny_tokenizer
+from tiny_models import (
+    local_window_value_model,
+    make_reward_adapter,
+    save_tiny_model,
+    tiny_lora_config,
+    tiny_tokenizer,
+)
 from typer.testing import CliRunner
 
 from vhctl import AutoModelForCausalLMWithValueHead
@@ -104,7 +110,10 @@ def test_backend_and_local_device() -> None:
 
 
 def run_sharded(models, tokenizer, records, **kwargs):
-    """Run one Scorer per rank in threads, with an all-gather made of a barrier; return each rank's results."""
+    """Run one Scorer per rank in threads, with an all-gather made of a barrier; return each rank's results.
+
+    ``records``: a list (each rank scores a copy) or a function that makes each rank's record stream.
+    """
     world = len(models)
     barrier = threading.Barrier(world, timeout=120)
     slots: list[object] = [None] * world
@@ -129,7 +138,8 @@ def run_sharded(models, tokenizer, records, **kwargs):
         scorer._queue = counting
         out: list[dict] = []
         try:
-            for result in scorer.score(copy.deepcopy(records)):
+            source = records() if callable(records) else copy.deepcopy(records)
+            for result in scorer.score(source):
                 out.append(result)
         except InputError as exc:
             outcome[rank] = (out, str(exc))
@@ -235,52 +245,20 @@ def test_sharded_scorer_with_rewards_and_a_bad_line(tmp_path) -> None:
     stream = [line + "\n" for line in lines]
     expected, failure = single(model, tok, iter_records(stream), batch_size=3, window=16)
     assert failure is not None and "line 45" in failure and len(expected) == len(good)
-    world = 2
-    barrier = threading.Barrier(world, timeout=120)
-    slots: list[object] = [None] * world
-    got: list[object] = [None] * world
-
-    def work(rank: int, m) -> None:
-        def gather(obj):
-            slots[rank] = obj
-            barrier.wait()
-            everyone = list(slots)
-            barrier.wait()
-            return everyone
-
-        out = []
-        try:
-            for result in Scorer(m, tok, batch_size=3, window=16, shard=(rank, world), gather=gather).score(
-                iter_records(stream)
-            ):
-                out.append(result)
-        except InputError as exc:
-            got[rank] = (out, str(exc))
-
-    threads = [threading.Thread(target=work, args=(r, build())) for r in range(world)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    for item in got:
-        assert item is not None
-        assert as_bytes(item[0]) == as_bytes(expected) and item[1] == failure
+    outcome, _ = run_sharded(
+        [build(), build()], tok, lambda: iter_records(stream), batch_size=3, window=16
+    )
+    for out, rank_failure in outcome:
+        assert as_bytes(out) == as_bytes(expected) and rank_failure == failure
 
 
 def test_sharded_first_use_check_is_taken_by_every_rank(monkeypatch) -> None:
     """Prompt sharing's first-use check fails on this model (a local window the scorer is blind to):
     the rank that does not own that prompt pack must still take the decision, or the ranks' plans of
     later windows would differ."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     import vhctl.scoring as scoring
 
-    config = AutoConfig.for_model(
-        "gpt_neo", vocab_size=1024, num_layers=2, hidden_size=32, num_heads=2, max_position_embeddings=256,
-        attention_types=[[["global", "local"], 1]], window_size=6,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = AutoModelForCausalLMWithValueHead.from_pretrained(AutoModelForCausalLM.from_config(config)).eval()
+    model = local_window_value_model()
     monkeypatch.setattr(scoring, "_sliding_window", lambda config: None)
     rng = random.Random(5)
     prompts = ["short", words(rng, 8, 10), words(rng, 9, 12), words(rng, 2, 4), words(rng, 10, 12)]

@@ -10,6 +10,7 @@ import pytest
 import torch
 from tiny_models import (
     CAUSAL_ARCHS,
+    local_window_value_model,
     make_reward_adapter,
     make_tiny_model,
     save_tiny_model,
@@ -173,16 +174,9 @@ def test_groups_split_across_windows_stay_right(tok, gpt2):
 
 def test_local_attention_that_counts_padding_is_caught(tok, monkeypatch):
     """A local window the scorer does not know about: the first-use check falls back, values stay right."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     import vhctl.scoring as scoring
 
-    config = AutoConfig.for_model(
-        "gpt_neo", vocab_size=1024, num_layers=2, hidden_size=32, num_heads=2, max_position_embeddings=256,
-        attention_types=[[["global", "local"], 1]], window_size=6,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = AutoModelForCausalLMWithValueHead.from_pretrained(AutoModelForCausalLM.from_config(config)).eval()
+    model = local_window_value_model()
     monkeypatch.setattr(scoring, "_sliding_window", lambda config: None)
     rng = random.Random(5)
     records = []

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_distributed import _env, _torchrun  # one process environment for every command here
 from tiny_models import tiny_tokenizer
 from typer.testing import CliRunner
 
@@ -110,10 +111,6 @@ def test_a_window_ends_where_the_input_pauses(ckpt) -> None:
 # ---------------------------------------------------------------------------- the command
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
-
-
 def _read_line(stream, timeout: float = 120.0) -> bytes:
     """The next output line; fails (instead of hanging) if none comes while the input stays open.
 
@@ -178,13 +175,10 @@ def test_torchrun_stream_answers_before_the_input_ends(ckpt) -> None:
 
     if not (torch.distributed.is_available() and torch.distributed.is_gloo_available()):
         pytest.skip("needs torch.distributed with gloo")
-    from test_distributed import _env as dp_env
-    from test_distributed import _torchrun
-
     command = [*_torchrun(), "--standalone", "--nproc-per-node", "2", "-m", "vhctl", "score", str(ckpt),
                "--stream", "-b", "2"]  # fmt: skip
     proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=dp_env(), bufsize=0, start_new_session=True)  # fmt: skip
+                            env=_env(), bufsize=0, start_new_session=True)  # fmt: skip
     errors: list[bytes] = []
     drain = threading.Thread(target=lambda: errors.append(proc.stderr.read() if proc.stderr else b""))
     drain.start()

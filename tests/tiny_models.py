@@ -268,6 +268,24 @@ def make_tiny_model(arch: str, seed: int = 0, dtype: torch.dtype = torch.float32
     return model.eval()
 
 
+def local_window_value_model(window: int = 6) -> Any:
+    """A 2-layer GPT-Neo value model with a local attention window of ``window`` tokens (seeded).
+
+    Tests hide the window from the scorer (patching ``vhctl.scoring._sliding_window``) to check
+    that prompt sharing's first-use check catches a model whose cache reuse counts padding.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from vhctl import AutoModelForCausalLMWithValueHead
+
+    config = AutoConfig.for_model(
+        "gpt_neo", vocab_size=1024, num_layers=2, hidden_size=32, num_heads=2, max_position_embeddings=256,
+        attention_types=[[["global", "local"], 1]], window_size=window,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return AutoModelForCausalLMWithValueHead.from_pretrained(AutoModelForCausalLM.from_config(config)).eval()
+
+
 def tiny_tokenizer() -> PreTrainedTokenizerBase:
     """The shipped tiny tokenizer (a fresh fast tokenizer each call, so tests may change it)."""
     return AutoTokenizer.from_pretrained(tiny_model_path())
