@@ -124,9 +124,9 @@ def test_llama_zero_bias_is_exact_and_nonzero_bias_needs_config_mode(tmp_path) -
 
 
 def test_retrained_export_reimports_as_the_model_scores(tmp_path) -> None:
-    # After export, someone trains the seqcls model (here: changes its score weights). A folded bias
-    # is unfolded with the new weights, which keeps the new model's scores; a config-mode bias is
-    # no longer trusted (the record's fingerprint does not match) and is dropped.
+    # After export, someone trains the seqcls model (here: changes its score weights). The record's
+    # fingerprint no longer matches: a folded bias stays in the norm (the head bias is zero), which
+    # keeps the new model's scores exactly; a config-mode bias is no longer trusted and is dropped.
     from safetensors.torch import load_file, save_file
 
     ids = input_ids()

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from vhctl.errors import InputError, UsageError, VhctlError
+from vhctl.errors import InputError, PeerError, UsageError, VhctlError
 
 if TYPE_CHECKING:
     from vhctl.io.records import Record
@@ -43,14 +43,6 @@ __all__ = [
 
 class Stopped(Exception):
     """Rank 0 asked every rank to stop early (its output was closed); not an error."""
-
-
-class PeerError(VhctlError):
-    """An error another rank raised, re-raised here so every rank stops with the same message and code."""
-
-    def __init__(self, message: str, *, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 @dataclass(frozen=True)

@@ -83,3 +83,11 @@ class OfflineError(HubError):
 
 class AuthError(HubError):
     """The token is missing, wrong or lacks the rights for this repo."""
+
+
+class PeerError(VhctlError):
+    """An error another rank of a data-parallel run raised, re-raised so every rank stops alike."""
+
+    def __init__(self, message: str, *, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

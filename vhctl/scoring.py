@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from vhctl.batching import pass_overhead, plan_batches
+from vhctl.dtypes import canonical_dtype
 from vhctl.errors import InputError, UsageError
 from vhctl.io.records import Record
 
@@ -55,17 +56,6 @@ if TYPE_CHECKING:
 __all__ = ["ScoreStats", "Scorer", "resolve_device", "resolve_dtype"]
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
-DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
-_DTYPE_ALIASES = {
-    "float32": "float32",
-    "fp32": "float32",
-    "float": "float32",
-    "bfloat16": "bfloat16",
-    "bf16": "bfloat16",
-    "float16": "float16",
-    "fp16": "float16",
-    "half": "float16",
-}
 WINDOW_PER_BATCH = 32  # default window = batch_size * WINDOW_PER_BATCH records
 # Activation modules that compute 0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x**3))) op by op.
 _TANH_GELU = frozenset({"NewGELUActivation", "FastGELUActivation", "BloomGelu"})
@@ -114,7 +104,7 @@ def resolve_device(spec: str = "auto") -> torch.device:
 
 
 def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
-    """Turn ``auto|float32|bfloat16|float16`` into a ``torch.dtype``.
+    """Turn ``auto`` or a name of :mod:`vhctl.dtypes` (``bf16``, ``float16``...) into a ``torch.dtype``.
 
     ``auto`` is bfloat16 on a CUDA device that supports it and float32 everywhere else (CPU, older
     GPUs: float16 can overflow in some models, so it is only used when asked for).
@@ -129,9 +119,7 @@ def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return torch.float32
-    name = _DTYPE_ALIASES.get(value)
-    if name is None:
-        raise UsageError(f"invalid dtype {spec!r}", hint=f"use one of {', '.join(DTYPE_CHOICES)}")
+    name = canonical_dtype(value)
     return getattr(torch, name)
 
 

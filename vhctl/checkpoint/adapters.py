@@ -94,7 +94,7 @@ def check_adapter_fits(folder: Path, *, config: Any, architecture: str, hidden_s
     in messages (default: ``folder``, which may be a temporary copy).
     """
     shown = where or str(folder)
-    from vhctl.modeling.arch import auto_class_for
+    from vhctl.checkpoint.config import auto_class_for
 
     adapter_config = read_adapter_config(folder)
     weights = read_adapter_weights(folder)

@@ -29,7 +29,7 @@ def attach_adapter(
     """
     from vhctl.checkpoint.adapters import check_adapter_fits, resolve_adapter_dir, store_adapter
     from vhctl.checkpoint.manifest import FileEntry, Manifest
-    from vhctl.checkpoint.wrap import load_config
+    from vhctl.checkpoint.config import load_config
     from vhctl.io.files import atomic_output_dir, link_tree, safe_relpath, sha256_file
 
     folder = Path(ckpt).resolve()  # a symlinked checkpoint: swap the real folder, keep the link

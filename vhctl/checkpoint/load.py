@@ -30,6 +30,8 @@ from vhctl.constants import (
     TINY_MODEL_NAME,
     VALUE_HEAD_NAME,
 )
+from vhctl.checkpoint.config import quiet_transformers, read_config_dict
+from vhctl.checkpoint.tensors import has_pickle_weights, has_safetensors_weights
 from vhctl.errors import (
     CheckpointError,
     IntegrityError,
@@ -53,43 +55,6 @@ def resolve_source(
     from vhctl.hub import resolve_model_dir
 
     return resolve_model_dir(name_or_path, revision=revision, token=token, allow_pickle=allow_pickle)
-
-
-def has_safetensors_weights(folder: Path) -> bool:
-    return (folder / SAFE_WEIGHTS_NAME).is_file() or (folder / SAFE_WEIGHTS_INDEX_NAME).is_file()
-
-
-def has_pickle_weights(folder: Path) -> bool:
-    return (folder / PT_WEIGHTS_NAME).is_file() or (folder / PT_WEIGHTS_INDEX_NAME).is_file()
-
-
-def read_config_dict(folder: Path) -> dict[str, Any]:
-    path = folder / CONFIG_NAME
-    if not path.is_file():
-        raise NotAModelError(
-            f"{folder} holds no {CONFIG_NAME}: it is not a transformers model folder",
-            hint="point at a model folder, a vhctl checkpoint or a hub id",
-        )
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise NotAModelError(f"{path} is not readable JSON: {exc}") from exc
-    if not isinstance(data, dict) or "model_type" not in data:
-        raise NotAModelError(f"{path} has no model_type: it is not a transformers config")
-    return data
-
-
-@contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """Silence transformers' load report while loading a TRL layout (its ``v_head`` keys are expected)."""
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
 
 
 def _check_pickle_policy(folder: Path, allow_pickle: bool) -> None:
@@ -224,7 +189,7 @@ def load_wrapper(
 
     from vhctl.checkpoint.heads import check_head_state, find_head
     from vhctl.checkpoint.manifest import Manifest
-    from vhctl.modeling.value_head import hidden_size_of
+    from vhctl.checkpoint.config import hidden_size_of
     from vhctl.modeling.wrapper import _peft_model_types
 
     if reward_adapter is not None and not isinstance(reward_adapter, str | os.PathLike):

@@ -67,8 +67,7 @@ def model_parameter_names(folder: Path, architecture: str) -> list[str]:
     """Parameter names in module order, from the config alone (the model is built on the meta device)."""
     import torch
 
-    from vhctl.checkpoint.wrap import load_config
-    from vhctl.modeling.arch import auto_class_for
+    from vhctl.checkpoint.config import auto_class_for, load_config
 
     config = load_config(folder, where=str(folder))
     with torch.device("meta"):

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vhctl.constants import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
+from vhctl.constants import PT_WEIGHTS_INDEX_NAME, PT_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 from vhctl.errors import CheckpointError, IntegrityError, VhctlError
 from vhctl.io.files import safe_relpath
 
@@ -175,6 +175,16 @@ def read_index(folder: str | os.PathLike[str]) -> dict[str, str]:
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{path} is not a valid weight index: {exc}") from exc
     return {name: safe_relpath(shard) for name, shard in weight_map.items()}
+
+
+def has_safetensors_weights(folder: Path) -> bool:
+    """Whether the folder's base weights are safetensors (one file or an index of shards)."""
+    return (folder / SAFE_WEIGHTS_NAME).is_file() or (folder / SAFE_WEIGHTS_INDEX_NAME).is_file()
+
+
+def has_pickle_weights(folder: Path) -> bool:
+    """Whether the folder holds pickle weights (``pytorch_model.bin`` or its index)."""
+    return (folder / PT_WEIGHTS_NAME).is_file() or (folder / PT_WEIGHTS_INDEX_NAME).is_file()
 
 
 def weight_files(folder: str | os.PathLike[str]) -> list[str]:

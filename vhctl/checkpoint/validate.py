@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from vhctl.checkpoint.config import auto_class_for, detect_architecture, hidden_size_of, quiet_transformers
 from vhctl.checkpoint.manifest import Manifest, iter_checkpoint_files
 from vhctl.checkpoint.tensors import (
     HEAD_FLOAT_NAMES,
@@ -164,21 +165,6 @@ def validate_checkpoint(
     """
     root = existing_folder(path, hint="pass the folder of a vhctl checkpoint")
     return _Validator(root, deep=deep, check_policy=check_policy).run()
-
-
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """Silence transformers' config warnings while building configs: validate reports, never logs."""
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        hf_logging.set_verbosity(level)
 
 
 def _fmt_shape(shape: tuple[int, ...]) -> str:
@@ -588,10 +574,7 @@ class _Validator:
         try:
             from transformers import AutoConfig
 
-            from vhctl.modeling.arch import detect_architecture
-            from vhctl.modeling.value_head import hidden_size_of
-
-            with _quiet_transformers():
+            with quiet_transformers(warnings_too=True):
                 self.config = AutoConfig.from_pretrained(str(config_dir), trust_remote_code=False)
             self.hidden = hidden_size_of(self.config)
             detected = detect_architecture(self.config, where=CONFIG_NAME)
@@ -612,11 +595,9 @@ class _Validator:
         """Build the model on the meta device (no memory) to learn the tensors it expects."""
         import torch
 
-        from vhctl.modeling.arch import auto_class_for
-
         arch = self.architecture if self.architecture in (ARCH_CAUSAL, ARCH_SEQ2SEQ) else ARCH_CAUSAL
         try:
-            with _quiet_transformers(), torch.device("meta"):
+            with quiet_transformers(warnings_too=True), torch.device("meta"):
                 model = auto_class_for(arch).from_config(self.config)
         except Exception as exc:
             self.add(

@@ -29,13 +29,14 @@ from vhctl.constants import (
     V_HEAD_WEIGHT,
     VALUE_HEAD_NAME,
 )
+from vhctl.checkpoint.config import detect_architecture, load_config, quiet_transformers
+from vhctl.dtypes import canonical_dtype, torch_dtype
 from vhctl.errors import NotAModelError, UnsafeLoadError, UnsupportedModelError, UsageError
 
 if TYPE_CHECKING:
     from vhctl.io.files import BackgroundHasher
 
 INITS = ("random", "normal")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -81,25 +82,6 @@ def check_head_options(init: str, std: float | None, dropout: float | None) -> N
         raise UsageError(f"--dropout must be in [0, 1), got {dropout}")
 
 
-def load_config(folder: Path, *, where: str, trust_remote_code: bool = False) -> Any:
-    """The transformers config of a model folder; the folder's own code runs only when trusted."""
-    from transformers import AutoConfig
-
-    from vhctl.checkpoint.load import read_config_dict
-
-    data = read_config_dict(folder)
-    try:
-        return AutoConfig.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
-    except (ValueError, KeyError, OSError, ImportError) as exc:
-        hint = "upgrade transformers or pick a supported model"
-        if data.get("auto_map") and not trust_remote_code:
-            hint = "its config needs the model's own code: pass --trust-remote-code if you trust it"
-        raise UnsupportedModelError(
-            f"{where} has model type {data.get('model_type')!r}, which this transformers does not know",
-            hint=hint,
-        ) from exc
-
-
 def _remote_code_files(src: Path, config: Any) -> list[str]:
     """The local ``*.py`` modules a config's ``auto_map`` names (``module.Class``), which a trusted
     remote-code checkpoint needs next to its config."""
@@ -116,8 +98,6 @@ def _remote_code_files(src: Path, config: Any) -> list[str]:
 
 def _detect(config: Any, *, where: str, trust_remote_code: bool) -> str:
     """Causal or seq2seq; a trusted remote-code model says which through its ``auto_map``."""
-    from vhctl.modeling.arch import detect_architecture
-
     try:
         return detect_architecture(config, where=where)
     except UnsupportedModelError:
@@ -182,8 +162,7 @@ def _copy_safetensors_base(src: Path, dst: Path, *, head_files: list[str], dtype
 
 def _convert_pickle_base(src: Path, dst: Path, architecture: str, dtype: torch.dtype | None) -> list[str]:
     """Pickle-only weights (allowed by the caller): load with transformers and write safetensors."""
-    from vhctl.checkpoint.load import quiet_transformers
-    from vhctl.modeling.arch import auto_class_for
+    from vhctl.checkpoint.config import auto_class_for
 
     with quiet_transformers():
         model = auto_class_for(architecture).from_pretrained(
@@ -232,16 +211,17 @@ def wrap_model(
     :mod:`vhctl.formats` (their heads are kept).
     """
     from vhctl.checkpoint.heads import check_head_state, find_head
-    from vhctl.checkpoint.load import has_pickle_weights, has_safetensors_weights
+    from vhctl.checkpoint.tensors import has_pickle_weights, has_safetensors_weights
     from vhctl.checkpoint.manifest import Manifest, ValueHeadInfo
     from vhctl.checkpoint.save import copy_tokenizer_files, dtype_name, finish_manifest, write_head
     from vhctl.io.files import atomic_output_dir
-    from vhctl.modeling.value_head import dropout_of, hidden_size_of
+    from vhctl.checkpoint.config import hidden_size_of
+    from vhctl.modeling.value_head import dropout_of
 
     check_head_options(init, std, dropout)
-    if dtype is not None and dtype not in DTYPES:
-        raise UsageError(f"unknown --dtype {dtype!r}", hint=f"use one of: {', '.join(DTYPES)}")
-    target_dtype = DTYPES[dtype] if dtype is not None else None
+    if dtype is not None:
+        dtype = canonical_dtype(dtype)
+    target_dtype = torch_dtype(dtype) if dtype is not None else None
     from vhctl.hub import resolve_model
 
     resolved = resolve_model(source, revision=revision, token=token, allow_pickle=allow_pickle)

@@ -373,7 +373,8 @@ def _load(options: _Options, device: Any, dtype: Any) -> tuple[Any, Any]:
     tokenizer (and its reward adapter)."""
     from transformers import AutoTokenizer
 
-    from vhctl.checkpoint.load import load_checkpoint, quiet_transformers, resolve_source
+    from vhctl.checkpoint.config import quiet_transformers
+    from vhctl.checkpoint.load import load_checkpoint, resolve_source
 
     ckpt, revision, token, allow_pickle = options.ckpt, options.revision, options.token, options.allow_pickle
     folder = resolve_source(ckpt, revision=revision, token=token, allow_pickle=allow_pickle)

@@ -3,8 +3,9 @@
 vhctl's value is ``w . h + b``. OpenRLHF and ``*ForSequenceClassification`` compute ``w . h``. When
 the hidden state ``h`` is the output of a norm with a bias ``beta`` (GPT-2's ``ln_f``...), adding
 ``d = b * w / (w . w)`` to ``beta`` gives ``w . (h + d) = w . h + b``: the raw score is exact and the
-model is plain transformers. Unfolding subtracts the same ``d``, recomputed from the stored ``w``,
-so importing such a model always gives back the score it computes, even after further training.
+model is plain transformers. Importing it back subtracts the same ``d`` while the head is the one
+exported (the base comes back as it was); a head trained since leaves the fold in the norm and
+gets a zero bias, so importing always gives back the scores the model computes.
 """
 
 from __future__ import annotations

@@ -97,9 +97,8 @@ def export_checkpoint(
     from vhctl.checkpoint.heads import check_head_state, read_safetensors_keys
     from vhctl.checkpoint.load import resolve_source
     from vhctl.checkpoint.manifest import Manifest
-    from vhctl.checkpoint.wrap import load_config
+    from vhctl.checkpoint.config import hidden_size_of, load_config
     from vhctl.io.files import atomic_output_dir
-    from vhctl.modeling.value_head import hidden_size_of
 
     if fmt not in km.EXPORT_FORMATS:
         raise UsageError(f"unknown export format {fmt!r}", hint=f"use one of: {', '.join(km.EXPORT_FORMATS)}")

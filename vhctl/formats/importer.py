@@ -55,9 +55,10 @@ class ForeignLayout:
     def head(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The head as vhctl sees it: weight (1, hidden) and bias (1,).
 
-        The bias is the format's own when it has one; else the bias vhctl recorded at export: always
-        when it was folded into the final norm (unfolding then keeps the model's scores whatever
-        happened since), and for the other modes only while the head is unchanged.
+        The bias is the format's own when it has one; else the bias vhctl recorded at export, as long
+        as the head is the one vhctl exported. A head trained since keeps a zero bias: a bias folded
+        into the final norm then stays there, so the model's scores are kept bit for bit (unfolding
+        it with the new weights would be exact only up to float rounding of the norm's bias).
         """
         weight = self.weights.get(self.head_weight_key)
         where = f"{self.folder} ({self.head_weight_key})"
@@ -75,15 +76,18 @@ class ForeignLayout:
             return weight, bias.to(weight.dtype)
         value = 0.0
         mode = self.record.get("bias")
-        if mode == km.BIAS_NORM or (mode in (km.BIAS_MEAN, km.BIAS_CONFIG) and self.record_matches(weight)):
+        if mode in (km.BIAS_NORM, km.BIAS_MEAN, km.BIAS_CONFIG) and self.record_matches(weight):
             value = _as_float(self.record.get("value_head_bias"), where=f"{self.folder}/{CONFIG_NAME}")
         return weight, torch.tensor([value], dtype=weight.dtype)
 
     def norm_fold(self) -> tuple[str, float] | None:
-        """(norm bias key, bias) when vhctl folded the head bias into the final norm at export."""
+        """(norm bias key, bias) when vhctl folded the head bias into the final norm at export and
+        the head is still the one it exported (see :meth:`head`)."""
         rec = self.record
         key = rec.get("norm_bias_key")
-        if rec.get("bias") == km.BIAS_NORM and isinstance(key, str):
+        if rec.get("bias") == km.BIAS_NORM and isinstance(key, str) and self.record_matches(
+            self.weights.get(self.head_weight_key)
+        ):
             return key, _as_float(rec.get("value_head_bias"), where=f"{self.folder}/{CONFIG_NAME}")
         return None
 
@@ -95,7 +99,7 @@ def _as_float(value: Any, *, where: str) -> float:
 
 
 def _read_config(folder: Path) -> dict[str, Any]:
-    from vhctl.checkpoint.load import read_config_dict
+    from vhctl.checkpoint.config import read_config_dict
 
     return read_config_dict(folder)
 
@@ -111,7 +115,7 @@ def detect_foreign_layout(folder: str | Path, *, allow_pickle: bool = False) -> 
         UnsupportedModelError: a sequence classifier whose head is not one ``score`` output.
         CheckpointError: an OpenRLHF config naming a head its weights do not hold; corrupt files.
     """
-    from vhctl.checkpoint.load import has_pickle_weights, has_safetensors_weights
+    from vhctl.checkpoint.tensors import has_pickle_weights, has_safetensors_weights
 
     folder = Path(folder)
     if (folder / MANIFEST_NAME).is_file() or (folder / VALUE_HEAD_NAME).is_file():

@@ -7,31 +7,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from vhctl.errors import UnsupportedModelError
+from vhctl.checkpoint.config import hidden_size_of
 
 DEFAULT_DROPOUT = 0.1
 
-
-def hidden_size_of(config: Any) -> int:
-    """Width of the hidden state the head reads, in TRL's lookup order.
-
-    ``word_embed_proj_dim`` comes first because OPT projects its output (e.g. OPT-350m: 1024 -> 512).
-    """
-    if getattr(config, "word_embed_proj_dim", None) is not None:
-        return int(config.word_embed_proj_dim)
-    if getattr(config, "hidden_size", None) is not None:
-        return int(config.hidden_size)
-    text_config = getattr(config, "text_config", None)
-    if text_config is not None and getattr(text_config, "hidden_size", None) is not None:
-        return int(text_config.hidden_size)
-    decoder = getattr(config, "decoder", None)
-    if getattr(config, "is_encoder_decoder", False) and getattr(decoder, "hidden_size", None) is not None:
-        return int(decoder.hidden_size)
-    raise UnsupportedModelError(
-        f"cannot tell the hidden size of a {type(config).__name__}",
-        hint="the config needs one of hidden_size, word_embed_proj_dim, text_config.hidden_size, "
-        "decoder.hidden_size",
-    )
+__all__ = ["DEFAULT_DROPOUT", "ValueHead", "dropout_of", "hidden_size_of"]
 
 
 def dropout_of(config: Any, kwargs: dict[str, Any]) -> float:
