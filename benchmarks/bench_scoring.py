@@ -129,7 +129,7 @@ class VhctlEngine:
     def __init__(self, ckpt_dir: Path, batch_size: int = 16, device: str = "cpu", dtype: Any = None) -> None:
         from transformers import AutoTokenizer
 
-        from vhctl.checkpoint.load import load_checkpoint
+        from vhctl.modeling import load_checkpoint
 
         kwargs = {"dtype": dtype} if dtype is not None else {}
         self.model = load_checkpoint(str(ckpt_dir), **kwargs).to(device)

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     # what the processes spend before touching a byte: their imports alone
     imports = {
         "copy (torch + safetensors)": "import torch, safetensors.torch",
-        "vhctl wrap (its imports)": "import vhctl.cli.app, vhctl.checkpoint.wrap, transformers; "
+        "vhctl wrap (its imports)": "import vhctl.cli.app, vhctl.ops.wrap, transformers; "
                                     "from transformers import AutoConfig; AutoConfig.for_model('gpt2')",
         "trl": "from trl.experimental.ppo import AutoModelForCausalLMWithValueHead",
     }

@@ -38,7 +38,7 @@ def main() -> int:
         return 0
     from transformers import AutoTokenizer
 
-    from vhctl.checkpoint.load import load_checkpoint
+    from vhctl.modeling import load_checkpoint
     from vhctl.io.records import iter_records
     from vhctl.scoring import Scorer
 

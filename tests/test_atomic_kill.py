@@ -25,11 +25,11 @@ import pytest
 import torch
 from tiny_models import make_reward_adapter, tiny_tokenizer
 
-from vhctl.checkpoint.attach import attach_adapter
+from vhctl.ops.attach import attach_adapter
 from vhctl.checkpoint.manifest import Manifest
-from vhctl.checkpoint.reference import make_reference
+from vhctl.ops.make_ref import make_reference
 from vhctl.checkpoint.validate import validate_checkpoint
-from vhctl.checkpoint.wrap import wrap_model
+from vhctl.ops.wrap import wrap_model
 from vhctl.constants import MANIFEST_NAME, OLD_PREFIX, TMP_PREFIX
 from vhctl.errors import DestinationExistsError
 from vhctl.formats import export_checkpoint
@@ -289,7 +289,7 @@ def test_failure_before_swap_keeps_old_checkpoint(tmp_path: Path, sources: Sourc
     def boom(*_a: object, **_k: object) -> None:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr("vhctl.checkpoint.save.finish_manifest", boom)
+    monkeypatch.setattr("vhctl.ops.wrap.finish_manifest", boom)
     with pytest.raises(RuntimeError):
         wrap_model(str(sources.src), dest, seed=3, force=True)
     assert tree(dest) == before and leftovers(tmp_path) == []
@@ -308,7 +308,7 @@ def test_failed_attach_and_make_ref_change_nothing(tmp_path: Path, sources: Sour
     with pytest.raises(RuntimeError):
         attach_adapter(dest, str(sources.rm2), force=True)
     assert tree(dest) == before and leftovers(tmp_path) == []
-    monkeypatch.setattr("vhctl.checkpoint.reference.write_safetensors_subset", boom)
+    monkeypatch.setattr("vhctl.ops.make_ref.write_safetensors_subset", boom)
     with pytest.raises(RuntimeError):
         make_reference(dest, num_shared_layers=1)
     assert tree(dest) == before and leftovers(dest) == []

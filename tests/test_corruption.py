@@ -22,11 +22,11 @@ from safetensors.torch import load_file, save_file
 from tiny_models import SMALL_SHARD, make_reward_adapter, save_tiny_model
 from typer.testing import CliRunner
 
-from vhctl.checkpoint.attach import attach_adapter
+from vhctl.ops.attach import attach_adapter
 from vhctl.checkpoint.manifest import Manifest
-from vhctl.checkpoint.reference import make_reference
+from vhctl.ops.make_ref import make_reference
 from vhctl.checkpoint.tensors import read_header, read_index
-from vhctl.checkpoint.wrap import wrap_model
+from vhctl.ops.wrap import wrap_model
 from vhctl.cli.app import app
 from vhctl.constants import (
     MANIFEST_NAME,

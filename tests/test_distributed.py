@@ -179,7 +179,7 @@ def records_of(lines: list[str], skip_bad: bool = False) -> list[Record]:
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_sharded_scorer_gives_the_single_process_bytes(ckpt, world) -> None:
-    from vhctl.checkpoint.load import load_checkpoint
+    from vhctl.modeling import load_checkpoint
 
     model = load_checkpoint(str(ckpt)).eval()
     tok = tiny_tokenizer()
@@ -278,7 +278,7 @@ def test_sharded_first_use_check_is_taken_by_every_rank(monkeypatch) -> None:
 
 
 def test_shard_arguments_are_checked(ckpt) -> None:
-    from vhctl.checkpoint.load import load_checkpoint
+    from vhctl.modeling import load_checkpoint
 
     model = load_checkpoint(str(ckpt))
     tok = tiny_tokenizer()

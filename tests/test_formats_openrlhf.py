@@ -20,7 +20,7 @@ from test_formats_support import (
 from tiny_models import tiny_config
 
 from vhctl.checkpoint.manifest import Manifest
-from vhctl.checkpoint.wrap import wrap_model
+from vhctl.ops.wrap import wrap_model
 from vhctl.constants import CONFIG_NAME, V_HEAD_BIAS, V_HEAD_WEIGHT
 from vhctl.errors import CheckpointError, UnsupportedModelError
 from vhctl.formats import export_checkpoint, normalization_of, normalize

@@ -18,7 +18,7 @@ from test_formats_support import (
 from tiny_models import CAUSAL_ARCHS, tiny_config
 
 from vhctl.checkpoint.manifest import Manifest
-from vhctl.checkpoint.wrap import wrap_model
+from vhctl.ops.wrap import wrap_model
 from vhctl.constants import V_HEAD_BIAS, V_HEAD_WEIGHT
 from vhctl.errors import UnsupportedModelError, UsageError
 from vhctl.formats import export_checkpoint

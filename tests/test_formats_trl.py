@@ -9,10 +9,10 @@ import torch
 from test_formats_support import TOL, folder_tensors, head_of, input_ids, trl_checkpoint, vhctl_values
 from tiny_models import _trl_class, make_trl_checkpoint, save_tiny_model
 
-from vhctl.checkpoint.wrap import wrap_model
+from vhctl.ops.wrap import wrap_model
 from vhctl.constants import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, V_HEAD_BIAS, V_HEAD_WEIGHT
 from vhctl.formats import export_checkpoint
-from vhctl.formats.exporter import TRL_SHARDED_NOTE
+from vhctl.formats.trl import TRL_SHARDED_NOTE
 
 
 def _trl_values(model, arch: str, ids: torch.Tensor) -> torch.Tensor:
@@ -107,7 +107,7 @@ def test_peft_policy_exports_for_trl_without_a_pickle(arch: str, tmp_path) -> No
 
 
 def test_reference_with_shared_layers_exports_complete(tmp_path) -> None:
-    from vhctl.checkpoint.reference import make_reference
+    from vhctl.ops.make_ref import make_reference
 
     ck = trl_checkpoint("gpt2", tmp_path)
     make_reference(ck, num_shared_layers=1)

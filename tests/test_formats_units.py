@@ -10,7 +10,7 @@ from tiny_models import make_trl_checkpoint, save_tiny_model
 from vhctl.checkpoint.manifest import Manifest, ValueHeadInfo
 from vhctl.errors import CheckpointError, UnsupportedModelError
 from vhctl.formats import detect_foreign_layout, normalization_of, normalize
-from vhctl.formats._bias import fold, foldable_key, unfold
+from vhctl.formats.bias import fold, foldable_key, unfold
 
 
 def test_fold_adds_exactly_the_bias_and_unfold_undoes_it() -> None:

@@ -49,8 +49,8 @@ def test_reference_shares_cuda_storage() -> None:
 
 
 def test_scorer_on_cuda_matches_cpu(tmp_path) -> None:
-    from vhctl.checkpoint.load import load_checkpoint
-    from vhctl.checkpoint.wrap import wrap_model
+    from vhctl.modeling import load_checkpoint
+    from vhctl.ops.wrap import wrap_model
     from vhctl.io.records import iter_records
     from vhctl.scoring import Scorer
 

@@ -22,7 +22,7 @@ import pytest
 from tiny_models import save_tiny_model
 from typer.testing import CliRunner
 
-from vhctl.checkpoint.wrap import wrap_model
+from vhctl.ops.wrap import wrap_model
 from vhctl.cli.app import app
 
 N_LINES = 5_000

@@ -29,7 +29,7 @@ from typer.testing import CliRunner
 from vhctl import AutoModelForCausalLMWithValueHead
 from vhctl.checkpoint.manifest import Manifest
 from vhctl.checkpoint.validate import validate_checkpoint
-from vhctl.checkpoint.wrap import wrap_model
+from vhctl.ops.wrap import wrap_model
 from vhctl.cli.app import app
 from vhctl.constants import (
     ADAPTER_PT_NAME,
@@ -341,7 +341,7 @@ def test_adapter_name_cannot_escape(tmp_path: Path, name: str) -> None:
     ckpt = tmp_path / "ck"
     wrap_model(str(base), ckpt)
     before = sorted(p.name for p in tmp_path.rglob("*"))
-    from vhctl.checkpoint.attach import attach_adapter
+    from vhctl.ops.attach import attach_adapter
 
     with pytest.raises(VhctlError, match="adapter name"):
         attach_adapter(ckpt, str(adapter), name=name)

@@ -78,7 +78,7 @@ def _records(n: int) -> list[Record]:
 
 
 def test_a_window_ends_where_the_input_pauses(ckpt) -> None:
-    from vhctl.checkpoint.load import load_checkpoint
+    from vhctl.modeling import load_checkpoint
 
     model = load_checkpoint(str(ckpt)).eval()
     records = _records(20)

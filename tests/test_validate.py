@@ -612,8 +612,8 @@ def test_peft_policy(tmp_path: Path) -> None:
 
 # -- checkpoints written by vhctl itself ------------------------------------------------------------
 def test_checkpoint_written_by_wrap_and_make_ref(tmp_path: Path) -> None:
-    wrap = pytest.importorskip("vhctl.checkpoint.wrap")
-    reference = pytest.importorskip("vhctl.checkpoint.reference")
+    wrap = pytest.importorskip("vhctl.ops.wrap")
+    reference = pytest.importorskip("vhctl.ops.make_ref")
     src = save_gpt2(tmp_path / "src")
     out = tmp_path / "out"
     wrap.wrap_model(str(src), out, seed=0)

@@ -11,9 +11,9 @@ from safetensors import safe_open
 from tiny_models import make_trl_checkpoint, save_tiny_model
 
 from vhctl import AutoModelForCausalLMWithValueHead, AutoModelForSeq2SeqLMWithValueHead
-from vhctl.checkpoint.load import load_checkpoint
-from vhctl.checkpoint.reference import make_reference
-from vhctl.checkpoint.wrap import wrap_model
+from vhctl.modeling import load_checkpoint
+from vhctl.ops.make_ref import make_reference
+from vhctl.ops.wrap import wrap_model
 from vhctl.constants import (
     MANIFEST_NAME,
     SAFE_WEIGHTS_INDEX_NAME,

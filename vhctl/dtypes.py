@@ -13,7 +13,7 @@ from vhctl.errors import UsageError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DTYPE_ALIASES", "DTYPE_NAMES", "canonical_dtype", "torch_dtype"]
+__all__ = ["DTYPE_ALIASES", "DTYPE_NAMES", "canonical_dtype", "dtype_name", "torch_dtype"]
 
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 DTYPE_ALIASES = {
@@ -52,3 +52,8 @@ def torch_dtype(name: str) -> torch.dtype:
     import torch
 
     return getattr(torch, canonical_dtype(name))  # type: ignore[no-any-return]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The name of a ``torch.dtype`` as manifests and configs write it (``torch.bfloat16`` -> ``bfloat16``)."""
+    return str(dtype).removeprefix("torch.")

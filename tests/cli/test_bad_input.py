@@ -28,8 +28,8 @@ import torch
 from tiny_models import make_reward_adapter, save_tiny_model, tiny_lora_config
 from typer.testing import CliRunner
 
-from vhctl.checkpoint.reference import make_reference
-from vhctl.checkpoint.wrap import wrap_model
+from vhctl.ops.make_ref import make_reference
+from vhctl.ops.wrap import wrap_model
 from vhctl.cli.app import app
 from vhctl.constants import MANIFEST_NAME, PT_WEIGHTS_NAME
 

@@ -34,7 +34,7 @@ def _expected_values(ckpt: Path) -> list[float]:
     """Each line scored alone through the wrapper's plain forward (TRL's way), no batching."""
     from transformers import AutoTokenizer
 
-    from vhctl.checkpoint.load import load_checkpoint
+    from vhctl.modeling import load_checkpoint
 
     model = load_checkpoint(ckpt).eval()
     tok = AutoTokenizer.from_pretrained(ckpt)

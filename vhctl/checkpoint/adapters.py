@@ -9,6 +9,9 @@ from typing import Any
 
 import torch
 
+from vhctl.checkpoint.config import auto_class_for
+from vhctl.checkpoint.heads import load_pickle_weights, read_safetensors_keys
+from vhctl.checkpoint.manifest import AdapterInfo
 from vhctl.constants import (
     ADAPTER_CONFIG_NAME,
     ADAPTER_PT_NAME,
@@ -17,13 +20,12 @@ from vhctl.constants import (
 )
 from vhctl.errors import AdapterError
 from vhctl.io.files import safe_relpath
+from vhctl.io.resolve import resolve_model
 
 
 def resolve_adapter_dir(adapter: str | os.PathLike[str], *, token: Any = None, revision: str | None = None,
                         allow_pickle: bool = False) -> Path:
-    from vhctl.checkpoint.load import resolve_source
-
-    folder = resolve_source(adapter, revision=revision, token=token, allow_pickle=allow_pickle)
+    folder = resolve_model(adapter, revision=revision, token=token, allow_pickle=allow_pickle).path
     if not (folder / ADAPTER_CONFIG_NAME).is_file():
         raise AdapterError(
             f"{adapter} is not a PEFT adapter: no {ADAPTER_CONFIG_NAME}",
@@ -44,8 +46,6 @@ def read_adapter_config(folder: Path) -> dict[str, Any]:
 
 def read_adapter_weights(folder: Path, *, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
     """The adapter's tensors, from safetensors, or from a pickle only when allowed (``weights_only``)."""
-    from vhctl.checkpoint.heads import load_pickle_weights, read_safetensors_keys
-
     if (folder / ADAPTER_SAFE_NAME).is_file():
         return read_safetensors_keys(folder / ADAPTER_SAFE_NAME)
     if (folder / ADAPTER_PT_NAME).is_file():
@@ -94,8 +94,6 @@ def check_adapter_fits(folder: Path, *, config: Any, architecture: str, hidden_s
     in messages (default: ``folder``, which may be a temporary copy).
     """
     shown = where or str(folder)
-    from vhctl.checkpoint.config import auto_class_for
-
     adapter_config = read_adapter_config(folder)
     weights = read_adapter_weights(folder)
     score = score_state_of(weights, where=shown)
@@ -160,7 +158,6 @@ def store_adapter(src: str | os.PathLike[str], dest: Path, name: str, *, allow_p
     """
     from safetensors.torch import save_file
 
-    from vhctl.checkpoint.manifest import AdapterInfo
 
     name = safe_relpath(name, what="adapter name")
     if "/" in name:

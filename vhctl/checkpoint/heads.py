@@ -146,6 +146,19 @@ def _weight_map(index: Path) -> dict[str, str]:
         raise CheckpointError(f"{index} is not a valid weight index: {exc}") from exc
 
 
+def write_head(folder: Path, weight: torch.Tensor, bias: torch.Tensor) -> Path:
+    """Write ``value_head.safetensors`` (contiguous CPU tensors, ``format: pt`` metadata)."""
+    from safetensors.torch import save_file
+
+    path = folder / VALUE_HEAD_NAME
+    tensors = {
+        V_HEAD_WEIGHT: weight.detach().to("cpu").contiguous().clone(),
+        V_HEAD_BIAS: bias.detach().to("cpu").contiguous().clone(),
+    }
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    return path
+
+
 def check_head_state(state: dict[str, torch.Tensor], hidden_size: int, *, where: str) -> None:
     """Refuse a head whose tensors do not fit the model: a wrong head is worse than none."""
     weight = state.get(V_HEAD_WEIGHT)

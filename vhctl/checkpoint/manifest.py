@@ -204,6 +204,16 @@ class Manifest:
             self.files[rel] = FileEntry(size=p.stat().st_size, sha256=sha)
 
 
+def finish_manifest(folder: Path, manifest: Manifest, known: Mapping[str, str] | None = None) -> Manifest:
+    """Hash every file and write ``vhctl.json`` last, so a checkpoint with a manifest is complete.
+
+    ``known``: digests of files the caller hashed already (see :meth:`Manifest.refresh_files`).
+    """
+    manifest.refresh_files(folder, known)
+    manifest.write(folder)
+    return manifest
+
+
 def iter_checkpoint_files(root: Path) -> list[str]:
     """Relative paths of the files that belong to the checkpoint at ``root`` (sorted).
 

@@ -8,12 +8,9 @@ read; ``deep=True`` also reads every tensor to check that all values are finite.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import warnings
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any

@@ -23,7 +23,7 @@ def attach_reward_adapter(
     json_: JsonOpt = False,
 ) -> None:
     """Add a PEFT reward-modeling adapter to CKPT after checking it fits the base model."""
-    from vhctl.checkpoint.attach import attach_adapter
+    from vhctl.ops.attach import attach_adapter
 
     result = attach_adapter(ckpt, adapter, name=name, force=force, revision=revision, token=token,
                             allow_pickle=allow_pickle)

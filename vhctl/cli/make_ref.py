@@ -30,7 +30,7 @@ def make_ref(
     json_: JsonOpt = False,
 ) -> None:
     """Write a frozen reference model of CKPT (default CKPT/ref)."""
-    from vhctl.checkpoint.reference import make_reference
+    from vhctl.ops.make_ref import make_reference
 
     result = make_reference(ckpt, num_shared_layers=shared, pattern=pattern, out=out, force=force)
     if json_:

@@ -245,12 +245,12 @@ def _score(options: _Options, group: Any) -> None:
 
 def _normalization(options: _Options) -> tuple[float, float]:
     """The checkpoint's reward normalisation (mean, std), or a usage error before any scoring."""
-    from vhctl.checkpoint.load import resolve_source
     from vhctl.checkpoint.manifest import Manifest
     from vhctl.formats import normalization_of
+    from vhctl.io.resolve import resolve_model
 
-    folder = resolve_source(options.ckpt, revision=options.revision, token=options.token,
-                            allow_pickle=options.allow_pickle)
+    folder = resolve_model(options.ckpt, revision=options.revision, token=options.token,
+                           allow_pickle=options.allow_pickle).path
     found = normalization_of(Manifest.read(folder))
     if found is None:
         raise UsageError(
@@ -374,10 +374,11 @@ def _load(options: _Options, device: Any, dtype: Any) -> tuple[Any, Any]:
     from transformers import AutoTokenizer
 
     from vhctl.checkpoint.config import quiet_transformers
-    from vhctl.checkpoint.load import load_checkpoint, resolve_source
+    from vhctl.io.resolve import resolve_model
+    from vhctl.modeling import load_checkpoint
 
     ckpt, revision, token, allow_pickle = options.ckpt, options.revision, options.token, options.allow_pickle
-    folder = resolve_source(ckpt, revision=revision, token=token, allow_pickle=allow_pickle)
+    folder = resolve_model(ckpt, revision=revision, token=token, allow_pickle=allow_pickle).path
     reward = options.reward
     adapter = _reward_adapter_dir(folder, reward) if reward is not None else None  # fail before loading
     kwargs: dict[str, Any] = {

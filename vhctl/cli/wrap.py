@@ -37,7 +37,7 @@ def wrap(
     json_: JsonOpt = False,
 ) -> None:
     """Wrap MODEL with a value head and write a vhctl checkpoint to --out."""
-    from vhctl.checkpoint.wrap import wrap_model
+    from vhctl.ops.wrap import wrap_model
 
     result = wrap_model(
         model, out, init=init, std=std, dropout=dropout, seed=seed, revision=revision, dtype=dtype,

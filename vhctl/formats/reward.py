@@ -14,8 +14,12 @@ from typing import Any
 
 import torch
 
+from vhctl.checkpoint.adapters import read_adapter_weights, score_state_of
+from vhctl.checkpoint.heads import find_head
 from vhctl.constants import ADAPTER_CONFIG_NAME, CONFIG_NAME, V_HEAD_BIAS, V_HEAD_WEIGHT
 from vhctl.errors import CheckpointError, NotAModelError, UnsupportedModelError
+from vhctl.formats.registry import detect_foreign_layout
+from vhctl.io.resolve import resolve_model
 
 
 @dataclass
@@ -49,15 +53,9 @@ def read_reward_head(
         UnsupportedModelError: the head has more than one output.
         CheckpointError: the head reads another hidden size than the model being wrapped.
     """
-    from vhctl.checkpoint.heads import find_head
-    from vhctl.checkpoint.load import resolve_source
-    from vhctl.formats.importer import detect_foreign_layout
-
     where = str(reward_model)
-    folder = resolve_source(reward_model, token=token, allow_pickle=allow_pickle)
+    folder = resolve_model(reward_model, token=token, allow_pickle=allow_pickle).path
     if (folder / ADAPTER_CONFIG_NAME).is_file() and not (folder / CONFIG_NAME).is_file():
-        from vhctl.checkpoint.adapters import read_adapter_weights, score_state_of
-
         score = score_state_of(read_adapter_weights(folder, allow_pickle=allow_pickle), where=where)
         weight, fmt = score["weight"], "peft-adapter"
         bias = score.get("bias")

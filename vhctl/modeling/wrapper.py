@@ -9,15 +9,22 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from vhctl.checkpoint.adapters import read_reward_adapter
 from vhctl.constants import V_HEAD_PREFIX
 from vhctl.errors import AdapterError, UsageError
+from vhctl.hub.push import push_checkpoint
+from vhctl.modeling.loading import LoadOptions, load_wrapper
+from vhctl.modeling.peft_types import KBIT_ARGS, peft_model_types
+from vhctl.modeling.provenance import Provenance
+from vhctl.modeling.reward import reward_score_head
+from vhctl.modeling.saving import save_wrapper
 
 logger = logging.getLogger("vhctl")
 
@@ -25,22 +32,8 @@ _PEFT_POP = ("peft_config", "reward_adapter", "reward_adapter_name", "is_trainab
 _VHCTL_POP = ("allow_pickle",)
 
 
-def _peft_model_types() -> tuple[type, ...]:
-    """PeftModel when peft is loaded; a model cannot be one otherwise (and importing peft costs ~2 s)."""
-    if "peft" not in sys.modules:
-        return ()
-    from peft import PeftModel
-
-    return (PeftModel,)
-
-
-# The keyword arguments of peft's ``prepare_model_for_kbit_training`` (peft 0.14 to 0.21), listed
-# here so that from_pretrained does not import peft (about 2 s) just to split kwargs.
-_KBIT_ARGS = frozenset({"use_gradient_checkpointing", "gradient_checkpointing_kwargs", "auto_clear_cache"})
-
-
 def _kbit_arg_names() -> frozenset[str]:
-    return _KBIT_ARGS
+    return KBIT_ARGS
 
 
 def _cache_arg_name(model: Any) -> str:
@@ -113,15 +106,12 @@ class PreTrainedModelWrapper(nn.Module):
         self.supports_rm_adapter = supports_rm_adapter
         self.rm_adapter_name = rm_adapter_name
         self.policy_adapter_name = "default"
-        self.is_peft_model = isinstance(pretrained_model, _peft_model_types())
+        self.is_peft_model = isinstance(pretrained_model, peft_model_types())
         self.current_device: Any = None
         if score_module is not None:
             self.score = score_module
-        # Provenance for save_pretrained's manifest (not part of TRL's API).
-        self._vhctl_source: dict[str, Any] = {"source": None, "revision": None, "dir": None}
-        self._vhctl_head_init: dict[str, Any] = {"init": "random", "std": None, "seed": None}
-        self._vhctl_frozen: dict[str, Any] | None = None
-        self._vhctl_reward_adapters: dict[str, str] = {}
+        # Where the model came from, for save_pretrained's manifest (not part of TRL's API).
+        self.provenance = Provenance()
 
     # ------------------------------------------------------------------------------------------
     @classmethod
@@ -164,24 +154,21 @@ class PreTrainedModelWrapper(nn.Module):
         Raises:
             VhctlError: for a source that cannot be found or read, or a head that does not fit.
         """
-        from vhctl.checkpoint.load import load_wrapper
-
         peft_kwargs = {k: kwargs.pop(k) for k in _PEFT_POP if k in kwargs}
         vhctl_kwargs = {k: kwargs.pop(k) for k in _VHCTL_POP if k in kwargs}
         head_kwargs, model_kwargs, kbit_kwargs = cls._split_kwargs(kwargs)
-        return load_wrapper(
-            cls,
-            pretrained_model_name_or_path,
-            model_args,
+        options = LoadOptions(
             head_kwargs=head_kwargs,
             model_kwargs=model_kwargs,
             kbit_kwargs=kbit_kwargs,
+            model_args=model_args,
             peft_config=peft_kwargs.get("peft_config"),
             reward_adapter=peft_kwargs.get("reward_adapter"),
             reward_adapter_name=peft_kwargs.get("reward_adapter_name", "reward_adapter"),
             is_trainable=peft_kwargs.get("is_trainable", False),
             allow_pickle=bool(vhctl_kwargs.get("allow_pickle", False)),
         )
+        return load_wrapper(cls, pretrained_model_name_or_path, options)
 
     @classmethod
     def add_and_load_reward_modeling_adapter(
@@ -196,30 +183,15 @@ class PreTrainedModelWrapper(nn.Module):
         The adapter (local folder or hub id) must hold a ``score`` Linear, as PEFT saves a
         sequence-classification adapter with ``modules_to_save=["score"]``.
         """
-        from vhctl.checkpoint.adapters import read_reward_adapter
-
         folder, score_state = read_reward_adapter(adapter_model_id, token=token)
         pretrained_model.load_adapter(str(folder), adapter_name, is_trainable=False)
         pretrained_model.train()
-        weight = score_state["weight"]
-        num_labels, hidden = weight.shape
-        has_bias = "bias" in score_state
         dtype = getattr(pretrained_model, "dtype", torch.float32)
-        score = nn.Linear(hidden, num_labels, bias=has_bias).to(device=weight.device, dtype=dtype)
-        score.load_state_dict({k: v.to(dtype) for k, v in score_state.items()})
-        device = cls._get_current_device()
-        score = score.to(device if not isinstance(device, int) else f"cuda:{device}")
-        for param in score.parameters():
-            param.requires_grad = False
-        return score
+        return reward_score_head(score_state, dtype=dtype, device=cls._get_current_device())
 
     # ------------------------------------------------------------------------------------------
     def push_to_hub(self, repo_id: str, *args: Any, **kwargs: Any) -> Any:
         """Save in the vhctl format (with a model card) and upload it in one commit."""
-        import tempfile
-
-        from vhctl.hub import push_checkpoint
-
         allowed = {"private", "revision", "create_pr", "token", "endpoint"}
         push_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in allowed}
         message = kwargs.pop("commit_message", None) or (args[0] if args else None)
@@ -235,8 +207,6 @@ class PreTrainedModelWrapper(nn.Module):
         A PEFT policy writes its adapter instead of the base. Extra args go to the wrapped model's
         ``save_pretrained`` (``max_shard_size``...); a ``state_dict`` may carry ``v_head.*`` keys.
         """
-        from vhctl.checkpoint.save import save_wrapper
-
         save_wrapper(self, Path(save_directory), *args, **kwargs)
 
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -260,7 +230,7 @@ class PreTrainedModelWrapper(nn.Module):
             missing, unexpected = self.v_head.load_state_dict(head_state, strict=False)
             if unexpected:
                 logger.warning("ignored unexpected value-head keys: %s", ", ".join(unexpected))
-        self._place_head_by_device_map()
+        self.place_head_by_device_map()
 
     def _head_device(self) -> Any:
         """Where the last hidden state lands under a device map (None when there is no map).
@@ -287,7 +257,7 @@ class PreTrainedModelWrapper(nn.Module):
             where = list(device_map.values())[-1]
         return torch.device(f"cuda:{where}") if isinstance(where, int) else torch.device(where)
 
-    def _place_head_by_device_map(self) -> None:
+    def place_head_by_device_map(self) -> None:
         device = self._head_device()
         if device is None:
             return
@@ -330,12 +300,12 @@ class PreTrainedModelWrapper(nn.Module):
         initializer_range = kwargs.pop("v_head_initializer_range", 0.2)
         strategy = kwargs.pop("v_head_init_strategy", None)
         if strategy is None:
-            self._vhctl_head_init = {"init": "random", "std": None, "seed": None}
+            self.provenance.head_init, self.provenance.head_std = "random", None
         elif strategy == "normal":
             with torch.no_grad():
                 self.v_head.summary.weight.normal_(mean=0.0, std=initializer_range)
                 self.v_head.summary.bias.zero_()
-            self._vhctl_head_init = {"init": "normal", "std": float(initializer_range), "seed": None}
+            self.provenance.head_init, self.provenance.head_std = "normal", float(initializer_range)
         else:
             raise UsageError(
                 f"unknown v_head_init_strategy {strategy!r}", hint="use None (PyTorch default) or 'normal'"

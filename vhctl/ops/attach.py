@@ -7,8 +7,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from vhctl.checkpoint.adapters import check_adapter_fits, resolve_adapter_dir, store_adapter
+from vhctl.checkpoint.config import load_config
+from vhctl.checkpoint.manifest import FileEntry, Manifest
 from vhctl.constants import ADAPTERS_DIR, KIND_POLICY
 from vhctl.errors import AdapterError, DestinationExistsError, SourceNotFoundError, UsageError
+from vhctl.io.files import atomic_output_dir, link_tree, safe_relpath, sha256_file
 
 
 def attach_adapter(
@@ -28,8 +32,8 @@ def attach_adapter(
     leaves the checkpoint as it was, and a replaced adapter survives any failure before the swap.
     """
     from vhctl.checkpoint.adapters import check_adapter_fits, resolve_adapter_dir, store_adapter
-    from vhctl.checkpoint.manifest import FileEntry, Manifest
     from vhctl.checkpoint.config import load_config
+    from vhctl.checkpoint.manifest import FileEntry, Manifest
     from vhctl.io.files import atomic_output_dir, link_tree, safe_relpath, sha256_file
 
     folder = Path(ckpt).resolve()  # a symlinked checkpoint: swap the real folder, keep the link

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from vhctl.constants import (
     CONFIG_NAME,
     DEFAULT_REF_DIR,
@@ -22,7 +24,14 @@ from vhctl.constants import (
     SAFE_WEIGHTS_NAME,
     VALUE_HEAD_NAME,
 )
-from vhctl.errors import CheckpointError, UsageError
+from vhctl.checkpoint.config import auto_class_for, load_config
+from vhctl.checkpoint.manifest import Manifest, ReferenceInfo, finish_manifest
+from vhctl.checkpoint.tensors import TensorInfo, iter_tensor_bytes, shared_tensors_sha256, tensor_index
+from vhctl.checkpoint.tokenizer import copy_tokenizer_files
+from vhctl.errors import CheckpointError, SourceNotFoundError, UsageError
+from vhctl.io.files import atomic_output_dir
+from vhctl.modeling.reference import split_shared
+from vhctl.ops.base_files import copy_safetensors_base
 
 _ALIGN = 8
 
@@ -44,8 +53,6 @@ def write_safetensors_subset(entries: list[tuple[str, Path, Any]], dst: Path) ->
 
     ``entries`` are ``(name, file, TensorInfo)``; tensors are laid out in name order.
     """
-    from vhctl.checkpoint.tensors import iter_tensor_bytes
-
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
     ordered = sorted(entries, key=lambda e: e[0])
@@ -65,10 +72,6 @@ def write_safetensors_subset(entries: list[tuple[str, Path, Any]], dst: Path) ->
 
 def model_parameter_names(folder: Path, architecture: str) -> list[str]:
     """Parameter names in module order, from the config alone (the model is built on the meta device)."""
-    import torch
-
-    from vhctl.checkpoint.config import auto_class_for, load_config
-
     config = load_config(folder, where=str(folder))
     with torch.device("meta"):
         model = auto_class_for(architecture).from_config(config)
@@ -89,16 +92,8 @@ def make_reference(
     names and the sha256 of their bytes, not the bytes, and the policy's manifest records them as
     frozen. Without it the reference is a full frozen copy.
     """
-    from vhctl.checkpoint.manifest import Manifest, ReferenceInfo
-    from vhctl.checkpoint.save import copy_tokenizer_files, finish_manifest
-    from vhctl.checkpoint.tensors import shared_tensors_sha256, tensor_index
-    from vhctl.io.files import atomic_output_dir
-    from vhctl.modeling.reference import split_shared
-
     policy_dir = Path(policy).absolute()
     if not policy_dir.is_dir():
-        from vhctl.errors import SourceNotFoundError
-
         raise SourceNotFoundError(f"{policy} does not exist", hint="pass the folder made by 'vhctl wrap'")
     manifest = Manifest.read(policy_dir)
     if manifest.kind != KIND_POLICY:
@@ -133,9 +128,7 @@ def make_reference(
         if shared:
             stored_bytes = write_safetensors_subset(stored, tmp / SAFE_WEIGHTS_NAME)
         else:
-            from vhctl.checkpoint.wrap import _copy_safetensors_base
-
-            _copy_safetensors_base(policy_dir, tmp, head_files=[], dtype=None, link=False)
+            copy_safetensors_base(policy_dir, tmp, head_files=[], dtype=None, link=False)
             stored_bytes = sum(info.nbytes for _, _, info in stored)
         ref_manifest = Manifest(
             kind=KIND_REFERENCE,

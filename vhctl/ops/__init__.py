@@ -1,0 +1,5 @@
+"""Operations on checkpoints: wrap, make-ref, attach an adapter.
+
+Each module is one operation the CLI calls; they may use every layer below (modeling, formats,
+checkpoint storage, io) and none of them imports another operation's private parts.
+"""

@@ -1,0 +1,322 @@
+"""``wrap``: turn a base model (or a TRL-style or foreign checkpoint) into a vhctl checkpoint.
+
+Works at the file level: base weights are copied (or hard-linked) byte for byte and hashed while
+that happens; they are deserialised only when they must change (see :mod:`vhctl.ops.base_files`).
+OpenRLHF, sequence-classification and DeepSpeed-Chat folders are converted by :mod:`vhctl.formats`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vhctl.checkpoint.config import detect_architecture, hidden_size_of, load_config
+from vhctl.checkpoint.heads import FoundHead, check_head_state, find_head, write_head
+from vhctl.checkpoint.manifest import Manifest, ValueHeadInfo, finish_manifest
+from vhctl.checkpoint.tensors import has_pickle_weights, has_safetensors_weights, weight_files
+from vhctl.checkpoint.tokenizer import copy_tokenizer_files
+from vhctl.constants import (
+    ADAPTER_CONFIG_NAME,
+    ARCH_CAUSAL,
+    ARCH_SEQ2SEQ,
+    CONFIG_NAME,
+    GENERATION_CONFIG_NAME,
+    KIND_POLICY,
+    V_HEAD_BIAS,
+    V_HEAD_WEIGHT,
+    VALUE_HEAD_NAME,
+)
+from vhctl.dtypes import canonical_dtype, dtype_name, torch_dtype
+from vhctl.errors import NotAModelError, UnsafeLoadError, UnsupportedModelError, UsageError
+from vhctl.formats import (
+    ForeignLayout,
+    ImportResult,
+    RewardHead,
+    detect_foreign_layout,
+    import_foreign,
+    read_reward_head,
+)
+from vhctl.io.files import BackgroundHasher, atomic_output_dir
+from vhctl.io.resolve import ResolvedModel, resolve_model
+from vhctl.modeling.value_head import dropout_of
+from vhctl.ops.base_files import convert_pickle_base, copy_safetensors_base
+
+__all__ = ["INITS", "WrapResult", "init_head", "wrap_model"]
+
+INITS = ("random", "normal")
+
+
+@dataclass
+class WrapResult:
+    """What ``wrap`` wrote; ``head_from`` names where a kept head came from (None: a new head)."""
+
+    out: Path
+    source: str
+    architecture: str
+    model_type: str
+    hidden_size: int
+    head_init: str
+    head_from: str | None
+    files: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["out"] = str(self.out)
+        data.pop("notes")
+        return data
+
+
+def init_head(hidden_size: int, *, init: str, std: float, seed: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A new head's tensors; the same seed gives the same bytes.
+
+    ``random`` is PyTorch's default ``Linear`` init (uniform in +-1/sqrt(hidden) for weight and bias);
+    ``normal`` draws the weight from N(0, std) and zeroes the bias (TRL's ``"normal"`` strategy).
+    """
+    generator = torch.Generator()
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    if init == "normal":
+        weight = torch.empty(1, hidden_size).normal_(0.0, std, generator=generator)
+        bias = torch.zeros(1)
+    else:
+        bound = 1.0 / math.sqrt(hidden_size)
+        weight = torch.empty(1, hidden_size).uniform_(-bound, bound, generator=generator)
+        bias = torch.empty(1).uniform_(-bound, bound, generator=generator)
+    return weight, bias
+
+
+def check_head_options(init: str, std: float | None, dropout: float | None) -> None:
+    if init not in INITS:
+        raise UsageError(f"unknown --init {init!r}", hint=f"use one of: {', '.join(INITS)}")
+    if std is not None and (not math.isfinite(std) or std <= 0):
+        raise UsageError(f"--std must be a positive number, got {std}")
+    if dropout is not None and (not math.isfinite(dropout) or not 0.0 <= dropout < 1.0):
+        raise UsageError(f"--dropout must be in [0, 1), got {dropout}")
+
+
+def _remote_code_files(src: Path, config: Any) -> list[str]:
+    """The local ``*.py`` modules a config's ``auto_map`` names (``module.Class``), which a trusted
+    remote-code checkpoint needs next to its config."""
+    auto_map = getattr(config, "auto_map", None) or {}
+    names: set[str] = set()
+    for value in auto_map.values():
+        for ref in value if isinstance(value, list | tuple) else [value]:
+            if isinstance(ref, str) and "--" not in ref and "." in ref:
+                module = ref.rsplit(".", 1)[0]
+                if "/" not in module and (src / f"{module}.py").is_file():
+                    names.add(f"{module}.py")
+    return sorted(names)
+
+
+def _detect(config: Any, *, where: str, trust_remote_code: bool) -> str:
+    """Causal or seq2seq; a trusted remote-code model says which through its ``auto_map``."""
+    try:
+        return detect_architecture(config, where=where)
+    except UnsupportedModelError:
+        auto_map = getattr(config, "auto_map", None) or {}
+        if trust_remote_code and "AutoModelForSeq2SeqLM" in auto_map:
+            return ARCH_SEQ2SEQ
+        if trust_remote_code and "AutoModelForCausalLM" in auto_map:
+            return ARCH_CAUSAL
+        raise
+
+
+@dataclass
+class _Plan:
+    """What the source is and where its head comes from, decided before anything is written."""
+
+    source: str
+    resolved: ResolvedModel
+    config: Any
+    architecture: str
+    hidden: int
+    dropout: float
+    foreign: ForeignLayout | None
+    found: FoundHead | None
+    reward: RewardHead | None
+
+
+def _resolve(source: str | os.PathLike[str], out_path: Path, *, revision: str | None, token: Any,
+             allow_pickle: bool) -> ResolvedModel:  # fmt: skip
+    resolved = resolve_model(source, revision=revision, token=token, allow_pickle=allow_pickle)
+    src = resolved.path
+    if out_path == src.absolute() or src.absolute() in out_path.parents:
+        raise UsageError(f"--out {out_path} is inside the source model folder", hint="choose a folder elsewhere")
+    if (src / ADAPTER_CONFIG_NAME).is_file() and not (src / CONFIG_NAME).is_file():
+        raise NotAModelError(
+            f"{source} is a PEFT adapter, not a model",
+            hint="wrap its base model, then add a reward adapter with 'vhctl attach-reward-adapter'",
+        )
+    return resolved
+
+
+def _plan(source: str, resolved: ResolvedModel, *, dropout: float | None, trust_remote_code: bool,
+          allow_pickle: bool, init_from_reward: Any, token: Any) -> _Plan:  # fmt: skip
+    """Read the source's config and find its head (or the reward model's) without writing anything."""
+    src = resolved.path
+    config = load_config(src, where=source, trust_remote_code=trust_remote_code)
+    architecture = _detect(config, where=source, trust_remote_code=trust_remote_code)
+    hidden = hidden_size_of(config)
+    if not has_safetensors_weights(src) and not has_pickle_weights(src):
+        raise NotAModelError(f"{source} holds a config but no weights", hint="point at a saved model folder")
+    foreign = detect_foreign_layout(src, allow_pickle=allow_pickle)
+    found = None if foreign is not None else find_head(src, allow_pickle=allow_pickle)[0]
+    reward = None if init_from_reward is None else read_reward_head(
+        init_from_reward, hidden_size=hidden, allow_pickle=allow_pickle, token=token
+    )
+    if found is not None:
+        check_head_state(found.state, hidden, where=f"{source}/{found.files[0]}")
+    effective = dropout_of(config, {"summary_dropout_prob": 0.1 if dropout is None else dropout})
+    return _Plan(source, resolved, config, architecture, hidden, effective, foreign, found, reward)
+
+
+def _write_base(plan: _Plan, tmp: Path, *, target: torch.dtype | None, dtype: str | None, link: bool,
+                allow_pickle: bool, trust_remote_code: bool,
+                hasher: BackgroundHasher | None) -> tuple[ImportResult | None, dict[str, str]]:  # fmt: skip
+    """The base model's files in ``tmp``; returns the import result (foreign formats) and known digests."""
+    src = plan.resolved.path
+    imported, known = None, {}
+    if plan.foreign is not None:
+        imported = import_foreign(plan.foreign, tmp, config=plan.config, dtype=target)
+    elif has_safetensors_weights(src):
+        head_files = plan.found.base_files if plan.found else []
+        known = copy_safetensors_base(src, tmp, head_files=head_files, dtype=target, link=link, hasher=hasher)
+        config_data = json.loads((src / CONFIG_NAME).read_text(encoding="utf-8"))
+        if target is not None:
+            config_data["dtype"] = dtype
+            config_data.pop("torch_dtype", None)
+        (tmp / CONFIG_NAME).write_text(json.dumps(config_data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        if (src / GENERATION_CONFIG_NAME).is_file():
+            shutil.copyfile(src / GENERATION_CONFIG_NAME, tmp / GENERATION_CONFIG_NAME)
+    else:
+        if not allow_pickle:
+            raise UnsafeLoadError(
+                f"{plan.source} holds only pickle weights",
+                hint="pass --allow-pickle to convert them (read with weights_only=True)",
+            )
+        convert_pickle_base(src, tmp, plan.architecture, target)
+    copy_tokenizer_files(src, tmp)
+    if trust_remote_code:
+        for name in _remote_code_files(src, plan.config):
+            shutil.copyfile(src / name, tmp / name)
+    return imported, known
+
+
+def _head(plan: _Plan, imported: ImportResult | None, *, init: str, std: float | None,
+          seed: int | None) -> tuple[torch.Tensor, torch.Tensor, ValueHeadInfo]:  # fmt: skip
+    """The head to write: the reward model's, the imported one, the source's, or a new one."""
+    head_std: float | None
+    if plan.reward is not None or imported is not None:
+        head = plan.reward if plan.reward is not None else imported
+        assert head is not None
+        weight, bias, head_init, head_std, head_seed = head.weight, head.bias, "loaded", None, None
+    elif plan.found is not None:
+        weight, bias = plan.found.state[V_HEAD_WEIGHT], plan.found.state[V_HEAD_BIAS]
+        head_init, head_std, head_seed = "loaded", None, None
+    else:
+        head_std = 0.2 if std is None else float(std)
+        weight, bias = init_head(plan.hidden, init=init, std=head_std, seed=seed)
+        head_init, head_seed = init, seed
+        if init != "normal":
+            head_std = None
+    info = ValueHeadInfo(
+        file=VALUE_HEAD_NAME, hidden_size=plan.hidden, dtype=dtype_name(weight.dtype), init=head_init,
+        std=head_std, dropout=plan.dropout, seed=head_seed,
+    )  # fmt: skip
+    return weight, bias, info
+
+
+def wrap_model(
+    source: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    init: str = "random",
+    std: float | None = None,
+    dropout: float | None = None,
+    seed: int | None = None,
+    revision: str | None = None,
+    dtype: str | None = None,
+    force: bool = False,
+    link: bool = False,
+    token: Any = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    init_from_reward: str | os.PathLike[str] | None = None,
+) -> WrapResult:
+    """Write a vhctl checkpoint for ``source`` into ``out`` (atomically).
+
+    Args:
+        source: hub id, local folder, TRL-style checkpoint or ``"vhctl:tiny"``.
+        out: the checkpoint folder to create; replaced only with ``force``.
+        init: ``random`` (PyTorch default) or ``normal`` (N(0, std), zero bias) for a new head; a head
+            found in ``source`` is kept instead.
+        std: standard deviation for ``normal`` (default 0.2, TRL's ``v_head_initializer_range``).
+        dropout: the head's dropout (default 0.1; a config's ``summary_dropout_prob`` wins, as in TRL).
+        seed: makes the head file byte-identical across runs.
+        dtype: convert the base's floating-point weights (``float32``, ``bfloat16``, ``float16`` or their
+            short names, see :mod:`vhctl.dtypes`).
+        link: hard-link unchanged base files instead of copying them (same filesystem only).
+        allow_pickle: read pickle weights (``pytorch_model.bin``) with ``weights_only=True``.
+        trust_remote_code: run the model folder's own code (``auto_map`` in its config); off by
+            default, and then such a config is refused rather than executed.
+        init_from_reward: take the head from this reward model's score head (see
+            :func:`vhctl.formats.read_reward_head`) instead of the source's or a new one.
+
+    Returns:
+        What was written (a :class:`WrapResult`).
+    """
+    check_head_options(init, std, dropout)
+    dtype = canonical_dtype(dtype) if dtype is not None else None
+    target = torch_dtype(dtype) if dtype is not None else None
+    out_path = Path(out).absolute()
+    resolved = _resolve(source, out_path, revision=revision, token=token, allow_pickle=allow_pickle)
+    src = resolved.path
+    with contextlib.ExitStack() as stack:
+        hasher = None
+        if target is None and has_safetensors_weights(src):
+            # Hash the weights while transformers is imported and they are copied (neither reads
+            # them), instead of reading them a second time for the manifest at the end.
+            hasher = stack.enter_context(BackgroundHasher())
+            for rel in weight_files(src):
+                hasher.submit(src / rel)
+        plan = _plan(str(source), resolved, dropout=dropout, trust_remote_code=trust_remote_code,
+                     allow_pickle=allow_pickle, init_from_reward=init_from_reward, token=token)  # fmt: skip
+        if plan.foreign is not None and hasher is not None:
+            hasher.close()  # converted, not copied: the source's digests are of no use
+        with atomic_output_dir(out_path, force=force) as tmp:
+            imported, known = _write_base(plan, tmp, target=target, dtype=dtype, link=link, allow_pickle=allow_pickle,
+                                          trust_remote_code=trust_remote_code, hasher=hasher)  # fmt: skip
+            weight, bias, head_info = _head(plan, imported, init=init, std=std, seed=seed)
+            write_head(tmp, weight, bias)
+            manifest = Manifest(
+                kind=KIND_POLICY,
+                architecture=plan.architecture,
+                model_type=str(plan.config.model_type),
+                value_head=head_info,
+                base_model={
+                    "source": str(Path(source).absolute()) if resolved.origin == "local" else resolved.source,
+                    "revision": resolved.commit or revision,
+                },
+                extra={**(imported.extra if imported else {}), **(plan.reward.manifest_extra() if plan.reward else {})},
+            )
+            finish_manifest(tmp, manifest, known)
+    head_from = (
+        f"reward:{plan.reward.format}" if plan.reward else plan.foreign.format if plan.foreign
+        else plan.found.layout if plan.found else None
+    )  # fmt: skip
+    return WrapResult(
+        out=out_path, source=str(source), architecture=plan.architecture, model_type=str(plan.config.model_type),
+        hidden_size=plan.hidden, head_init=head_info.init, head_from=head_from, files=sorted(manifest.files),
+        notes=imported.notes if imported else [],
+    )  # fmt: skip
