@@ -19,6 +19,7 @@ from vhctl.constants import (
     VALUE_HEAD_NAME,
 )
 from vhctl.errors import CheckpointError, UnsafeLoadError, VhctlError
+from vhctl.io.files import safe_relpath
 
 
 @dataclass
@@ -134,8 +135,6 @@ def find_head(folder: Path, *, allow_pickle: bool = False) -> tuple[FoundHead | 
 
 def _weight_map(index: Path) -> dict[str, str]:
     """The index's name -> shard map; shard paths must stay inside the folder (no ``..``, no ``/abs``)."""
-    from vhctl.io.files import safe_relpath
-
     try:
         data = json.loads(index.read_text(encoding="utf-8"))
         weight_map = data["weight_map"]

@@ -14,6 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from vhctl.checkpoint.config import detect_architecture
 from vhctl.checkpoint.manifest import Manifest, iter_checkpoint_files
 from vhctl.checkpoint.tensors import SafetensorsHeader, read_header, read_index, tensor_index
 from vhctl.constants import (
@@ -186,6 +187,48 @@ def inspect_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return info
 
 
+def _adapters_summary(
+    root: Path, manifest: Manifest, headers: _Headers
+) -> tuple[dict[str, Any], dict[str, int | None]]:
+    """Each adapter (and a PEFT policy's own) with its parameter count."""
+    adapters: dict[str, Any] = {}
+    adapter_params: dict[str, int | None] = {}
+    for name, ad in sorted(manifest.adapters.items()):
+        summary = _adapter_summary(root, ad.path, headers)
+        adapter_params[name] = summary.pop("parameters")
+        adapters[name] = {**asdict(ad), **summary}
+    peft_policy = manifest.extra.get("peft_policy") if isinstance(manifest.extra, dict) else None
+    if peft_policy is not None:
+        summary = _adapter_summary(root, "", headers)
+        adapter_params["policy"] = summary.pop("parameters")
+        adapters["policy"] = {"path": ".", "role": "policy", **summary}
+    return adapters, adapter_params
+
+
+def _reference_summary(root: Path, ref: Any, base_params: int | None) -> tuple[dict[str, Any], int | None]:
+    """A reference's link to its policy, and its base parameters counting the shared ones."""
+    policy_dir = (root / ref.policy).resolve() if isinstance(ref.policy, str) and ref.policy else None
+    policy_found = policy_dir is not None and (policy_dir / MANIFEST_NAME).is_file()
+    reference = {
+        "policy": ref.policy,
+        "policy_found": policy_found,
+        "num_shared_layers": ref.num_shared_layers,
+        "pattern": ref.pattern,
+        "shared_tensors": len(ref.shared_tensors or []),
+        "shared_sha256": ref.shared_sha256,
+    }
+    if ref.shared_tensors and base_params is not None:
+        shared_params = None
+        if policy_found and policy_dir is not None:
+            try:
+                index = tensor_index(policy_dir)
+                shared_params = sum(index[n][1].numel for n in ref.shared_tensors)
+            except (CheckpointError, KeyError):
+                shared_params = None
+        base_params = base_params + shared_params if shared_params is not None else None
+    return reference, base_params
+
+
 def _describe_vhctl(root: Path, manifest: Manifest, headers: _Headers) -> dict[str, Any]:
     from vhctl.checkpoint.validate import manifest_type_errors
 
@@ -203,45 +246,15 @@ def _describe_vhctl(root: Path, manifest: Manifest, headers: _Headers) -> dict[s
         head_rel = VALUE_HEAD_NAME
     head = {**asdict(manifest.value_head), **_head_summary(root, head_rel, headers)}
 
-    adapters: dict[str, Any] = {}
-    adapter_params: dict[str, int | None] = {}
-    for name, ad in sorted(manifest.adapters.items()):
-        summary = _adapter_summary(root, ad.path, headers)
-        adapter_params[name] = summary.pop("parameters")
-        adapters[name] = {**asdict(ad), **summary}
-    peft_policy = manifest.extra.get("peft_policy") if isinstance(manifest.extra, dict) else None
-    if peft_policy is not None:
-        summary = _adapter_summary(root, "", headers)
-        adapter_params["policy"] = summary.pop("parameters")
-        adapters["policy"] = {"path": ".", "role": "policy", **summary}
-
+    adapters, adapter_params = _adapters_summary(root, manifest, headers)
     base_params = base["parameters"]
     reference = None
     shared_layers = (
         (manifest.frozen or {}).get("num_shared_layers") if isinstance(manifest.frozen, dict) else None
     )
     if manifest.kind == KIND_REFERENCE and manifest.reference is not None:
-        ref = manifest.reference
-        policy_dir = (root / ref.policy).resolve() if isinstance(ref.policy, str) and ref.policy else None
-        policy_found = policy_dir is not None and (policy_dir / MANIFEST_NAME).is_file()
-        reference = {
-            "policy": ref.policy,
-            "policy_found": policy_found,
-            "num_shared_layers": ref.num_shared_layers,
-            "pattern": ref.pattern,
-            "shared_tensors": len(ref.shared_tensors or []),
-            "shared_sha256": ref.shared_sha256,
-        }
-        shared_layers = ref.num_shared_layers
-        if ref.shared_tensors and base_params is not None:
-            shared_params = None
-            if policy_found and policy_dir is not None:
-                try:
-                    index = tensor_index(policy_dir)
-                    shared_params = sum(index[n][1].numel for n in ref.shared_tensors)
-                except (CheckpointError, KeyError):
-                    shared_params = None
-            base_params = base_params + shared_params if shared_params is not None else None
+        reference, base_params = _reference_summary(root, manifest.reference, base_params)
+        shared_layers = manifest.reference.num_shared_layers
 
     references = [
         {"path": rel, "found": isinstance(rel, str) and (root / rel / MANIFEST_NAME).is_file()}
@@ -315,8 +328,6 @@ def _describe_other(root: Path, headers: _Headers) -> dict[str, Any]:
     layout = LAYOUT_TRL if head is not None else LAYOUT_TRANSFORMERS
     architecture = None
     try:
-        from vhctl.modeling.arch import detect_architecture
-
         architecture = detect_architecture(SimpleNamespace(**config))
     except VhctlError:  # encoder-only or unknown to transformers: leave it unknown
         architecture = None

@@ -55,7 +55,7 @@ FLOAT_CODES = frozenset(
 HEAD_FLOAT_NAMES = frozenset({"float16", "bfloat16", "float32", "float64"})
 
 
-def dtype_name(code: str) -> str:
+def code_dtype_name(code: str) -> str:
     """Torch name of a safetensors dtype code (``BF16`` -> ``bfloat16``); unknown codes unchanged."""
     return DTYPES.get(code, (0, code))[1]
 
@@ -76,7 +76,7 @@ class TensorInfo:
 
     @property
     def dtype_name(self) -> str:
-        return dtype_name(self.dtype)
+        return code_dtype_name(self.dtype)
 
     @property
     def is_float(self) -> bool:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
 from rich.console import Console
 
@@ -85,3 +85,39 @@ def error(text: str) -> None:
 
 def progress_enabled() -> bool:
     return is_terminal(stderr=True) and not state.quiet
+
+
+class Reportable(Protocol):
+    """A command's result: anything with ``to_dict()`` (the dataclasses the operations return)."""
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+class Reporter:
+    """Renders one command's result in the mode the user chose.
+
+    ``--json``: the result's ``to_dict()`` as one JSON document on stdout; otherwise the human form
+    (``human``, e.g. a table) on stdout. Notes become warnings and the summary (with a hint naming
+    the next command) goes to stderr, where ``--quiet`` silences it; errors are never silenced.
+    """
+
+    def __init__(self, *, json_output: bool = False) -> None:
+        self.json_output = json_output
+
+    def done(
+        self,
+        result: Reportable | Mapping[str, Any] | None,
+        summary: str | None,
+        *,
+        hint: str | None = None,
+        notes: Iterable[str] = (),
+        human: Callable[[], None] | None = None,
+    ) -> None:
+        for note in notes:
+            warning(note)
+        if self.json_output and result is not None:
+            emit_json(result if isinstance(result, Mapping) else result.to_dict())
+        elif human is not None:
+            human()
+        if summary is not None:
+            success(summary, hint=hint)

@@ -8,7 +8,7 @@ import typer
 
 from vhctl.cli._errors import handle_errors
 from vhctl.cli._options import AllowPickleOpt, CkptArg, JsonOpt, RevisionOpt, TokenOpt
-from vhctl.cli._output import emit_json, success
+from vhctl.cli._output import Reporter
 
 
 @handle_errors
@@ -27,6 +27,6 @@ def attach_reward_adapter(
 
     result = attach_adapter(ckpt, adapter, name=name, force=force, revision=revision, token=token,
                             allow_pickle=allow_pickle)
-    if json_:
-        emit_json(result)
-    success(f"attached {adapter} as {result['path']} in {ckpt}", hint=f"vhctl score {ckpt} --reward {name}")
+    Reporter(json_output=json_).done(
+        result, f"attached {adapter} as {result['path']} in {ckpt}", hint=f"vhctl score {ckpt} --reward {name}"
+    )

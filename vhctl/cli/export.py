@@ -9,13 +9,7 @@ import typer
 
 from vhctl.cli._errors import handle_errors
 from vhctl.cli._options import CkptArg, ForceOpt, JsonOpt, RevisionOpt, TokenOpt
-from vhctl.cli._output import emit_json, success, warning
-
-_HINTS = {
-    "trl": "AutoModelForCausalLMWithValueHead.from_pretrained('{out}')  (trl.experimental.ppo)",
-    "openrlhf": "get_llm_for_sequence_regression('{out}', 'critic')  (openrlhf.models)",
-    "seqcls": "AutoModelForSequenceClassification.from_pretrained('{out}')  (or vLLM's pooling runner)",
-}
+from vhctl.cli._output import Reporter
 
 
 @handle_errors
@@ -43,21 +37,15 @@ def export(
     json_: JsonOpt = False,
 ) -> None:
     """Export CHECKPOINT for TRL, OpenRLHF or transformers/vLLM, exactly (values equal within 1e-6)."""
-    from vhctl.formats import export_checkpoint
+    from vhctl.formats import export_checkpoint, format_spec
 
     result = export_checkpoint(
         checkpoint, format_, out, force=force, keep_shards=keep_shards, bias=bias,
         value_head_prefix=value_head_prefix, revision=revision, token=token,
     )
-    for note in result.notes:
-        warning(note)
-    if json_:
-        emit_json({
-            "out": str(result.out), "format": result.format, "source": result.source,
-            "architecture": result.architecture, "model_type": result.model_type, "bias": result.bias,
-            "norm_bias_key": result.norm_bias_key, "files": result.files, "notes": result.notes,
-        })
-    success(
+    Reporter(json_output=json_).done(
+        result,
         f"exported {result.source} ({result.model_type}, {result.architecture}) as {result.format} -> {result.out}",
-        hint=_HINTS[result.format].format(out=result.out),
+        hint=format_spec(result.format).hint.format(out=result.out),
+        notes=result.notes,
     )

@@ -9,7 +9,7 @@ import typer
 
 from vhctl.cli._errors import handle_errors
 from vhctl.cli._options import CkptArg, ForceOpt, JsonOpt
-from vhctl.cli._output import emit_json, success
+from vhctl.cli._output import Reporter
 
 
 def _mib(n: int) -> str:
@@ -33,16 +33,11 @@ def make_ref(
     from vhctl.ops.make_ref import make_reference
 
     result = make_reference(ckpt, num_shared_layers=shared, pattern=pattern, out=out, force=force)
-    if json_:
-        emit_json({
-            "out": str(result.out), "policy": str(result.policy), "num_shared_layers": result.num_shared_layers,
-            "pattern": result.pattern, "shared_tensors": result.shared_tensors,
-            "stored_tensors": result.stored_tensors, "stored_bytes": result.stored_bytes,
-            "shared_bytes": result.shared_bytes,
-        })
     sharing = (
         f"sharing {result.num_shared_layers} layers ({result.shared_tensors} tensors, {_mib(result.shared_bytes)}) "
         if result.num_shared_layers is not None else "a full copy "
-    )
-    success(f"reference {sharing}stored {_mib(result.stored_bytes)} -> {result.out}",
-            hint=f"vhctl validate {result.policy}")
+    )  # fmt: skip
+    Reporter(json_output=json_).done(
+        result, f"reference {sharing}stored {_mib(result.stored_bytes)} -> {result.out}",
+        hint=f"vhctl validate {result.policy}",
+    )  # fmt: skip

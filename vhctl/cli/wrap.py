@@ -9,7 +9,7 @@ import typer
 
 from vhctl.cli._errors import handle_errors
 from vhctl.cli._options import AllowPickleOpt, ForceOpt, JsonOpt, RevisionOpt, TokenOpt, TrustRemoteCodeOpt
-from vhctl.cli._output import emit_json, success, warning
+from vhctl.cli._output import Reporter
 
 
 @handle_errors
@@ -44,16 +44,10 @@ def wrap(
         force=force, link=link, token=token, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
         init_from_reward=init_from_reward,
     )
-    for note in result.notes:
-        warning(note)
-    if json_:
-        emit_json({
-            "out": str(result.out), "source": result.source, "architecture": result.architecture,
-            "model_type": result.model_type, "hidden_size": result.hidden_size, "head_init": result.head_init,
-            "head_from": result.head_from, "files": result.files,
-        })
     kept = f", head kept from {result.head_from} layout" if result.head_from else f", head init {result.head_init}"
-    success(
+    Reporter(json_output=json_).done(
+        result,
         f"wrapped {result.source} ({result.model_type}, {result.architecture}{kept}) -> {result.out}",
         hint=f"vhctl make-ref {result.out} --shared N",
+        notes=result.notes,
     )

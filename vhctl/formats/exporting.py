@@ -37,7 +37,7 @@ __all__ = [
     "copy_side_files",
     "export_record",
     "finish_headless",
-    "read_config",
+    "start_config",
     "restored_config",
     "write_headless",
 ]
@@ -205,7 +205,12 @@ def finish_headless(job: ExportJob, fmt: str, cfg: dict[str, Any], done: Headles
         )
 
 
-def read_config(src: Path) -> dict[str, Any]:
-    """The checkpoint's config.json, to adapt for the export."""
-    data: dict[str, Any] = json.loads((src / CONFIG_NAME).read_text(encoding="utf-8"))
-    return data
+def start_config(job: ExportJob, done: Headless, restored: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's config.json with the export record and the fields an import set aside."""
+    cfg: dict[str, Any] = json.loads((job.src / CONFIG_NAME).read_text(encoding="utf-8"))
+    record = export_record(job, cfg, done)
+    for name in ("architectures", *km.SEQCLS_CONFIG_FIELDS, *km.OPENRLHF_CONFIG_FIELDS):
+        if name in restored and restored[name] is not None:
+            cfg[name] = restored[name]
+    cfg[km.VHCTL_EXPORT_FIELD] = record
+    return cfg

@@ -10,17 +10,23 @@ import torch
 from vhctl.errors import UnsupportedModelError
 
 
+def _mapped_class(auto: Any, config: Any, message: str, hint: str) -> Any:
+    """The class an auto class maps this config's type to, or an UnsupportedModelError."""
+    try:
+        return auto._model_mapping[type(config)]
+    except KeyError as exc:
+        raise UnsupportedModelError(message, hint=hint) from exc
+
+
 def causal_class(config: Any, *, where: str) -> Any:
     """The ``*ForCausalLM`` class of a config (not instantiated)."""
     from transformers import AutoModelForCausalLM
 
-    try:
-        return AutoModelForCausalLM._model_mapping[type(config)]
-    except KeyError as exc:
-        raise UnsupportedModelError(
-            f"{where} has model type {config.model_type!r}, which transformers has no causal LM class for",
-            hint="this format holds causal language models only",
-        ) from exc
+    return _mapped_class(
+        AutoModelForCausalLM, config,
+        f"{where} has model type {config.model_type!r}, which transformers has no causal LM class for",
+        "this format holds causal language models only",
+    )  # fmt: skip
 
 
 def base_prefix(config: Any, *, where: str) -> str:
@@ -35,13 +41,11 @@ def seqcls_class(config: Any, *, where: str) -> Any:
     """The ``*ForSequenceClassification`` class of a config, if it has a plain ``score`` Linear."""
     from transformers import AutoModelForSequenceClassification
 
-    try:
-        return AutoModelForSequenceClassification._model_mapping[type(config)]
-    except KeyError as exc:
-        raise UnsupportedModelError(
-            f"{where} is a {config.model_type} model, which transformers has no sequence-classification class for",
-            hint="export it with --format trl or --format openrlhf instead",
-        ) from exc
+    return _mapped_class(
+        AutoModelForSequenceClassification, config,
+        f"{where} is a {config.model_type} model, which transformers has no sequence-classification class for",
+        "export it with --format trl or --format openrlhf instead",
+    )  # fmt: skip
 
 
 def check_seqcls_score(config: Any, hidden: int, *, where: str) -> str:

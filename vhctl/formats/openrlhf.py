@@ -12,10 +12,9 @@ from vhctl.errors import CheckpointError, UnsupportedModelError
 from vhctl.formats import keymaps as km
 from vhctl.formats.base import ExportJob, FolderFacts, FormatSpec
 from vhctl.formats.exporting import (
-    export_record,
     finish_headless,
-    read_config,
     restored_config,
+    start_config,
     write_headless,
 )
 from vhctl.formats.importing import IMPORTED_KEY
@@ -83,11 +82,7 @@ def export(job: ExportJob) -> None:
     restored = restored_config(job, km.OPENRLHF)
     prefix = _prefix(job, restored)
     done = write_headless(job, km.OPENRLHF, km.head_weight_key(km.OPENRLHF, value_head_prefix=prefix))
-    cfg = read_config(job.src)
-    record = export_record(job, cfg, done)
-    for name in ("architectures", *km.SEQCLS_CONFIG_FIELDS, *km.OPENRLHF_CONFIG_FIELDS):
-        if name in restored and restored[name] is not None:
-            cfg[name] = restored[name]
+    cfg = start_config(job, done, restored)
     archs = cfg.get("architectures")
     if not (isinstance(archs, list) and any(a in km.OPENRLHF_ARCHITECTURES for a in archs)):
         cfg["architectures"] = [km.OPENRLHF_DEFAULT_ARCHITECTURE]
@@ -100,7 +95,6 @@ def export(job: ExportJob) -> None:
         mean, std = normalization if normalization is not None else (0.0, 1.0)
         # OpenRLHF returns (r - mean) / std with r = w . h = value - bias: shift the mean by the bias.
         cfg["mean"], cfg["std"], cfg["normalize_reward"] = mean - done.bias, std, True
-    cfg[km.VHCTL_EXPORT_FIELD] = record
     finish_headless(job, km.OPENRLHF, cfg, done, [])
 
 

@@ -9,10 +9,9 @@ from vhctl.errors import CheckpointError, UnsupportedModelError
 from vhctl.formats import keymaps as km
 from vhctl.formats.base import ExportJob, FolderFacts, FormatSpec
 from vhctl.formats.exporting import (
-    export_record,
     finish_headless,
-    read_config,
     restored_config,
+    start_config,
     write_headless,
 )
 from vhctl.formats.families import check_seqcls_score
@@ -43,18 +42,13 @@ def export(job: ExportJob) -> None:
     cls_name = check_seqcls_score(job.config, job.hidden, where=where)
     restored = restored_config(job, km.SEQCLS)
     done = write_headless(job, km.SEQCLS, km.head_weight_key(km.SEQCLS))
-    cfg = read_config(job.src)
-    record = export_record(job, cfg, done)
-    for name in ("architectures", *km.SEQCLS_CONFIG_FIELDS, *km.OPENRLHF_CONFIG_FIELDS):
-        if name in restored and restored[name] is not None:
-            cfg[name] = restored[name]
+    cfg = start_config(job, done, restored)
     cfg["architectures"] = [cls_name]
     cfg["id2label"] = {"0": "LABEL_0"} if not isinstance(restored.get("id2label"), dict) else restored["id2label"]
     cfg["label2id"] = {v: int(k) for k, v in cfg["id2label"].items()}
     if len(cfg["id2label"]) != 1:
         raise CheckpointError(f"{where}: the recorded id2label has {len(cfg['id2label'])} labels, not 1")
     cfg.pop("num_labels", None)
-    cfg[km.VHCTL_EXPORT_FIELD] = record
     notes = [
         "transformers pools at the last token that is not pad_token_id; vhctl's value is at the last "
         "attention-mask token (they differ only when a text ends with the pad token)"

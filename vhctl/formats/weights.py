@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from vhctl.checkpoint.heads import load_pickle_weights
+from vhctl.checkpoint.tensors import tensor_index, weight_files
 from vhctl.constants import (
     PT_WEIGHTS_INDEX_NAME,
     PT_WEIGHTS_NAME,
@@ -100,9 +102,6 @@ def read_weight_set(folder: Path, *, allow_pickle: bool = False) -> WeightSet:
         UnsafeLoadError: only pickle weights are there and ``allow_pickle`` is False.
         CheckpointError: a header, index or pickle is corrupt.
     """
-    from vhctl.checkpoint.heads import load_pickle_weights
-    from vhctl.checkpoint.tensors import tensor_index, weight_files
-
     if (folder / SAFE_WEIGHTS_NAME).is_file() or (folder / SAFE_WEIGHTS_INDEX_NAME).is_file():
         index = tensor_index(folder)
         groups: list[tuple[str, list[str]]] = []

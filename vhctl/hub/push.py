@@ -112,35 +112,16 @@ def push_checkpoint(
     files = _files_to_upload(root, manifest)
     if dry_run:
         sizes = _sizes(files, card_for_push(root, repo_id).encode("utf-8"))
-        return PushResult(
-            repo_id=repo_id,
-            revision=revision or "main",
-            commit_oid=None,
-            pr_url=None,
-            files=sorted(sizes),
-            dry_run=True,
-            size=sum(sizes.values()),
-            sizes=sizes,
-        )
+        return PushResult(repo_id=repo_id, revision=revision or "main", commit_oid=None, pr_url=None,
+                          files=sorted(sizes), dry_run=True, size=sum(sizes.values()), sizes=sizes)  # fmt: skip
     if hub_offline():
         raise OfflineError(
             f"cannot push {root} to {repo_id}: HF_HUB_OFFLINE is set", hint="unset HF_HUB_OFFLINE to push"
         )
     url = hub_endpoint(endpoint)
     try:
-        return _push(
-            root,
-            repo_id,
-            manifest=manifest,
-            files=files,
-            private=private,
-            revision=revision,
-            message=message,
-            create_pr=create_pr,
-            endpoint=url,
-            token=token,
-            say=say,
-        )
+        return _push(root, repo_id, manifest=manifest, files=files, private=private, revision=revision,
+                     message=message, create_pr=create_pr, endpoint=url, token=token, say=say)  # fmt: skip
     except (VhctlError, KeyboardInterrupt):
         raise
     except Exception as exc:

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from vhctl._tiny import tiny_model_path
 from vhctl._version import __version__
 from vhctl.constants import TINY_MODEL_NAME
 from vhctl.errors import (
@@ -101,8 +102,6 @@ def resolve_model(
     """
     name = os.fspath(name_or_path)
     if name == TINY_MODEL_NAME:
-        from vhctl._tiny import tiny_model_path
-
         return ResolvedModel(path=tiny_model_path(), origin="tiny", source=TINY_MODEL_NAME)
     path = Path(name).expanduser()
     if path.is_dir():

@@ -31,10 +31,6 @@ def attach_adapter(
     new manifest are written into that copy, and the copy is swapped in at the end: a killed run
     leaves the checkpoint as it was, and a replaced adapter survives any failure before the swap.
     """
-    from vhctl.checkpoint.adapters import check_adapter_fits, resolve_adapter_dir, store_adapter
-    from vhctl.checkpoint.config import load_config
-    from vhctl.checkpoint.manifest import FileEntry, Manifest
-    from vhctl.io.files import atomic_output_dir, link_tree, safe_relpath, sha256_file
 
     folder = Path(ckpt).resolve()  # a symlinked checkpoint: swap the real folder, keep the link
     if not folder.is_dir():

@@ -237,6 +237,16 @@ def _head(plan: _Plan, imported: ImportResult | None, *, init: str, std: float |
     return weight, bias, info
 
 
+def _manifest(plan: _Plan, head_info: ValueHeadInfo, imported: ImportResult | None, revision: str | None) -> Manifest:
+    resolved = plan.resolved
+    source = str(Path(plan.source).absolute()) if resolved.origin == "local" else resolved.source
+    extra = {**(imported.extra if imported else {}), **(plan.reward.manifest_extra() if plan.reward else {})}
+    return Manifest(
+        kind=KIND_POLICY, architecture=plan.architecture, model_type=str(plan.config.model_type),
+        value_head=head_info, base_model={"source": source, "revision": resolved.commit or revision}, extra=extra,
+    )  # fmt: skip
+
+
 def wrap_model(
     source: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -299,18 +309,7 @@ def wrap_model(
                                           trust_remote_code=trust_remote_code, hasher=hasher)  # fmt: skip
             weight, bias, head_info = _head(plan, imported, init=init, std=std, seed=seed)
             write_head(tmp, weight, bias)
-            manifest = Manifest(
-                kind=KIND_POLICY,
-                architecture=plan.architecture,
-                model_type=str(plan.config.model_type),
-                value_head=head_info,
-                base_model={
-                    "source": str(Path(source).absolute()) if resolved.origin == "local" else resolved.source,
-                    "revision": resolved.commit or revision,
-                },
-                extra={**(imported.extra if imported else {}), **(plan.reward.manifest_extra() if plan.reward else {})},
-            )
-            finish_manifest(tmp, manifest, known)
+            manifest = finish_manifest(tmp, _manifest(plan, head_info, imported, revision), known)
     head_from = (
         f"reward:{plan.reward.format}" if plan.reward else plan.foreign.format if plan.foreign
         else plan.found.layout if plan.found else None
