@@ -10,9 +10,10 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -210,6 +211,51 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where the platform allows (``/proc``)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (only this thread creates files meanwhile)
+    os.umask(mask)
+    return mask
+
+
+def share_like_cp(root: Path, files: Iterable[str] | None = None) -> None:
+    """Give what vhctl wrote under ``root`` the modes ``cp`` would: files ``0666 & ~umask``, folders
+    ``0777 & ~umask``.
+
+    safetensors creates its files owner-only (0600), so a checkpoint written on a shared cluster
+    would be unreadable to teammates while every other file is readable. ``files`` (relative paths)
+    limits it to those files and their folders (a library save into an existing folder); by default
+    the whole tree, which vhctl created. Hard-linked files are left alone: they are the user's own
+    files (``wrap --link``), not copies vhctl made.
+    """
+    mask = current_umask()
+    file_mode, dir_mode = 0o666 & ~mask, 0o777 & ~mask
+    if files is None:
+        os.chmod(root, dir_mode)
+        paths = []
+        for dirpath, dirnames, filenames in os.walk(root):
+            paths += [Path(dirpath, name) for name in filenames]
+            for name in dirnames:
+                if not os.path.islink(os.path.join(dirpath, name)):
+                    os.chmod(os.path.join(dirpath, name), dir_mode)
+    else:
+        paths = [root / rel for rel in files]
+        for folder in {path.parent for path in paths} - {root}:
+            if folder.is_dir() and not folder.is_symlink():
+                os.chmod(folder, dir_mode)
+    for path in paths:
+        st = os.lstat(path)
+        if stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and stat.S_IMODE(st.st_mode) != file_mode:
+            os.chmod(path, file_mode)
+
+
 def fsync_tree(root: Path) -> None:
     """Flush every file and folder under ``root`` to disk, so a rename publishes complete files
     even across a power cut (a SIGKILL alone cannot lose written data)."""
@@ -274,6 +320,7 @@ def atomic_output_dir(dest: str | os.PathLike[str], *, force: bool = False) -> I
         raise
     try:
         yield tmp
+        share_like_cp(tmp)
         fsync_tree(tmp)
         if dest.exists():
             if _exchange(tmp, dest):

@@ -23,6 +23,7 @@ from vhctl.constants import (
 )
 from vhctl.dtypes import dtype_name
 from vhctl.errors import ManifestError
+from vhctl.io.files import share_like_cp
 
 __all__ = ["save_wrapper"]
 
@@ -108,4 +109,6 @@ def save_wrapper(model: Any, folder: Path, *args: Any, **kwargs: Any) -> Manifes
         adapters=_adapters(model, folder, old),
         extra=extra,
     )
-    return finish_manifest(folder, manifest)
+    finish_manifest(folder, manifest)
+    share_like_cp(folder, [*manifest.files, MANIFEST_NAME])
+    return manifest
