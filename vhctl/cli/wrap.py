@@ -17,7 +17,9 @@ def wrap(
     model: Annotated[str, typer.Argument(
         help="Hub id, local folder, TRL / OpenRLHF / seqcls / DeepSpeed-Chat checkpoint, or vhctl:tiny.", metavar="MODEL")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The checkpoint folder to write.")],
-    init: Annotated[str, typer.Option("--init", help="New head init: random (PyTorch default) or normal.")] = "random",
+    init: Annotated[str | None, typer.Option(
+        "--init", metavar="random|normal", help="New head init: random (PyTorch default) or normal.",
+        show_default="random")] = None,
     std: Annotated[float | None, typer.Option("--std", help="Std of the normal init (default 0.2).")] = None,
     dropout: Annotated[float | None, typer.Option("--dropout", help="Head dropout (default 0.1).")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed: the same seed gives identical head files.")] = None,

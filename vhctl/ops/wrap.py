@@ -96,13 +96,35 @@ def init_head(hidden_size: int, *, init: str, std: float, seed: int | None) -> t
     return weight, bias
 
 
-def check_head_options(init: str, std: float | None, dropout: float | None) -> None:
-    if init not in INITS:
+def check_head_options(
+    init: str | None, std: float | None, dropout: float | None, *, seed: int | None = None,
+    init_from_reward: object = None, link: bool = False, dtype: str | None = None,
+) -> None:  # fmt: skip
+    """Refuse values out of range and options that would silently do nothing with the others given."""
+    if init is not None and init not in INITS:
         raise UsageError(f"unknown --init {init!r}", hint=f"use one of: {', '.join(INITS)}")
     if std is not None and (not math.isfinite(std) or std <= 0):
         raise UsageError(f"--std must be a positive number, got {std}")
     if dropout is not None and (not math.isfinite(dropout) or not 0.0 <= dropout < 1.0):
         raise UsageError(f"--dropout must be in [0, 1), got {dropout}")
+    if init_from_reward is not None:
+        given = [name for name, value in (("--init", init), ("--std", std), ("--seed", seed)) if value is not None]
+        if given:
+            raise UsageError(
+                f"{' and '.join(given)} and --init-from-reward both set the head: the reward model's head is "
+                f"used, so {'they do' if len(given) > 1 else 'it does'} nothing",
+                hint=f"drop {' and '.join(given)}, or --init-from-reward",
+            )
+    if std is not None and init != "normal":
+        raise UsageError(
+            "--std only applies to --init normal (the default init, random, has no std)",
+            hint="add --init normal, or drop --std",
+        )
+    if link and dtype is not None:
+        raise UsageError(
+            "--link and --dtype do not go together: --dtype rewrites every weight file, so nothing would be linked",
+            hint="drop one of them",
+        )
 
 
 def _remote_code_files(src: Path, config: Any) -> list[str]:
@@ -213,7 +235,7 @@ def _write_base(plan: _Plan, tmp: Path, *, target: torch.dtype | None, dtype: st
     return imported, known
 
 
-def _head(plan: _Plan, imported: ImportResult | None, *, init: str, std: float | None,
+def _head(plan: _Plan, imported: ImportResult | None, *, init: str | None, std: float | None,
           seed: int | None) -> tuple[torch.Tensor, torch.Tensor, ValueHeadInfo]:  # fmt: skip
     """The head to write: the reward model's, the imported one, the source's, or a new one."""
     head_std: float | None
@@ -226,9 +248,9 @@ def _head(plan: _Plan, imported: ImportResult | None, *, init: str, std: float |
         head_init, head_std, head_seed = "loaded", None, None
     else:
         head_std = 0.2 if std is None else float(std)
-        weight, bias = init_head(plan.hidden, init=init, std=head_std, seed=seed)
-        head_init, head_seed = init, seed
-        if init != "normal":
+        head_init, head_seed = init or "random", seed
+        weight, bias = init_head(plan.hidden, init=head_init, std=head_std, seed=seed)
+        if head_init != "normal":
             head_std = None
     info = ValueHeadInfo(
         file=VALUE_HEAD_NAME, hidden_size=plan.hidden, dtype=dtype_name(weight.dtype), init=head_init,
@@ -251,7 +273,7 @@ def wrap_model(
     source: str | os.PathLike[str],
     out: str | os.PathLike[str],
     *,
-    init: str = "random",
+    init: str | None = None,
     std: float | None = None,
     dropout: float | None = None,
     seed: int | None = None,
@@ -269,8 +291,8 @@ def wrap_model(
     Args:
         source: hub id, local folder, TRL-style checkpoint or ``"vhctl:tiny"``.
         out: the checkpoint folder to create; replaced only with ``force``.
-        init: ``random`` (PyTorch default) or ``normal`` (N(0, std), zero bias) for a new head; a head
-            found in ``source`` is kept instead.
+        init: ``random`` (PyTorch default; None means random) or ``normal`` (N(0, std), zero bias) for
+            a new head; a head found in ``source`` is kept instead.
         std: standard deviation for ``normal`` (default 0.2, TRL's ``v_head_initializer_range``).
         dropout: the head's dropout (default 0.1; a config's ``summary_dropout_prob`` wins, as in TRL).
         seed: makes the head file byte-identical across runs.
@@ -286,7 +308,7 @@ def wrap_model(
     Returns:
         What was written (a :class:`WrapResult`).
     """
-    check_head_options(init, std, dropout)
+    check_head_options(init, std, dropout, seed=seed, init_from_reward=init_from_reward, link=link, dtype=dtype)
     dtype = canonical_dtype(dtype) if dtype is not None else None
     target = torch_dtype(dtype) if dtype is not None else None
     out_path = Path(out).absolute()
@@ -310,6 +332,9 @@ def wrap_model(
             weight, bias, head_info = _head(plan, imported, init=init, std=std, seed=seed)
             write_head(tmp, weight, bias)
             manifest = finish_manifest(tmp, _manifest(plan, head_info, imported, revision), known)
+    notes = list(imported.notes) if imported else []
+    if head_info.init == "loaded" and plan.reward is None and (init, std, seed) != (None, None, None):
+        notes.append("--init/--std/--seed did nothing: the source's own value head was kept")
     head_from = (
         f"reward:{plan.reward.format}" if plan.reward else plan.foreign.format if plan.foreign
         else plan.found.layout if plan.found else None
@@ -317,5 +342,5 @@ def wrap_model(
     return WrapResult(
         out=out_path, source=str(source), architecture=plan.architecture, model_type=str(plan.config.model_type),
         hidden_size=plan.hidden, head_init=head_info.init, head_from=head_from, files=sorted(manifest.files),
-        notes=imported.notes if imported else [],
+        notes=notes,
     )  # fmt: skip
