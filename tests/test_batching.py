@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vhctl.batching import pass_overhead, plan_batches
+from vhctl.scoring.batching import pass_overhead, plan_batches
 
 
 def _time(widths: list[int], sizes: list[int], overhead: int) -> int:

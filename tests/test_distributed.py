@@ -28,10 +28,10 @@ from typer.testing import CliRunner
 
 from vhctl import AutoModelForCausalLMWithValueHead
 from vhctl.cli.app import app
-from vhctl.distributed import Launch, backend_for, launch_from_env, local_device
 from vhctl.errors import InputError, UsageError
 from vhctl.io.records import Record, iter_records
 from vhctl.scoring import Scorer
+from vhctl.scoring.distributed import Launch, backend_for, launch_from_env, local_device
 
 runner = CliRunner()
 WORDS = "the quick brown fox jumps over a lazy dog while critics value heads and rewards score tokens".split()
@@ -256,7 +256,7 @@ def test_sharded_first_use_check_is_taken_by_every_rank(monkeypatch) -> None:
     """Prompt sharing's first-use check fails on this model (a local window the scorer is blind to):
     the rank that does not own that prompt pack must still take the decision, or the ranks' plans of
     later windows would differ."""
-    import vhctl.scoring as scoring
+    import vhctl.scoring.model_parts as scoring
 
     model = local_window_value_model()
     monkeypatch.setattr(scoring, "_sliding_window", lambda config: None)

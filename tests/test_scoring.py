@@ -174,7 +174,7 @@ def test_groups_split_across_windows_stay_right(tok, gpt2):
 
 def test_local_attention_that_counts_padding_is_caught(tok, monkeypatch):
     """A local window the scorer does not know about: the first-use check falls back, values stay right."""
-    import vhctl.scoring as scoring
+    import vhctl.scoring.model_parts as scoring
 
     model = local_window_value_model()
     monkeypatch.setattr(scoring, "_sliding_window", lambda config: None)

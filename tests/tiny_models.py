@@ -271,8 +271,8 @@ def make_tiny_model(arch: str, seed: int = 0, dtype: torch.dtype = torch.float32
 def local_window_value_model(window: int = 6) -> Any:
     """A 2-layer GPT-Neo value model with a local attention window of ``window`` tokens (seeded).
 
-    Tests hide the window from the scorer (patching ``vhctl.scoring._sliding_window``) to check
-    that prompt sharing's first-use check catches a model whose cache reuse counts padding.
+    Tests hide the window from the scorer (patching ``vhctl.scoring.model_parts._sliding_window``) to
+    check that prompt sharing's first-use check catches a model whose cache reuse counts padding.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 

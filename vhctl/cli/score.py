@@ -107,7 +107,7 @@ def score(
     Under torchrun or accelerate launch, the ranks share the work and rank 0 writes the same
     output a single process would.
     """
-    from vhctl import distributed
+    from vhctl.scoring import distributed
 
     if reward_name is not None and not reward:
         raise UsageError(f"unexpected argument {reward_name!r}", hint=f"did you mean --reward {reward_name}?")
@@ -291,7 +291,7 @@ def _summary(scorer: Any, elapsed: float, device: Any, dtype: Any, group: Any) -
 
 def _local_device(options: _Options, group: Any) -> str:
     """This rank's device (``cuda:LOCAL_RANK`` for auto/cuda); a device map is refused with several per node."""
-    from vhctl import distributed
+    from vhctl.scoring import distributed
 
     if options.device_map is not None and group.launch.local_world > 1:
         raise UsageError(
@@ -309,8 +309,8 @@ def _score_distributed(options: _Options, launch: Any) -> None:
     printed once, by rank 0, and every rank exits with its code after a barrier: a launcher stops
     all workers as soon as one fails, and rank 0 must have written its line by then.
     """
-    from vhctl import distributed
     from vhctl.errors import InputError
+    from vhctl.scoring import distributed
 
     cuda = distributed.local_device(options.device, launch).startswith("cuda") or (
         options.device_map is not None and _cuda_available()

@@ -1,0 +1,149 @@
+"""The forward passes scoring runs: padding, the causal and seq2seq forwards, the value head.
+
+The plain way to score is TRL's: pad a batch, run the whole language model with
+``output_hidden_states=True`` and apply the value head to ``hidden_states[-1]``. These forwards
+compute the same numbers with less work: they run the **backbone only** (no LM head over the
+vocabulary, no stack of hidden states) when the model has one, and fall back to the full model
+(its ``hidden_states[-1]``) when it does not (e.g. PEFT prompt learning).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from vhctl.scoring.items import Item
+from vhctl.scoring.model_parts import ModelParts
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["Forwards", "Padded", "torch_stack_last"]
+
+
+@dataclass
+class Padded:
+    """A right-padded batch on the model's device, with its lengths also on the host."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    lengths: torch.Tensor
+    lengths_list: list[int]
+    padded: bool
+
+
+class Forwards:
+    """One model's forwards, from token rows to the last hidden state (and per-token values).
+
+    Args:
+        parts: What :func:`~vhctl.scoring.model_parts.find_parts` found in the model.
+        v_head: The wrapper's value head (``summary`` is its linear layer).
+        pad_id: The id padding is filled with (masked out; any valid id does).
+    """
+
+    def __init__(self, parts: ModelParts, v_head: Any, pad_id: int) -> None:
+        self.parts = parts
+        self._v_head = v_head
+        self._pad_id = pad_id
+
+    def values(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Value head over hidden states (..., H) -> (...) in float32, as the wrapper computes it."""
+        weight = self._v_head.summary.weight
+        return self._v_head(hidden.to(weight.device)).squeeze(-1).float()
+
+    def pad(self, rows: list[list[int]]) -> Padded:
+        """Right-pad token rows and send them to the model's device without waiting for it."""
+        import torch
+
+        lengths = [len(r) for r in rows]
+        width = max(lengths)
+        ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
+        for b, row in enumerate(rows):
+            ids[b, : len(row)] = torch.tensor(row, dtype=torch.long)
+        lengths_t = torch.tensor(lengths, dtype=torch.long)
+        mask = (torch.arange(width)[None, :] < lengths_t[:, None]).long()
+        return Padded(
+            ids=self.upload(ids),
+            mask=self.upload(mask),
+            lengths=self.upload(lengths_t),
+            lengths_list=lengths,
+            padded=min(lengths) != width,
+        )
+
+    def upload(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` on the model's input device."""
+        device = self.parts.device
+        if device.type == "cuda":  # pinned + non_blocking: the copy does not wait for queued kernels
+            return tensor.pin_memory().to(device, non_blocking=True)
+        return tensor.to(device)
+
+    def gather(
+        self, hidden: torch.Tensor, padded: Padded, per_token: bool
+    ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """The hidden state (B, H) at each row's last token, and each row's values (n_b,) if ``per_token``."""
+        import torch
+
+        lengths = padded.lengths.to(hidden.device)  # a no-op, except under a device map (last GPU)
+        last = hidden[torch.arange(hidden.shape[0], device=hidden.device), lengths - 1]
+        if not per_token:
+            return last, None
+        values = self.values(hidden)
+        return last, [values[b, :n] for b, n in enumerate(padded.lengths_list)]
+
+    def causal(self, ids: torch.Tensor, mask: torch.Tensor | None, **extra: Any) -> tuple[torch.Tensor, Any]:
+        """Final hidden states (B, T, H) of the causal model and its cache (with ``use_cache=True``).
+
+        Through the backbone when there is one (no LM head); else the full model's
+        ``hidden_states[-1]``, as the wrapper's forward takes it.
+        """
+        backbone = self.parts.backbone
+        if backbone is not None:
+            out = backbone(input_ids=ids, attention_mask=mask, **extra)
+            cache = getattr(out, "cache", None)
+            if cache is None and extra.get("use_cache"):
+                cache = getattr(out, "past_key_values", None)
+            return out.last_hidden_state, cache
+        out = self.parts.pm(
+            input_ids=ids, attention_mask=mask, output_hidden_states=True, return_dict=True, use_cache=False
+        )
+        return out.hidden_states[-1][:, -ids.shape[1] :], None  # prompt tuning prepends virtual tokens
+
+    def plain(self, batch: list[Item], per_token: bool) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """A padded causal forward over ``batch``: see :meth:`gather` for what comes back."""
+        padded = self.pad([item.ids for item in batch])
+        hidden, _ = self.causal(padded.ids, padded.mask if padded.padded else None, use_cache=False)
+        return self.gather(hidden, padded, per_token)
+
+    def seq2seq(self, batch: list[Item], per_token: bool) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """Encoder then decoder (without LM head when they can be found); values at the decoder tokens."""
+        parts = self.parts
+        enc = self.pad([item.ids for item in batch])
+        dec = self.pad([item.dec or [] for item in batch])
+        if parts.encoder is not None and parts.decoder is not None:
+            encoded = parts.encoder(input_ids=enc.ids, attention_mask=enc.mask).last_hidden_state
+            hidden = parts.decoder(
+                input_ids=dec.ids,
+                attention_mask=dec.mask,
+                encoder_hidden_states=encoded,
+                encoder_attention_mask=enc.mask,
+                use_cache=False,
+            ).last_hidden_state
+        else:
+            out = parts.pm(
+                input_ids=enc.ids,
+                attention_mask=enc.mask,
+                decoder_input_ids=dec.ids,
+                decoder_attention_mask=dec.mask,
+                output_hidden_states=True,
+                return_dict=True,
+                use_cache=False,
+            )
+            hidden = out.decoder_hidden_states[-1]
+        return self.gather(hidden, dec, per_token)
+
+
+def torch_stack_last(seq: list[torch.Tensor]) -> torch.Tensor:
+    """The last value of each per-token row, as one tensor (read back with the others)."""
+    import torch
+
+    return torch.stack([values[-1] for values in seq])
