@@ -22,11 +22,8 @@ from safetensors.torch import load_file, save_file
 from tiny_models import SMALL_SHARD, make_reward_adapter, save_tiny_model
 from typer.testing import CliRunner
 
-from vhctl.ops.attach import attach_adapter
 from vhctl.checkpoint.manifest import Manifest
-from vhctl.ops.make_ref import make_reference
 from vhctl.checkpoint.tensors import read_header, read_index
-from vhctl.ops.wrap import wrap_model
 from vhctl.cli.app import app
 from vhctl.constants import (
     MANIFEST_NAME,
@@ -35,6 +32,9 @@ from vhctl.constants import (
     V_HEAD_WEIGHT,
     VALUE_HEAD_NAME,
 )
+from vhctl.ops.attach import attach_adapter
+from vhctl.ops.make_ref import make_reference
+from vhctl.ops.wrap import wrap_model
 
 ADAPTER = "adapters/reward_adapter/adapter_model.safetensors"
 ADAPTER_CONFIG = "adapters/reward_adapter/adapter_config.json"

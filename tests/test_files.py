@@ -11,9 +11,9 @@ import pytest
 from tiny_models import save_tiny_model
 
 import vhctl.checkpoint.manifest as manifest_module
-from vhctl.ops.wrap import wrap_model
 from vhctl.constants import MANIFEST_NAME, SAFE_WEIGHTS_NAME
 from vhctl.io.files import BackgroundHasher, sha256_file
+from vhctl.ops.wrap import wrap_model
 
 
 def _write(path: Path, size: int, seed: int = 0) -> Path:

@@ -10,9 +10,9 @@ from test_formats_support import TOL, head_of, input_ids, vhctl_values
 from tiny_models import tiny_config
 
 from vhctl.checkpoint.manifest import Manifest
-from vhctl.ops.wrap import wrap_model
 from vhctl.constants import CONFIG_NAME, PT_WEIGHTS_NAME, V_HEAD_BIAS, V_HEAD_WEIGHT
 from vhctl.errors import UnsafeLoadError
+from vhctl.ops.wrap import wrap_model
 
 
 def make_deepspeed_chat(arch: str, folder, *, prefix: str = "rwtranrsformer", safetensors: bool = False):

@@ -20,11 +20,11 @@ from test_formats_support import (
 from tiny_models import tiny_config
 
 from vhctl.checkpoint.manifest import Manifest
-from vhctl.ops.wrap import wrap_model
 from vhctl.constants import CONFIG_NAME, V_HEAD_BIAS, V_HEAD_WEIGHT
 from vhctl.errors import CheckpointError, UnsupportedModelError
 from vhctl.formats import export_checkpoint, normalization_of, normalize
 from vhctl.formats.keymaps import VHCTL_EXPORT_FIELD
+from vhctl.ops.wrap import wrap_model
 
 
 def make_openrlhf(arch: str, folder, *, prefix: str = "score", mean: float | None = None,

@@ -18,11 +18,11 @@ from test_formats_support import (
 from tiny_models import CAUSAL_ARCHS, tiny_config
 
 from vhctl.checkpoint.manifest import Manifest
-from vhctl.ops.wrap import wrap_model
 from vhctl.constants import V_HEAD_BIAS, V_HEAD_WEIGHT
 from vhctl.errors import UnsupportedModelError, UsageError
 from vhctl.formats import export_checkpoint
 from vhctl.formats.keymaps import FOLDABLE_NORM_BIAS, VHCTL_EXPORT_FIELD
+from vhctl.ops.wrap import wrap_model
 
 
 def make_seqcls(arch: str, folder, *, seed: int = 0):

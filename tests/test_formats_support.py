@@ -17,9 +17,9 @@ import torch
 from safetensors import safe_open
 from tiny_models import TINY_VOCAB, make_trl_checkpoint
 
+from vhctl.constants import CONFIG_NAME, VALUE_HEAD_NAME
 from vhctl.modeling import load_checkpoint
 from vhctl.ops.wrap import wrap_model
-from vhctl.constants import CONFIG_NAME, VALUE_HEAD_NAME
 
 TOL = 1e-6
 
@@ -68,8 +68,8 @@ def head_of(folder: Path) -> dict[str, torch.Tensor]:
 
 def set_head(folder: Path, weight: torch.Tensor | None = None, bias: float | None = None) -> None:
     """Overwrite a vhctl checkpoint's head in place (and refresh the manifest's hashes)."""
-    from vhctl.checkpoint.manifest import Manifest
     from vhctl.checkpoint.heads import write_head
+    from vhctl.checkpoint.manifest import Manifest
 
     head = head_of(folder)
     w = head["v_head.summary.weight"] if weight is None else weight

@@ -9,10 +9,10 @@ import torch
 from test_formats_support import TOL, folder_tensors, head_of, input_ids, trl_checkpoint, vhctl_values
 from tiny_models import _trl_class, make_trl_checkpoint, save_tiny_model
 
-from vhctl.ops.wrap import wrap_model
 from vhctl.constants import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, V_HEAD_BIAS, V_HEAD_WEIGHT
 from vhctl.formats import export_checkpoint
 from vhctl.formats.trl import TRL_SHARDED_NOTE
+from vhctl.ops.wrap import wrap_model
 
 
 def _trl_values(model, arch: str, ids: torch.Tensor) -> torch.Tensor:

@@ -49,9 +49,9 @@ def test_reference_shares_cuda_storage() -> None:
 
 
 def test_scorer_on_cuda_matches_cpu(tmp_path) -> None:
+    from vhctl.io.records import iter_records
     from vhctl.modeling import load_checkpoint
     from vhctl.ops.wrap import wrap_model
-    from vhctl.io.records import iter_records
     from vhctl.scoring import Scorer
 
     wrap_model("vhctl:tiny", tmp_path / "ck", init="normal", seed=0)

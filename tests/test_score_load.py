@@ -22,8 +22,8 @@ import pytest
 from tiny_models import save_tiny_model
 from typer.testing import CliRunner
 
-from vhctl.ops.wrap import wrap_model
 from vhctl.cli.app import app
+from vhctl.ops.wrap import wrap_model
 
 N_LINES = 5_000
 REPEATED = "the same sentence, scored wherever it appears"

@@ -29,7 +29,6 @@ from typer.testing import CliRunner
 from vhctl import AutoModelForCausalLMWithValueHead
 from vhctl.checkpoint.manifest import Manifest
 from vhctl.checkpoint.validate import validate_checkpoint
-from vhctl.ops.wrap import wrap_model
 from vhctl.cli.app import app
 from vhctl.constants import (
     ADAPTER_PT_NAME,
@@ -39,6 +38,7 @@ from vhctl.constants import (
     SAFE_WEIGHTS_INDEX_NAME,
 )
 from vhctl.errors import CheckpointError, ManifestError, UnsafeLoadError, VhctlError
+from vhctl.ops.wrap import wrap_model
 
 runner = CliRunner()
 

@@ -11,9 +11,6 @@ from safetensors import safe_open
 from tiny_models import make_trl_checkpoint, save_tiny_model
 
 from vhctl import AutoModelForCausalLMWithValueHead, AutoModelForSeq2SeqLMWithValueHead
-from vhctl.modeling import load_checkpoint
-from vhctl.ops.make_ref import make_reference
-from vhctl.ops.wrap import wrap_model
 from vhctl.constants import (
     MANIFEST_NAME,
     SAFE_WEIGHTS_INDEX_NAME,
@@ -28,6 +25,9 @@ from vhctl.errors import (
     UnsupportedModelError,
     UsageError,
 )
+from vhctl.modeling import load_checkpoint
+from vhctl.ops.make_ref import make_reference
+from vhctl.ops.wrap import wrap_model
 
 
 def test_wrap_copies_base_bytes_and_same_seed_gives_same_head(tmp_path) -> None:

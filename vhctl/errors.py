@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import re
+
 
 class VhctlError(Exception):
     """Base of every error vhctl raises on purpose; the message says what, where and what to do."""
@@ -91,3 +95,36 @@ class PeerError(VhctlError):
     def __init__(self, message: str, *, exit_code: int = 1) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def is_safetensors_io_error(exc: BaseException) -> bool:
+    """safetensors reports I/O failures as its own error type, with the OS error number in the text."""
+    return type(exc).__name__ == "SafetensorError" and "os error" in str(exc)
+
+
+def _as_os_error(exc: BaseException) -> OSError:
+    """safetensors reports write failures (a full disk...) as SafetensorError('... (os error 28)')."""
+    match = re.search(r"os error (\d+)", str(exc))
+    code = int(match.group(1)) if match else errno.EIO
+    return OSError(code, os.strerror(code))
+
+
+def describe_error(exc: BaseException) -> tuple[str, int]:
+    """The one-line message and exit code for an exception vhctl knows (anything else is re-raised: a bug)."""
+    if isinstance(exc, VhctlError):
+        return str(exc), exc.exit_code
+    if is_safetensors_io_error(exc):
+        exc = _as_os_error(exc)
+    if isinstance(exc, OSError):
+        # shutil.copyfile names the source first; a write error is about the destination.
+        culprit = getattr(exc, "filename2", None) if exc.errno == errno.ENOSPC else None
+        culprit = culprit or getattr(exc, "filename", None)
+        where = f" ({culprit})" if culprit else ""
+        if exc.errno == errno.ENOSPC:
+            return f"no space left on the device{where}; nothing was written (free some space and retry)", 1
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return f"permission denied{where} (choose a folder you can write to)", 1
+        return f"{exc.strerror or exc}{where}", 1
+    if isinstance(exc, MemoryError):
+        return "out of memory (try a smaller --batch-size or --max-length)", 1
+    raise exc

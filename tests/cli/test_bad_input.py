@@ -28,10 +28,10 @@ import torch
 from tiny_models import make_reward_adapter, save_tiny_model, tiny_lora_config
 from typer.testing import CliRunner
 
-from vhctl.ops.make_ref import make_reference
-from vhctl.ops.wrap import wrap_model
 from vhctl.cli.app import app
 from vhctl.constants import MANIFEST_NAME, PT_WEIGHTS_NAME
+from vhctl.ops.make_ref import make_reference
+from vhctl.ops.wrap import wrap_model
 
 runner = CliRunner()
 
@@ -325,8 +325,8 @@ CASES: dict[str, Case] = {
     "score: nonexistent checkpoint": Case(lambda w, d: ["score", str(d / "nope")], 1, "nope", stdin=b"hi\n"),
     "score: folder that is not a model": Case(
         lambda w, d: ["score", str(w.not_model)], 1, "not_model", stdin=b"hi\n"),
-    "score: --reward NAME not attached": Case(
-        lambda w, d: ["score", str(w.ckpt), "--reward", "judge"], 2, "reward", stdin=b"hi\n"),
+    "score: --reward-adapter NAME not attached": Case(
+        lambda w, d: ["score", str(w.ckpt), "--reward-adapter", "judge"], 2, "reward", stdin=b"hi\n"),
     "score: --batch-size 0": Case(lambda w, d: ["score", str(w.ckpt), "--batch-size", "0"], 2, "--batch-size"),
     "score: --max-length 0": Case(lambda w, d: ["score", str(w.ckpt), "--max-length", "0"], 2, "--max-length"),
     "score: --max-length over the model's limit": Case(

@@ -110,7 +110,7 @@ def test_empty_input_writes_nothing(ckpt) -> None:
         (("--device", "tpu"), "invalid device"),
         (("--dtype", "float8"), "invalid dtype"),
         (("--batch-size", "0"), "--batch-size"),
-        (("stray",), "did you mean --reward stray"),
+        (("stray",), "--input stray"),
         (("--reward",), "no reward adapter"),
     ],
 )
@@ -136,7 +136,7 @@ def test_reward_from_an_attached_adapter(tmp_path) -> None:
     attached = run("attach-reward-adapter", str(ck), str(adapter), "--name", "judge")
     assert attached.exit_code == 0, attached.output
     plain = lines(run("score", str(ck), input=INPUT))
-    for args in (("--reward",), ("--reward", "judge"), ("--reward", "judge", "--per-token")):
+    for args in (("--reward",), ("--reward-adapter", "judge"), ("--reward-adapter", "judge", "--per-token")):
         result = run("score", str(ck), *args, input=INPUT)
         assert result.exit_code == 0, result.output
         out = lines(result)
@@ -149,7 +149,7 @@ def test_reward_from_an_attached_adapter(tmp_path) -> None:
     with torch.no_grad():
         expected = reference(torch.tensor([tok("a plain text line")["input_ids"]])).logits[0, 0].item()
     assert abs(out[0]["reward"] - expected) < 1e-4
-    wrong = run("score", str(ck), "--reward", "nope", input=INPUT)
+    wrong = run("score", str(ck), "--reward-adapter", "nope", input=INPUT)
     assert wrong.exit_code == 2 and "judge" in wrong.stderr
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from vhctl.checkpoint.manifest import Manifest
 from vhctl.constants import (
     PT_WEIGHTS_INDEX_NAME,
     PT_WEIGHTS_NAME,
@@ -18,8 +19,8 @@ from vhctl.constants import (
     V_HEAD_WEIGHT,
     VALUE_HEAD_NAME,
 )
-from vhctl.errors import CheckpointError, UnsafeLoadError, VhctlError
-from vhctl.io.files import safe_relpath
+from vhctl.errors import CheckpointError, IntegrityError, UnsafeLoadError, VhctlError
+from vhctl.io.files import safe_relpath, sha256_file
 
 
 @dataclass
@@ -175,3 +176,29 @@ def check_head_state(state: dict[str, torch.Tensor], hidden_size: int, *, where:
         )
     if not weight.is_floating_point() or not bias.is_floating_point():
         raise CheckpointError(f"the value head in {where} is not floating point ({weight.dtype})")
+
+
+def check_head_file(folder: Path, manifest: Manifest) -> None:
+    """Refuse a head file that is not the one the manifest vouches for (size, then sha256).
+
+    The head is tiny, so this costs nothing; a swapped or edited head would otherwise be scored
+    silently. The codes are ``vhctl validate``'s (base weights are left to ``validate``).
+    """
+    rel = manifest.value_head.file if isinstance(manifest.value_head.file, str) else VALUE_HEAD_NAME
+    path = folder / rel
+    entry = manifest.files.get(rel)
+    if entry is None or not path.is_file():
+        return  # a missing head is reported where it is loaded
+    size = path.stat().st_size
+    if size != entry.size:
+        raise IntegrityError(
+            f"{path} is {size} bytes, the manifest says {entry.size} (size-mismatch): the head was changed "
+            "or swapped since vhctl wrote the checkpoint",
+            hint=f"run 'vhctl validate {folder}'",
+        )
+    if sha256_file(path) != entry.sha256:
+        raise IntegrityError(
+            f"{path} does not match the sha256 in the manifest (hash-mismatch): the head was changed or "
+            "swapped since vhctl wrote the checkpoint",
+            hint=f"run 'vhctl validate {folder}'",
+        )

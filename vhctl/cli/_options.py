@@ -22,3 +22,7 @@ TokenOpt = Annotated[
                              show_default=False)
 ]
 CkptArg = Annotated[Path, typer.Argument(help="A vhctl checkpoint folder.", show_default=False, metavar="CKPT")]
+DeviceOpt = Annotated[str, typer.Option("--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N.")]
+DtypeOpt = Annotated[
+    str, typer.Option("--dtype", metavar="DTYPE", help="auto, float32, bfloat16 or float16 (or fp32, bf16, fp16).")
+]
