@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 
 class VhctlError(Exception):
     """Base of every error vhctl raises on purpose; the message says what, where and what to do."""
@@ -91,3 +94,44 @@ class PeerError(VhctlError):
     def __init__(self, message: str, *, exit_code: int = 1) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class ModelError(VhctlError):
+    """Code inside the model (transformers, the model's own code, torch) failed while vhctl ran it.
+
+    The message says what vhctl was doing and gives the first line of the model's exception, which
+    is kept as ``__cause__`` (``-v`` prints its traceback).
+    """
+
+    def __init__(self, doing: str, cause: BaseException) -> None:
+        super().__init__(
+            f"the model failed while {doing}: {first_line(cause)}", hint="run with -v for the traceback"
+        )
+        self.doing = doing
+
+
+def first_line(exc: BaseException) -> str:
+    """``Type: first line`` of an exception (with the next line when the first one ends with a colon)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    text = lines[0]
+    if text.endswith(":") and len(lines) > 1:
+        text = f"{text} {lines[1]}"
+    return f"{type(exc).__name__}: {text}"
+
+
+@contextlib.contextmanager
+def model_failures(doing: str) -> Iterator[None]:
+    """Raise what the model's code raises inside the block as a :class:`ModelError` (also a decorator).
+
+    vhctl's own errors, OS errors and running out of memory keep their own messages.
+    """
+    try:
+        yield
+    except (VhctlError, OSError, MemoryError):
+        raise
+    except Exception as exc:
+        if type(exc).__name__ == "OutOfMemoryError":  # torch's (a RuntimeError): the usual advice applies
+            raise MemoryError(first_line(exc)) from exc
+        raise ModelError(doing, exc) from exc

@@ -47,8 +47,9 @@ from typing import TYPE_CHECKING, Any
 
 from vhctl.batching import pass_overhead, plan_batches
 from vhctl.dtypes import canonical_dtype
-from vhctl.errors import InputError, UsageError
+from vhctl.errors import InputError, UsageError, model_failures
 from vhctl.io.records import Record
+from vhctl.modeling.cache import cache_rows_selectable, prefix_sharing_supported
 
 if TYPE_CHECKING:
     import torch
@@ -315,7 +316,8 @@ class Scorer:
         params = inspect.signature(self._backbone.forward).parameters if self._backbone is not None else {}
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self._takes_positions = "position_ids" in params
-        self._sharing = prefix_sharing and self._backbone is not None and _cache_layer_types() is not None
+        # Decided here, from the model's classes: a recurrent or convolution state cannot be shared.
+        self._sharing = prefix_sharing and self._backbone is not None and prefix_sharing_supported(self._hf)[0]
         self._multi_prompt = True  # several prompts per cached forward (cleared if the first-use check fails)
         self._verified = False  # cache reuse checked against the plain path on first use
         text_config = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
@@ -808,6 +810,7 @@ class Scorer:
         values = self._values(hidden)
         return last, [values[b, :n] for b, n in enumerate(padded.lengths_list)]
 
+    @model_failures("scoring")  # an exception in the model's code: one line, not a traceback
     def _causal(self, ids: torch.Tensor, mask: torch.Tensor | None, **extra: Any) -> tuple[torch.Tensor, Any]:
         """Final hidden states (B, T, H) of the causal model and its cache (with ``use_cache=True``).
 
@@ -832,6 +835,7 @@ class Scorer:
         hidden, _ = self._causal(padded.ids, padded.mask if padded.padded else None, use_cache=False)
         return self._gather(hidden, padded, per_token)
 
+    @model_failures("scoring")
     def _forward_seq2seq(
         self, batch: list[_Item], per_token: bool
     ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
@@ -872,7 +876,7 @@ class Scorer:
         prompts = self._pad([group.prompt for group in pack])
         many = len(pack) > 1
         prompt_hidden, cache = self._causal(prompts.ids, prompts.mask if many else None, use_cache=True)
-        if not _cache_supported(cache):
+        if not cache_rows_selectable(cache):
             # This model's cache cannot be replicated along the batch: score these records the plain way.
             self._sharing = False
             if compute:
@@ -984,23 +988,6 @@ def _active_adapter(pm: Any, model: Any) -> str:
     if isinstance(active, (list, tuple)):
         active = active[0] if active else None
     return active or getattr(model, "policy_adapter_name", "default")
-
-
-def _cache_layer_types() -> tuple[type, ...] | None:
-    """The cache layer classes whose batch rows can be selected (None on a transformers without them)."""
-    try:
-        from transformers.cache_utils import DynamicLayer
-    except ImportError:
-        return None
-    return (DynamicLayer,)
-
-
-def _cache_supported(cache: Any) -> bool:
-    types = _cache_layer_types()
-    layers = getattr(cache, "layers", None)
-    if types is None or not layers or not hasattr(cache, "batch_select_indices"):
-        return False
-    return all(isinstance(layer, types) and not hasattr(layer, "indexer_keys") for layer in layers)
 
 
 def _select_cache(cache: Any, index: torch.Tensor) -> Any:
