@@ -201,6 +201,204 @@ CAUSAL_ARCHS = [name for name in ARCHS if name not in SEQ2SEQ_ARCHS]
 # Causal archs with a *ForSequenceClassification class (a "score" head) for reward adapters.
 REWARD_ARCHS = [name for name in CAUSAL_ARCHS if name != "cohere"]
 
+# --- families trained today ---------------------------------------------------------------
+# Not TRL's 14: the families RLHF runs start from now (issue #13), tiny and seeded like ARCHS. A
+# config class missing from the installed transformers makes its family unavailable (tests skip it).
+
+
+class Family(NamedTuple):
+    """A current model family for the architecture tests.
+
+    Attributes:
+        config_class: the transformers config class name (looked up when building).
+        overrides: config fields; with ``llama_like`` on top of :func:`_llama_like`'s tiny defaults.
+        kinds: what the family exercises: ``dense``, ``moe`` (routed experts), ``sliding`` (a local
+            attention window), ``chunked`` (chunked local attention), ``mla`` (latent attention),
+            ``ssm`` (Mamba state), ``linear`` (linear attention or a short convolution state).
+        shares_prefix: whether the scorer can run a prompt shared by several records once (only
+            key/value attention caches can be replicated along the batch).
+        llama_like: start from the Llama-shaped defaults (heads, head_dim, positions).
+    """
+
+    config_class: str
+    overrides: dict[str, Any]
+    kinds: tuple[str, ...]
+    shares_prefix: bool
+    llama_like: bool = True
+
+    @property
+    def available(self) -> bool:
+        import transformers
+
+        return hasattr(transformers, self.config_class)
+
+    def config(self) -> PretrainedConfig:
+        import transformers
+
+        config_cls = getattr(transformers, self.config_class)
+        if self.llama_like:
+            return _llama_like(config_cls, **self.overrides)
+        return config_cls(vocab_size=TINY_VOCAB, **_IDS, **self.overrides)
+
+
+_MOE: dict[str, Any] = {"num_local_experts": 4, "num_experts_per_tok": 2}
+_MAMBA2: dict[str, Any] = {
+    "mamba_n_heads": 8,
+    "mamba_d_head": 8,
+    "mamba_n_groups": 1,
+    "mamba_d_state": 16,
+    "mamba_d_conv": 4,
+    "mamba_expand": 2,
+    "mamba_chunk_size": 16,
+}
+
+FAMILIES: dict[str, Family] = {
+    # dense
+    "qwen3": Family("Qwen3Config", {}, ("dense",), True),
+    "olmo2": Family("Olmo2Config", {}, ("dense",), True),
+    "granite": Family(
+        "GraniteConfig",
+        {"embedding_multiplier": 2.0, "residual_multiplier": 0.5, "attention_multiplier": 0.25},
+        ("dense",),
+        True,
+    ),
+    "smollm3": Family("SmolLM3Config", {"no_rope_layers": [1, 0]}, ("dense",), True),
+    "glm4": Family("Glm4Config", {}, ("dense",), True),
+    "ernie4_5": Family("Ernie4_5Config", {}, ("dense",), True),
+    # mixture of experts
+    "qwen3_moe": Family(
+        "Qwen3MoeConfig",
+        {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32},
+        ("moe",),
+        True,
+    ),
+    "mixtral": Family("MixtralConfig", _MOE, ("moe",), True),
+    "phimoe": Family("PhimoeConfig", _MOE, ("moe",), True),
+    "granitemoe": Family("GraniteMoeConfig", _MOE, ("moe",), True),
+    "olmoe": Family("OlmoeConfig", {"num_experts": 4, "num_experts_per_tok": 2}, ("moe",), True),
+    "deepseek_v3": Family(
+        "DeepseekV3Config",
+        {
+            "num_key_value_heads": 4,
+            "kv_lora_rank": 16,
+            "q_lora_rank": 16,
+            "qk_rope_head_dim": 8,
+            "qk_nope_head_dim": 8,
+            "v_head_dim": 8,
+            "n_routed_experts": 4,
+            "num_experts_per_tok": 2,
+            "n_group": 1,
+            "topk_group": 1,
+            "moe_intermediate_size": 32,
+            "first_k_dense_replace": 1,
+            "n_shared_experts": 1,
+        },
+        ("moe", "mla"),
+        True,
+    ),
+    # local attention windows
+    "gemma3_text": Family(
+        "Gemma3TextConfig",
+        {
+            "sliding_window": 8,
+            "layer_types": ["sliding_attention", "full_attention"],
+            "query_pre_attn_scalar": 8,
+        },
+        ("dense", "sliding"),
+        True,
+    ),
+    "gpt_oss": Family(
+        "GptOssConfig",
+        {
+            **_MOE,
+            "sliding_window": 8,
+            "layer_types": ["sliding_attention", "full_attention"],
+            "rope_parameters": {
+                "rope_type": "yarn",
+                "rope_theta": 150000.0,
+                "factor": 4.0,
+                "original_max_position_embeddings": 32,
+                "beta_fast": 32.0,
+                "beta_slow": 1.0,
+                "truncate": False,
+            },
+        },
+        ("moe", "sliding"),
+        True,
+    ),
+    "llama4_text": Family(
+        "Llama4TextConfig",
+        {
+            "num_local_experts": 4,
+            "num_experts_per_tok": 1,
+            "intermediate_size_mlp": 64,
+            "attention_chunk_size": 8,
+        },
+        ("moe", "chunked"),
+        False,
+    ),
+    # state-space and linear-attention layers (alone or beside attention)
+    "mamba2": Family(
+        "Mamba2Config",
+        {
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_heads": 8,
+            "head_dim": 8,
+            "expand": 2,
+            "n_groups": 1,
+            "state_size": 16,
+            "conv_kernel": 4,
+            "chunk_size": 16,
+        },
+        ("ssm",),
+        False,
+        llama_like=False,
+    ),
+    "falcon_h1": Family("FalconH1Config", {**_MAMBA2, "mamba_d_ssm": 64}, ("ssm", "dense"), False),
+    "bamba": Family("BambaConfig", {**_MAMBA2, "attn_layer_indices": [1]}, ("ssm", "dense"), False),
+    "jamba": Family(
+        "JambaConfig",
+        {
+            "attn_layer_period": 2,
+            "attn_layer_offset": 1,
+            "expert_layer_period": 2,
+            "expert_layer_offset": 1,
+            "num_experts": 4,
+            "num_experts_per_tok": 2,
+            "mamba_d_state": 8,
+            "mamba_d_conv": 4,
+            "mamba_expand": 2,
+            "mamba_dt_rank": 4,
+        },
+        ("ssm", "moe"),
+        False,
+    ),
+    "qwen3_next": Family(
+        "Qwen3NextConfig",
+        {
+            "layer_types": ["linear_attention", "full_attention"],
+            "linear_conv_kernel_dim": 4,
+            "linear_key_head_dim": 8,
+            "linear_value_head_dim": 8,
+            "linear_num_key_heads": 2,
+            "linear_num_value_heads": 4,
+            "num_experts": 4,
+            "num_experts_per_tok": 2,
+            "moe_intermediate_size": 32,
+            "shared_expert_intermediate_size": 32,
+        },
+        ("linear", "moe"),
+        False,
+    ),
+    "lfm2": Family(
+        "Lfm2Config",
+        {"layer_types": ["conv", "full_attention"], "block_auto_adjust_ff_dim": False},
+        ("linear", "dense"),
+        False,
+    ),
+}
+
 # LoRA targets per arch (PEFT has no default for some of them).
 LORA_TARGETS: dict[str, list[str]] = {
     "gpt2": ["c_attn"],
@@ -230,14 +428,14 @@ class HeadTensors(NamedTuple):
 
 
 def _check_arch(arch: str) -> None:
-    if arch not in ARCHS:
-        raise ValueError(f"unknown tiny arch {arch!r}; known: {', '.join(ARCHS)}")
+    if arch not in ARCHS and arch not in FAMILIES:
+        raise ValueError(f"unknown tiny arch {arch!r}; known: {', '.join([*ARCHS, *FAMILIES])}")
 
 
 def tiny_config(arch: str) -> PretrainedConfig:
-    """A fresh tiny config for ``arch`` (one of :data:`ARCHS`)."""
+    """A fresh tiny config for ``arch`` (one of :data:`ARCHS` or :data:`FAMILIES`)."""
     _check_arch(arch)
-    return ARCHS[arch]()
+    return ARCHS[arch]() if arch in ARCHS else FAMILIES[arch].config()
 
 
 def is_seq2seq(arch: str) -> bool:

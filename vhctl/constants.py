@@ -55,6 +55,7 @@ LAYER_PATTERNS = (
     "model.layers.{layer}",
     "model.language_model.layers.{layer}",
     "transformer.layers.{layer}",
+    "backbone.layers.{layer}",  # Mamba, Mamba2, FalconMamba
     "encoder.block.{layer}",
     "model.encoder.layers.{layer}",
 )

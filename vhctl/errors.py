@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
+from collections.abc import Iterator
 
 
 class VhctlError(Exception):
@@ -97,6 +99,47 @@ class PeerError(VhctlError):
         self.exit_code = exit_code
 
 
+class ModelError(VhctlError):
+    """Code inside the model (transformers, the model's own code, torch) failed while vhctl ran it.
+
+    The message says what vhctl was doing and gives the first line of the model's exception, which
+    is kept as ``__cause__`` (``-v`` prints its traceback).
+    """
+
+    def __init__(self, doing: str, cause: BaseException) -> None:
+        super().__init__(
+            f"the model failed while {doing}: {first_line(cause)}", hint="run with -v for the traceback"
+        )
+        self.doing = doing
+
+
+def first_line(exc: BaseException) -> str:
+    """``Type: first line`` of an exception (with the next line when the first one ends with a colon)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    text = lines[0]
+    if text.endswith(":") and len(lines) > 1:
+        text = f"{text} {lines[1]}"
+    return f"{type(exc).__name__}: {text}"
+
+
+@contextlib.contextmanager
+def model_failures(doing: str) -> Iterator[None]:
+    """Raise what the model's code raises inside the block as a :class:`ModelError` (also a decorator).
+
+    vhctl's own errors, OS errors and running out of memory keep their own messages.
+    """
+    try:
+        yield
+    except (VhctlError, OSError, MemoryError):
+        raise
+    except Exception as exc:
+        if type(exc).__name__ == "OutOfMemoryError":  # torch's (a RuntimeError): the usual advice applies
+            raise MemoryError(first_line(exc)) from exc
+        raise ModelError(doing, exc) from exc
+
+
 def is_safetensors_io_error(exc: BaseException) -> bool:
     """safetensors reports I/O failures as its own error type, with the OS error number in the text."""
     return type(exc).__name__ == "SafetensorError" and "os error" in str(exc)
@@ -125,6 +168,6 @@ def describe_error(exc: BaseException) -> tuple[str, int]:
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             return f"permission denied{where} (choose a folder you can write to)", 1
         return f"{exc.strerror or exc}{where}", 1
-    if isinstance(exc, MemoryError):
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":  # torch's is a RuntimeError
         return "out of memory (try a smaller --batch-size or --max-length)", 1
     raise exc

@@ -1,8 +1,7 @@
-"""Reusing a prompt's key/value cache for many responses: which caches allow it, and row selection.
+"""Reusing a prompt's key/value cache for many responses: selecting its rows.
 
-Prefix sharing runs a prompt once and its responses on rows of that cache. Only cache layers whose
-batch rows can be picked out without writing into the prompt's tensors qualify; anything else (a
-transformers without ``DynamicLayer``, a quantised or indexed cache) is scored the plain way.
+Which models allow it is decided up front by :func:`vhctl.modeling.cache.prefix_sharing_supported`
+(attention caches only: no recurrent, convolution or linear-attention state).
 """
 
 from __future__ import annotations
@@ -13,25 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["cache_layer_types", "cache_supported", "select_cache"]
-
-
-def cache_layer_types() -> tuple[type, ...] | None:
-    """The cache layer classes whose batch rows can be selected (None on a transformers without them)."""
-    try:
-        from transformers.cache_utils import DynamicLayer
-    except ImportError:
-        return None
-    return (DynamicLayer,)
-
-
-def cache_supported(cache: Any) -> bool:
-    """Whether every layer of ``cache`` can be replicated along the batch by :func:`select_cache`."""
-    types = cache_layer_types()
-    layers = getattr(cache, "layers", None)
-    if types is None or not layers or not hasattr(cache, "batch_select_indices"):
-        return False
-    return all(isinstance(layer, types) and not hasattr(layer, "indexer_keys") for layer in layers)
+__all__ = ["select_cache"]
 
 
 def select_cache(cache: Any, index: torch.Tensor) -> Any:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from vhctl.errors import model_failures
 from vhctl.scoring.items import Item
 from vhctl.scoring.model_parts import ModelParts
 
@@ -90,6 +91,7 @@ class Forwards:
         values = self.values(hidden)
         return last, [values[b, :n] for b, n in enumerate(padded.lengths_list)]
 
+    @model_failures("scoring")  # an exception in the model's code: one line, not a traceback
     def causal(self, ids: torch.Tensor, mask: torch.Tensor | None, **extra: Any) -> tuple[torch.Tensor, Any]:
         """Final hidden states (B, T, H) of the causal model and its cache (with ``use_cache=True``).
 
@@ -114,6 +116,7 @@ class Forwards:
         hidden, _ = self.causal(padded.ids, padded.mask if padded.padded else None, use_cache=False)
         return self.gather(hidden, padded, per_token)
 
+    @model_failures("scoring")
     def seq2seq(self, batch: list[Item], per_token: bool) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
         """Encoder then decoder (without LM head when they can be found); values at the decoder tokens."""
         parts = self.parts

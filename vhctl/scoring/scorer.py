@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 from vhctl.errors import InputError, UsageError
 from vhctl.io.records import Record
+from vhctl.modeling.cache import prefix_sharing_supported
 from vhctl.scoring.activations import fused_gelus, tanh_gelus
 from vhctl.scoring.adapters import check_reward, policy_adapter, reward_adapter
 from vhctl.scoring.batching import pass_overhead
-from vhctl.scoring.cache import cache_layer_types
 from vhctl.scoring.forwards import Forwards, torch_stack_last
 from vhctl.scoring.items import Item, ScoreStats, results
 from vhctl.scoring.model_parts import ModelParts, decoder_start_id, find_parts
@@ -127,7 +127,8 @@ class Scorer:
         self._takes_positions = parts.takes_positions  # several prompts per forward need position ids
         self._shared = SharedPrefix(
             self._forwards,
-            enabled=prefix_sharing and parts.backbone is not None and cache_layer_types() is not None,
+            # decided here, from the model's classes: a recurrent or convolution state cannot be shared
+            enabled=prefix_sharing and parts.backbone is not None and prefix_sharing_supported(parts.hf)[0],
             overhead=self._overhead,
         )
         self._encoder = RecordEncoder(

@@ -17,8 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from vhctl.modeling.cache import cache_rows_selectable
 from vhctl.scoring.batching import plan_batches
-from vhctl.scoring.cache import cache_supported, select_cache
+from vhctl.scoring.cache import select_cache
 from vhctl.scoring.forwards import Forwards, Padded
 from vhctl.scoring.items import Item
 from vhctl.scoring.plan import PromptGroup, split
@@ -86,7 +87,7 @@ class SharedPrefix:
         prompt_hidden, cache = self.forwards.causal(
             prompts.ids, prompts.mask if many else None, use_cache=True
         )
-        if not cache_supported(cache):
+        if not cache_rows_selectable(cache):
             # This model's cache cannot be replicated along the batch: score these records the plain way.
             self.enabled = False
             if compute:
