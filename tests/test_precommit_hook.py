@@ -127,7 +127,9 @@ def test_python_hook_with_try_repo(checkpoints_repo: Path, tmp_path: Path) -> No
         "PATH": os.pathsep.join(path),
         "PYTHONPATH": os.pathsep.join(dict.fromkeys([paths["purelib"], paths["platlib"]])),
         "PIP_NO_INDEX": "1",  # never download: the dependencies are found through PYTHONPATH
-        "PIP_NO_BUILD_ISOLATION": "0",  # build with the setuptools found there too
+        # pip reads a false value of a --no-* variable as the flag given: no build isolation, so
+        # the build backend (setuptools) is the one found there too.
+        "PIP_NO_BUILD_ISOLATION": "0",
         "PIP_DISABLE_PIP_VERSION_CHECK": "1",
     }
     done = try_repo(checkpoints_repo, "vhctl-validate", "--all-files", env=env)

@@ -32,7 +32,7 @@ CkptsArg = Annotated[
     typer.Argument(
         help="vhctl checkpoint folders; each is checked and reported (several: exit 1 if any has an error).",
         show_default=False,
-        metavar="CKPT...",
+        metavar="CKPT",
     ),
 ]
 FormatOpt = Annotated[
