@@ -439,6 +439,40 @@ def test_config_missing_and_invalid(ckpt: Path) -> None:
     assert "config-missing" in codes(validate_checkpoint(ckpt))
 
 
+# -- many problems of one kind ------------------------------------------------------------------
+def _cast_to_half(folder: Path, count: int | None) -> list[str]:
+    """Store the first ``count`` base tensors (all when None) as float16; config.json says float32."""
+    names = sorted(load_file(str(folder / SAFE_WEIGHTS_NAME)))[:count]
+
+    def change(t: dict[str, torch.Tensor]) -> None:
+        for name in names:
+            t[name] = t[name].half()
+
+    rewrite_base(folder, change)
+    refresh(folder)
+    return names
+
+
+def test_five_problems_of_one_kind_are_listed_one_by_one(ckpt: Path) -> None:
+    names = _cast_to_half(ckpt, 5)
+    problems = validate_checkpoint(ckpt)
+    assert [(p.code, p.file) for p in problems] == [("dtype-mismatch", SAFE_WEIGHTS_NAME)] * 5
+    assert [p.message for p in problems] == [f"{n!r} is float16, config.json implies float32" for n in names]
+
+
+@pytest.mark.parametrize("count", [6, None])
+def test_more_than_five_problems_of_one_kind_are_one_problem(ckpt: Path, count: int | None) -> None:
+    """The README's promise: a model cast to the wrong dtype gives one line, not one per tensor."""
+    names = _cast_to_half(ckpt, count)
+    assert len(names) >= 6
+    problems = validate_checkpoint(ckpt)
+    assert len(problems) == 1
+    (p,) = problems
+    assert (p.code, p.file, p.severity) == ("dtype-mismatch", SAFE_WEIGHTS_NAME, "error")
+    shown = "; ".join(f"{n!r} is float16, config.json implies float32" for n in names[:3])
+    assert p.message == f"{len(names)} tensors differ from config.json, e.g. {shown}"
+
+
 # -- value head ------------------------------------------------------------------------------
 def test_nonfinite_values_found_only_when_deep(ckpt: Path) -> None:
     write_head(ckpt, weight=torch.full((1, HIDDEN), float("nan")))

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from vhctl.checkpoint.config import detect_architecture
-from vhctl.checkpoint.manifest import Manifest, iter_checkpoint_files
+from vhctl.checkpoint.manifest import Manifest, iter_checkpoint_files, manifest_type_errors
 from vhctl.checkpoint.tensors import SafetensorsHeader, read_header, read_index, tensor_index
 from vhctl.constants import (
     ADAPTER_CONFIG_NAME,
@@ -230,8 +230,6 @@ def _reference_summary(root: Path, ref: Any, base_params: int | None) -> tuple[d
 
 
 def _describe_vhctl(root: Path, manifest: Manifest, headers: _Headers) -> dict[str, Any]:
-    from vhctl.checkpoint.validate import manifest_type_errors
-
     errors = manifest_type_errors(manifest)
     if errors:
         raise ManifestError(

@@ -214,6 +214,119 @@ def finish_manifest(folder: Path, manifest: Manifest, known: Mapping[str, str] |
     return manifest
 
 
+def _type_ok(value: Any, types: tuple[type, ...], *, optional: bool = False) -> bool:
+    if value is None:
+        return optional
+    if isinstance(value, bool) and bool not in types:
+        return False
+    return isinstance(value, types)
+
+
+def manifest_type_errors(manifest: Manifest) -> list[str]:
+    """Fields of a parsed manifest that have the wrong type or an unsafe path (empty: well formed).
+
+    ``Manifest`` checks the format, kind, architecture and paths when it is built; this covers the
+    remaining fields, so that a hand-edited manifest is reported (``vhctl validate``, ``vhctl info``)
+    instead of crashing a check that trusts them.
+
+    Args:
+        manifest: a manifest as read from ``vhctl.json``.
+
+    Returns:
+        One sentence per wrong field, in a fixed order.
+    """
+    out: list[str] = []
+    _value_head_errors(manifest.value_head, out)
+    _need(out, isinstance(manifest.base_model, dict), "base_model must be an object {source, revision}")
+    if isinstance(manifest.base_model, dict):
+        for key in ("source", "revision"):
+            _need(
+                out,
+                _type_ok(manifest.base_model.get(key), (str,), optional=True),
+                f"base_model.{key} must be a string or null",
+            )
+    _need(out, isinstance(manifest.extra, dict), "extra must be an object")
+    _need(out, isinstance(manifest.vhctl_version, str), "vhctl_version must be a string")
+    _need(
+        out,
+        manifest.frozen is None or isinstance(manifest.frozen, dict),
+        "frozen must be an object {num_shared_layers, pattern} or null",
+    )
+    _need(
+        out,
+        isinstance(manifest.references, list) and all(isinstance(r, str) and r for r in manifest.references),
+        "references must be a list of relative paths",
+    )
+    for name, ad in manifest.adapters.items():
+        for key in ("peft_type", "task_type", "base_model"):
+            _need(
+                out,
+                _type_ok(getattr(ad, key), (str,), optional=True),
+                f"adapters.{name}.{key} must be a string or null",
+            )
+        _need(
+            out,
+            _type_ok(ad.hidden_size, (int,), optional=True),
+            f"adapters.{name}.hidden_size must be an integer or null",
+        )
+        _need(out, _type_ok(ad.role, (str,), optional=True), f"adapters.{name}.role must be a string")
+    if manifest.kind == KIND_REFERENCE and manifest.reference is None:
+        out.append("kind is 'reference' but there is no 'reference' section")
+    if manifest.reference is not None:
+        _reference_errors(manifest.reference, out)
+    return out
+
+
+def _need(out: list[str], ok: bool, what: str) -> None:
+    if not ok:
+        out.append(what)
+
+
+def _value_head_errors(vh: ValueHeadInfo, out: list[str]) -> None:
+    _need(out, _type_ok(vh.file, (str,)), "value_head.file must be a file name")
+    if isinstance(vh.file, str):
+        try:
+            safe_relpath(vh.file, what="value_head.file")
+        except VhctlError as exc:
+            out.append(str(exc))
+    _need(
+        out,
+        _type_ok(vh.hidden_size, (int,)) and vh.hidden_size > 0,
+        f"value_head.hidden_size is {vh.hidden_size!r}, expected a positive integer",
+    )
+    _need(out, _type_ok(vh.dtype, (str,)), "value_head.dtype must be a dtype name such as 'float32'")
+    _need(out, _type_ok(vh.init, (str,), optional=True), "value_head.init must be a string")
+    _need(out, _type_ok(vh.std, (int, float), optional=True), "value_head.std must be a number or null")
+    _need(
+        out, _type_ok(vh.dropout, (int, float), optional=True), "value_head.dropout must be a number or null"
+    )
+    _need(out, _type_ok(vh.seed, (int,), optional=True), "value_head.seed must be an integer or null")
+
+
+def _reference_errors(ref: ReferenceInfo, out: list[str]) -> None:
+    _need(
+        out,
+        isinstance(ref.policy, str) and bool(ref.policy) and "\x00" not in ref.policy,
+        "reference.policy must be the relative path of the policy folder",
+    )
+    _need(
+        out,
+        _type_ok(ref.num_shared_layers, (int,), optional=True),
+        "reference.num_shared_layers must be an integer or null",
+    )
+    _need(out, _type_ok(ref.pattern, (str,), optional=True), "reference.pattern must be a string or null")
+    _need(
+        out,
+        isinstance(ref.shared_tensors, list) and all(isinstance(n, str) for n in ref.shared_tensors),
+        "reference.shared_tensors must be a list of tensor names",
+    )
+    _need(
+        out,
+        _type_ok(ref.shared_sha256, (str,), optional=True),
+        "reference.shared_sha256 must be a hex string or null",
+    )
+
+
 def iter_checkpoint_files(root: Path) -> list[str]:
     """Relative paths of the files that belong to the checkpoint at ``root`` (sorted).
 
