@@ -274,7 +274,7 @@ except (OSError, ValueError, KeyError):
 json.dump(res, open(os.path.join(out, "gpu-check.json"), "w"), indent=2)
 md = ["# GPU check" + (" (DRY RUN on the CPU)" if res["dry_run"] else ""), "", probe, "",
       "| step | status | s | detail |", "| --- | --- | ---: | --- |"]
-md += [f"| {s['name']} | {s['status']} | {s['seconds']:.0f} | {s['detail']} |" for s in steps]
+md += [f"| {s['name']} | {s['status']} | {s['seconds']:.0f} | {s['detail'].replace('|', chr(92) + '|')} |" for s in steps]
 open(os.path.join(out, "gpu-check.md"), "w").write("\n".join(md) + "\n")
 print("\n".join(md))
 sys.exit(0 if all(s["status"] in ("pass", "skipped") for s in steps) else 1)

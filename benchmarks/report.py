@@ -354,7 +354,8 @@ def _check_steps(check: dict[str, Any] | None, lines: list[str]) -> None:
               + ("; DRY RUN on the CPU, not a GPU result" if check.get("dry_run") else "") + "):", "",
               "| step | status | s | detail |", "| --- | --- | ---: | --- |"]
     for step in check["steps"]:
-        lines.append(f"| {step['name']} | {step['status']} | {step['seconds']:.0f} | {step['detail']} |")
+        detail = step["detail"].replace("|", "\\|")  # a pipe would split the cell
+        lines.append(f"| {step['name']} | {step['status']} | {step['seconds']:.0f} | {detail} |")
     lines.append("")
 
 
