@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -11,23 +12,22 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
+import gpu  # noqa: E402  (its renderer and code fingerprint; importing it loads no torch)
 from common import fmt_mr  # noqa: E402
 
-# The one GPU run made during development (the device machine is lent per task; run.sh cannot reach it).
-GPU_RECORDED = [
-    "Recorded once on an NVIDIA H200 (bf16, `python benchmarks/gpu.py`, GPT-2 124M, 3 repetitions, medians; "
-    "trl is not installed on that machine, so the baseline is the TRL-style forward `gpu.py` falls back to: "
-    "the full LM with `output_hidden_states`, padded batches of 16 in input order, value at the last real token):",
-    "",
-    "| workload | speed-up vs TRL-style forward |",
-    "| --- | ---: |",
-    "| 1. mixed lengths | 2.60x |",
-    "| 2. best-of-n (shared prompts) | 2.40x |",
-    "",
-    "The first repetition of a first run reads 0.75-1.0x (CUDA first-use costs); the scorer's CUDA tests "
-    "(`tests/test_scoring.py`, marked `gpu`) passed on the same machine. The Llama-style model was not run on the GPU.",
-]
-
+GPU_RESULTS = common.BENCH / "results" / "gpu.json"
+GPU_CHECK_RESULTS = common.BENCH / "results" / "gpu-check.json"
+GPU_HOWTO = (
+    "`bash benchmarks/gpu_wheels.sh` here (trl 1.12.0 and what it needs, as wheels, into `.whl/`), then "
+    "`bash benchmarks/gpu_check.sh` on a CUDA machine in one call (carrying `.whl`; its header says how), "
+    "then commit the `gpu.json`, `gpu.md` and `gpu-check.json` it writes under `$OUT` to `benchmarks/results/` "
+    "and run `python benchmarks/report.py --gpu-only`")
+GPU_HISTORY = (
+    "History: until issue #16 this section showed figures typed in by hand from one H200 run of GPT-2 124M "
+    "only, made before the batching rewrite (commit 3d56ef7) and against vhctl's own TRL-style forward "
+    "(trl was not installed on that machine), not against TRL; they are not carried over.")
+GPU_TARGET = ("6. GPU, 1B model vs TRL 1.12.0: >= 3x on mixed lengths, >= 5x on best-of-8, MFU >= 40% on mixed, "
+              "values within bf16 noise")
 
 def verdict(ok: bool | None, miss: str = "") -> str:
     if ok is None:
@@ -329,6 +329,110 @@ def section_why(lines: list[str]) -> None:
         lines += ["## Why the missed targets are missed", "", *why, ""]
 
 
+def _rel(path: Path) -> str:
+    try:
+        return path.resolve().relative_to(common.ROOT).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _check_steps(check: dict[str, Any] | None, lines: list[str]) -> None:
+    """The steps of gpu_check.sh (pytest -m gpu, device map, torchrun...) with their status."""
+    if check is None:
+        lines += ["No `benchmarks/results/gpu-check.json`: `pytest -m gpu`, `--device-map auto` and torchrun "
+                  "have no recorded GPU run.", ""]
+        return
+    m = check.get("machine", {})
+    lines += [f"`{check['command']}` on {check['created']} ({m.get('gpu', '?')}, torch {m.get('torch', '?')}, "
+              f"commit {check.get('commit', '?')[:12]}"
+              + ("; DRY RUN on the CPU, not a GPU result" if check.get("dry_run") else "") + "):", "",
+              "| step | status | s | detail |", "| --- | --- | ---: | --- |"]
+    for step in check["steps"]:
+        detail = step["detail"].replace("|", "\\|")  # a pipe would split the cell
+        lines.append(f"| {step['name']} | {step['status']} | {step['seconds']:.0f} | {detail} |")
+    lines.append("")
+
+
+def section_gpu(targets: list[list[str]], lines: list[str], results: Path = GPU_RESULTS,
+                check_results: Path = GPU_CHECK_RESULTS, dry_run: Path | None = None) -> None:
+    """Section 6 from the committed GPU results; says plainly when there are none for the current code."""
+    res, check = _read_json(results), _read_json(check_results)
+    lines += ["## 6. GPU (bf16)", ""]
+    current = gpu.code_fingerprint()
+    if res is not None and res.get("schema") != gpu.SCHEMA:
+        raise SystemExit(f"{results}: schema {res.get('schema')!r}, expected {gpu.SCHEMA!r}")
+    if res is None or res["dry_run"]:
+        what = ("is a dry run (tiny models on the CPU), not GPU results" if res is not None
+                else "does not exist")
+        lines += [f"No GPU run of the current code exists: `{_rel(results)}` {what}. "
+                  f"Produce one with {GPU_HOWTO}.", ""]
+        targets.append([GPU_TARGET, "no GPU run of the current code", "not measured"])
+        if res is not None:
+            lines += ["The dry run's own report follows, to show the layout only: its figures are tiny models "
+                      "on a CPU and mean nothing.", "", *[f"> {ln}" if ln else ">" for ln in gpu.render_body(res)],
+                      ""]
+    else:
+        stale = res["code_sha256"] != current
+        lines += [f"From `{res['command']}` (run by `bash benchmarks/gpu_check.sh`) on {res['created']}, commit "
+                  f"{res['commit'][:12]}, read from `{_rel(results)}`" + (
+                      "." if not stale else
+                      f". **vhctl's code has changed since** (fingerprint {res['code_sha256'][:12]}, now "
+                      f"{current[:12]}): these figures belong to that commit, and no GPU run of the current "
+                      f"code exists; produce one with {GPU_HOWTO}."), ""]
+        lines += gpu.render_body(res)
+        lines.append("")
+        for t in res["targets"]:
+            verdict = f"**{t['verdict']}**" + (f": {t['reason']}" if t.get("reason") else "")
+            targets.append([f"6. {t['target']}", t["measured"] + (" (older code)" if stale else ""), verdict])
+    _check_steps(check, lines)
+    if dry_run is not None and dry_run.is_file():
+        ok = all(c["ok"] for c in json.loads(dry_run.read_text(encoding="utf-8"))["checks"])
+        lines += [f"This CPU run also ran `gpu.py --dry-run` (tiny models, every code path): "
+                  f"{'its checks passed' if ok else 'a check FAILED (see benchmarks/_work/gpu-dry-run.log)'}.", ""]
+    lines += [GPU_HISTORY, ""]
+
+
+def replace_gpu(text: str, rows: list[list[str]], section: list[str]) -> str:
+    """``text`` (a RESULTS.md) with its section 6 and its "6." target rows replaced."""
+    lines = text.split("\n")
+    first = next((i for i, ln in enumerate(lines) if ln.startswith("| 6. ")), None)
+    lines = [ln for ln in lines if not ln.startswith("| 6. ")]
+    if first is None:  # before the first row of a later section, else at the end of the targets table
+        first = next((i for i, ln in enumerate(lines) if ln.startswith(("| 7. ", "| 8. "))), None)
+    if first is None:
+        head = next(i for i, ln in enumerate(lines) if ln.startswith("| target |"))
+        first = next((i for i in range(head + 2, len(lines)) if not lines[i].startswith("|")), len(lines))
+    lines[first:first] = [f"| {t} | {m} | {v} |" for t, m, v in rows]
+    start = next((i for i, ln in enumerate(lines) if ln.startswith("## 6. ")), None)
+    if start is None:
+        start = end = next((i for i, ln in enumerate(lines) if ln.startswith(("## 7. ", "## 8. "))), len(lines))
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    body = list(section)
+    while body and not body[-1].strip():
+        body.pop()
+    lines[start:end] = [*body, ""]
+    return "\n".join(lines)
+
+
+def update_gpu_only(args: argparse.Namespace) -> int:
+    """``--gpu-only``: section 6 of an existing RESULTS.md from the committed GPU results, nothing else."""
+    if not args.out.is_file():
+        raise SystemExit(f"{args.out} does not exist: --gpu-only rewrites the GPU section of an existing file")
+    rows: list[list[str]] = []
+    section: list[str] = []
+    section_gpu(rows, section, args.gpu_json, args.gpu_check_json)
+    args.out.write_text(replace_gpu(args.out.read_text(encoding="utf-8"), rows, section), encoding="utf-8")
+    print(f"wrote section 6 of {args.out}")
+    return 0
+
+
 def section_data_parallel(targets: list[list[str]], lines: list[str]) -> None:
     """Section 7: the data-parallel benchmark, as its own command last wrote it (``RESULTS-dp.md``).
 
@@ -360,7 +464,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=common.BENCH / "RESULTS.md")
     parser.add_argument("--command", default="bash benchmarks/run.sh")
     parser.add_argument("--elapsed", type=float, default=None)
+    parser.add_argument("--gpu-json", type=Path, default=GPU_RESULTS, help="the committed GPU results (gpu.py)")
+    parser.add_argument("--gpu-check-json", type=Path, default=GPU_CHECK_RESULTS,
+                        help="the committed GPU check steps (gpu_check.sh)")
+    parser.add_argument("--gpu-only", action="store_true",
+                        help="rewrite only section 6 and its target rows of an existing --out file "
+                             "(the CPU sections need the full run's _work/results)")
     args = parser.parse_args(argv)
+    if args.gpu_only:
+        return update_gpu_only(args)
     info = common.load_result("machine") or {}
     targets: list[list[str]] = []
     body: list[str] = []
@@ -370,16 +482,7 @@ def main(argv: list[str] | None = None) -> int:
         if res is not None:
             fn(res, targets, body)
     section_why(body)
-    gpu = common.WORK / "results" / "gpu-dry-run.md"
-    body += ["## 6. GPU (bf16)", "",
-             "`benchmarks/gpu.py` is the prepared CUDA run (builds both models from configs, runs its correctness "
-             "checks on CUDA, then bf16 throughput against TRL on workloads 1 and 2 scaled up; writes its table "
-             "to `$OUT/gpu.md` or `--out`). Run on a CUDA machine: `python benchmarks/gpu.py`. This CPU run only "
-             "checked its `--dry-run` path (tiny models on the CPU: " +
-             ("it passed" if gpu.is_file() and "FAIL" not in gpu.read_text() else "see the log") + "); "
-             "this CPU run claims no GPU numbers.", "", *GPU_RECORDED, ""]
-    targets.append(["6. GPU bf16 scoring vs TRL", "2.60x mixed, 2.40x best-of-n (GPT-2 124M, H200, recorded once)",
-                    "recorded (see section 6)"])
+    section_gpu(targets, body, args.gpu_json, args.gpu_check_json, dry_run=common.RESULTS_DIR / "gpu-dry-run.json")
     section_data_parallel(targets, body)
     head = [
         "# vhctl benchmarks",
