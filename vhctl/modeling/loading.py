@@ -286,7 +286,7 @@ def _load_folder(cls: Any, source: Source, options: LoadOptions) -> _Loaded:
         foreign = detect_foreign_layout(folder, allow_pickle=options.allow_pickle)
         if foreign is not None:
             raise UnsupportedModelError(
-                f"{source.name} is {foreign.format_title} checkpoint, which from_pretrained does not convert",
+                f"{source.name} is {foreign.title} checkpoint, which from_pretrained does not convert",
                 hint=f"convert it once with 'vhctl wrap {source.name} --out DIR' and load DIR",
             )
         loaded.head, loaded.looked = find_head(folder, allow_pickle=options.allow_pickle)
