@@ -457,11 +457,11 @@ def test_head_goes_where_the_last_hidden_state_lands(ckpt) -> None:
 def test_device_map_with_several_processes_per_node_is_refused() -> None:
     from types import SimpleNamespace
 
-    from vhctl.cli import score as score_cli
+    from vhctl.scoring.run import rank_device
 
     group = SimpleNamespace(launch=Launch(rank=0, world=2, local_rank=0, local_world=2))
-    options = SimpleNamespace(device="auto", device_map="auto")  # the fields _local_device reads
+    options = SimpleNamespace(device="auto", device_map="auto")  # the fields rank_device reads
     with pytest.raises(UsageError, match="--nproc-per-node 1"):
-        score_cli._local_device(options, group)
+        rank_device(options, group)
     alone = SimpleNamespace(launch=Launch(rank=1, world=2, local_rank=0, local_world=1))  # one per node
-    assert score_cli._local_device(options, alone) == ("cuda:0" if torch.cuda.is_available() else "auto")
+    assert rank_device(options, alone) == ("cuda:0" if torch.cuda.is_available() else "auto")

@@ -23,7 +23,7 @@ from vhctl.scoring.device import resolve_device, resolve_dtype
 from vhctl.scoring.pipeline import ScoreOptions, finite, load_scoring_model, make_scorer, normalized
 from vhctl.scoring.scorer import Scorer
 
-__all__ = ["RankExit", "ScoreRun", "run_distributed", "start_run"]
+__all__ = ["RankExit", "ScoreRun", "rank_device", "run_distributed", "start_run"]
 
 
 class RankExit(Exception):
@@ -60,7 +60,7 @@ def _open_input(path: str, stack: contextlib.ExitStack) -> IO[bytes]:
     return stack.enter_context(open(file, "rb"))
 
 
-def _local_device(options: ScoreOptions, group: distributed.Group) -> str:
+def rank_device(options: ScoreOptions, group: distributed.Group) -> str:
     """This rank's device (``cuda:LOCAL_RANK`` for auto/cuda); a device map is refused with several per node."""
     if options.device_map is not None and group.launch.local_world > 1:
         raise UsageError(
@@ -97,7 +97,7 @@ def start_run(
     run = None
     normalization = None
     try:
-        spec = options.device if group is None else _local_device(options, group)
+        spec = options.device if group is None else rank_device(options, group)
         device = resolve_device(spec if options.device_map is None else "auto")
         if group is not None and device.type == "cuda" and options.device_map is None:
             torch.cuda.set_device(device)
