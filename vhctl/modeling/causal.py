@@ -56,12 +56,4 @@ class AutoModelForCausalLMWithValueHead(PreTrainedModelWrapper):
         kwargs["output_hidden_states"] = True
         kwargs = self._cache_kwargs(past_key_values, kwargs)
         output = self.pretrained_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        value = self._value_from_hidden(output.hidden_states[-1]).float()
-        lm_logits = output.logits
-        if lm_logits.dtype != torch.float32:
-            lm_logits = lm_logits.float()
-        if self.is_sequential_parallel and lm_logits.device != value.device:
-            lm_logits = lm_logits.to(value.device)
-        if return_past_key_values:
-            return (lm_logits, output.loss, value, self._cache_of(output))
-        return (lm_logits, output.loss, value)
+        return self._outputs(output, output.hidden_states[-1], return_past_key_values)

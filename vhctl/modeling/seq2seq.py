@@ -54,12 +54,4 @@ class AutoModelForSeq2SeqLMWithValueHead(PreTrainedModelWrapper):
         output = self.pretrained_model(
             input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, **kwargs
         )
-        value = self._value_from_hidden(output.decoder_hidden_states[-1]).float()
-        lm_logits = output.logits
-        if lm_logits.dtype != torch.float32:
-            lm_logits = lm_logits.float()
-        if self.is_sequential_parallel and lm_logits.device != value.device:
-            lm_logits = lm_logits.to(value.device)
-        if return_past_key_values:
-            return (lm_logits, output.loss, value, self._cache_of(output))
-        return (lm_logits, output.loss, value)
+        return self._outputs(output, output.decoder_hidden_states[-1], return_past_key_values)

@@ -316,6 +316,18 @@ class PreTrainedModelWrapper(nn.Module):
             hidden = hidden.to(self.v_head.summary.weight.device)
         return self.v_head(hidden).squeeze(-1)
 
+    def _outputs(self, output: Any, hidden: torch.Tensor, return_past_key_values: bool) -> tuple[Any, ...]:
+        """TRL's forward result: ``(lm_logits, loss, value)`` in fp32 on the head's device, plus the cache."""
+        value = self._value_from_hidden(hidden).float()
+        lm_logits = output.logits
+        if lm_logits.dtype != torch.float32:
+            lm_logits = lm_logits.float()
+        if self.is_sequential_parallel and lm_logits.device != value.device:
+            lm_logits = lm_logits.to(value.device)
+        if return_past_key_values:
+            return (lm_logits, output.loss, value, self._cache_of(output))
+        return (lm_logits, output.loss, value)
+
     def _cache_kwargs(self, past_key_values: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         """Pass a cache under the name the installed transformers takes (``cache`` from 5.x on).
 
