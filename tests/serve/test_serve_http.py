@@ -240,3 +240,31 @@ def test_a_client_killed_mid_request_does_not_disturb_the_others(loaded, tiny_ck
             assert_same_results(answer.json(), expected)
         assert post(server.url, "/v1/score", records[:1]).status_code == 200  # still serving
         assert httpx.get(f"{server.url}/health", timeout=TIMEOUT).status_code == 200
+
+
+def test_reward_adapter_and_normalisation_as_score_gives_them(tmp_path) -> None:
+    """``--reward-adapter judge --normalize``: /v1/score as ``score --reward judge --normalize``;
+    /get_reward answers the adapter's reward."""
+    from tiny_models import make_reward_adapter
+    from typer.testing import CliRunner
+
+    from vhctl.checkpoint.manifest import Manifest
+    from vhctl.cli.app import app
+    from vhctl.serve.model import ModelOptions, load_model
+
+    ck = tmp_path / "ck"
+    runner = CliRunner()
+    assert runner.invoke(app, ["wrap", "vhctl:tiny", "--out", str(ck), "--init", "normal", "--seed", "1"]).exit_code == 0
+    adapter = make_reward_adapter("gpt2", tmp_path / "rm", ck, seed=3)
+    assert runner.invoke(app, ["attach-reward-adapter", str(ck), str(adapter), "--name", "judge"]).exit_code == 0
+    manifest = Manifest.read(ck)
+    manifest.extra["reward_normalization"] = {"mean": 0.5, "std": 2.0}
+    manifest.write(ck)
+    expected = score_cli(ck, MIXED, "--reward", "judge", "--normalize")
+    loaded = load_model(ModelOptions(ckpt=str(ck), device="cpu", reward="judge", normalize=True))
+    with served(loaded) as server:
+        scored = post(server.url, "/v1/score", MIXED)
+        rewards = post(server.url, "/get_reward", {"query": ["a plain text line"]})
+    assert_same_results(scored.json(), expected)
+    assert rewards.json()["rewards"] == pytest.approx([expected[0]["reward"]], abs=1e-5)
+    assert expected[0]["reward"] != pytest.approx(expected[0]["value"], abs=1e-3)

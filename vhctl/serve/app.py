@@ -28,7 +28,7 @@ from starlette.routing import Route
 
 from vhctl.io.records import Record
 from vhctl.serve.bodies import BadRequest, parse_json, reward_request, score_request, special_texts
-from vhctl.serve.metrics import CONTENT_TYPE, Metrics
+from vhctl.serve.metrics import CONTENT_TYPE, SCORING, Metrics
 from vhctl.serve.worker import Job, ModelWorker, Outcome
 
 RECORDS_KEY = "vhctl.records"  # set in the ASGI scope by a handler: records answered (for the log)
@@ -213,6 +213,9 @@ class Guard:
                 status = message["status"]
             await send(message)
 
+        counted = path in SCORING
+        if counted:
+            self.metrics.in_flight.inc()
         try:
             if path != "/health" and not authorized(scope, self.config.api_key):
                 refusal = JSONResponse({"error": "missing or wrong API key (send Authorization: Bearer <key>)"},
@@ -221,6 +224,8 @@ class Guard:
             else:
                 await self.app(scope, receive, sending)
         finally:
+            if counted:
+                self.metrics.in_flight.dec()
             seconds = time.perf_counter() - started
             records = scope.get(RECORDS_KEY, 0)
             self.metrics.request(path, status, seconds, records)

@@ -9,7 +9,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-ENDPOINTS = ("/get_reward", "/v1/score", "/health", "/metrics")
+SCORING = ("/get_reward", "/v1/score")
+ENDPOINTS = (*SCORING, "/health", "/metrics")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
@@ -34,6 +35,8 @@ class Metrics:
         self.queue = Gauge("vhctl_serve_queue_records", "Records waiting for the model.", registry=registry)
         self.batch = Histogram("vhctl_serve_window_records", "Records per scoring window (batched across requests).",
                                buckets=_BATCH_BUCKETS, registry=registry)
+        self.in_flight = Gauge("vhctl_serve_requests_in_flight", "Scoring requests received and not yet answered.",
+                               registry=registry)
         self.ready = Gauge("vhctl_serve_ready", "1 once the model is loaded and requests are taken.",
                            registry=registry)
 
