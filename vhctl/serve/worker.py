@@ -26,6 +26,8 @@ from vhctl.serve.model import LoadedModel
 from vhctl.serve.results import finish_results, truncated_flags
 
 Outcome = list[dict[str, Any]] | BadRequest | Exception
+LINGER = 0.002  # seconds without a new job that end a burst
+MAX_LINGER = 0.01  # the longest an idle worker waits for the rest of a burst
 
 
 @dataclass
@@ -177,12 +179,20 @@ class ModelWorker:
         )
 
     def _take(self) -> list[Job] | None:
-        """Every job that has come, up to ``window`` records (at least one job); None to end."""
+        """Every job that has come, up to ``window`` records (at least one job); None to end.
+
+        A worker that was idle waits a moment for the rest of a burst (until no job has come for
+        ``LINGER`` seconds, ``MAX_LINGER`` at most): the requests a trainer sends together are
+        then scored together, and best-of-n responses share their prompt's forward pass.
+        """
         with self._cond:
+            idle = not self._jobs
             while not self._jobs and not self._stopping:
                 self._cond.wait()
             if not self._jobs:
                 return None
+            if idle:
+                self._linger()
             taken = [self._jobs.popleft()]
             count = len(taken[0].records)
             while self._jobs and count + len(self._jobs[0].records) <= self.window:
@@ -194,6 +204,18 @@ class ModelWorker:
         if self._on_queue is not None:
             self._on_queue(queued)
         return taken
+
+    def _linger(self) -> None:
+        """(With the lock held) wait while jobs keep coming, up to ``MAX_LINGER`` and a full window."""
+        deadline = time.perf_counter() + MAX_LINGER
+        while self._queued < self.window and not self._stopping:
+            remaining = min(LINGER, deadline - time.perf_counter())
+            if remaining <= 0:
+                return
+            jobs = len(self._jobs)
+            self._cond.wait(remaining)
+            if len(self._jobs) == jobs:
+                return  # nothing new: the burst is over
 
     def _run(self) -> None:
         import torch
