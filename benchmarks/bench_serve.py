@@ -15,7 +15,7 @@ sends its samples), then the next group. Throughput counts the records' tokens (
 wall time from the first request to the last answer; latency is per request. Values: the largest
 difference between the servers' rewards and ``vhctl score``'s values.
 
-    python benchmarks/bench_serve.py                     # GPT-2 124M, 16 clients x 2 groups, a few minutes
+    python benchmarks/bench_serve.py --reps 3            # GPT-2 124M, 16 clients x 2 groups, 3 rotations
     python benchmarks/bench_serve.py --groups-per-client 8 --model llama
     python benchmarks/bench_serve.py --model gpt2-small-test --groups-per-client 1   # harness check
 
@@ -141,44 +141,51 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-def report(args: argparse.Namespace, results: dict[str, Any], tokens: int, records: int, load_avg: list[float]) -> str:
-    score_rate = tokens / results["score"]["wall_s"]
+def report(args: argparse.Namespace, reps: list[dict[str, Any]], tokens: int, records: int,
+           load_avg: list[float]) -> str:
+    """The markdown: medians over the repetitions (per-repetition ratios listed below the table)."""
+    wall = {key: statistics.median(rep[key]["wall_s"] for rep in reps) for key in ("score", "serve", "baseline")}
+    score_rate = tokens / wall["score"]
     lines = [
         "# `vhctl serve` benchmark",
         "",
-        f"PROVISIONAL: one small run on a shared machine (load average {load_avg[0]:.1f} / {load_avg[1]:.1f} at "
-        f"the start and end, {common.THREADS} threads per process on {os.cpu_count()} cores); rerun on a quiet "
-        "machine for the recorded figures.",
+        f"PROVISIONAL: {len(reps)} small repetition(s) on a shared machine (load average {load_avg[0]:.1f} at the "
+        f"start, {load_avg[1]:.1f} at the end; {common.THREADS} threads and OMP_WAIT_POLICY="
+        f"{env()['OMP_WAIT_POLICY']} for every process, {os.cpu_count()} cores); rerun on a quiet machine "
+        "for the recorded figures.",
         "",
         f"Command: `python benchmarks/bench_serve.py --model {args.model} --clients {args.clients} "
-        f"--groups-per-client {args.groups_per_client}`",
+        f"--groups-per-client {args.groups_per_client} --reps {args.reps}`",
         "",
         f"Model: {common.MODEL_LABEL.get(args.model, args.model)}, float32, CPU. Workload 2 (best-of-n): "
         f"{records // PER_PROMPT} prompts of 96..160 tokens x {PER_PROMPT} responses of 16..64 tokens = {records} "
         f"records, {tokens} tokens. Servers: {args.clients} concurrent clients, each posting a group's "
-        f"{PER_PROMPT} responses as {PER_PROMPT} requests at once (OpenRLHF's `/get_reward` body), then its next group.",
+        f"{PER_PROMPT} responses as {PER_PROMPT} requests at once (OpenRLHF's `/get_reward` body), then its next "
+        "group. Medians over the repetitions (the order of the three systems rotates).",
         "",
         "| system | wall s | tokens/s | vs `vhctl score` | p50 latency ms | p99 latency ms | max abs diff vs score |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-        f"| `vhctl score` (one file) | {results['score']['wall_s']:.2f} | {score_rate:,.0f} | 100 % | | | |",
+        f"| `vhctl score` (one file, scoring time) | {wall['score']:.2f} | {score_rate:,.0f} | 100 % | | | |",
     ]
+    values = reps[0]["score"]["values"]
     for key, label in (("serve", "`vhctl serve`"), ("baseline", "OpenRLHF-style baseline")):
-        res = results[key]
-        rate = tokens / res["wall_s"]
-        lat = [x * 1000 for x in res["latencies"]]
-        diff = max(abs(a - b) for a, b in zip(res["rewards"], results["score"]["values"], strict=True))
-        lines.append(f"| {label} | {res['wall_s']:.2f} | {rate:,.0f} | {rate / score_rate:.0%} | "
+        rate = tokens / wall[key]
+        lat = [x * 1000 for rep in reps for x in rep[key]["latencies"]]
+        diff = max(abs(a - b) for rep in reps for a, b in zip(rep[key]["rewards"], values, strict=True))
+        lines.append(f"| {label} | {wall[key]:.2f} | {rate:,.0f} | {rate / score_rate:.0%} | "
                      f"{statistics.median(lat):,.0f} | {percentile(lat, 0.99):,.0f} | {diff:.1e} |")
-    serve_rate = tokens / results["serve"]["wall_s"]
-    base_rate = tokens / results["baseline"]["wall_s"]
-    ratio = serve_rate / score_rate
+    ratio, speedup = wall["score"] / wall["serve"], wall["baseline"] / wall["serve"]
+    per_rep = ", ".join(f"{rep['score']['wall_s'] / rep['serve']['wall_s']:.0%} / "
+                        f"{rep['baseline']['wall_s'] / rep['serve']['wall_s']:.1f}x" for rep in reps)
     lines += [
         "",
-        f"- Target: throughput at least 80 % of `vhctl score`: **{ratio:.0%}**, "
-        f"{'met' if ratio >= 0.8 else 'missed'}.",
-        f"- Target: at least 3x the OpenRLHF-style baseline: **{serve_rate / base_rate:.1f}x**, "
-        f"{'met' if serve_rate / base_rate >= 3 else 'missed'}.",
-        "- The clients run in the benchmark's own process on the same cores as the servers.",
+        f"- Target: throughput at least 80 % of `vhctl score`: **{ratio:.0%}**, {'met' if ratio >= 0.8 else 'missed'}.",
+        f"- Target: at least 3x the OpenRLHF-style baseline: **{speedup:.1f}x**, "
+        f"{'met' if speedup >= 3 else 'missed'}.",
+        f"- Per repetition (vs score / vs baseline): {per_rep}.",
+        "- Throughput: the records' tokens (vhctl's count) over the wall time from the first request to the "
+        "last answer; for `vhctl score`, the scoring time of its summary line (the model load is left out "
+        "everywhere). The clients run in the benchmark's own process, on the same cores as the servers.",
         "- Baseline: `benchmarks/serve_baseline.py` (Starlette on uvicorn; each request tokenised with "
         "`padding=True` and run alone through the same checkpoint's backbone and value head, in the handler).",
     ]
@@ -191,27 +198,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--groups-per-client", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--reps", type=int, default=1, help="repetitions, the order of the systems rotating")
     parser.add_argument("--out", default=str(common.BENCH / "RESULTS-serve.md"))
     args = parser.parse_args(argv)
     start_load = os.getloadavg()
     ckpt = ensure_checkpoint(args.model)
     rows = workload(args.model, ckpt, args.clients * args.groups_per_client)
-    results: dict[str, Any] = {"score": run_score(ckpt, rows, args.batch_size)}
-    tokens = results["score"]["tokens"]
-    print(f"vhctl score: {results['score']['wall_s']:.2f}s", flush=True)
-    servers = {
-        "serve": ([str(Path(sys.executable).with_name("vhctl")), "serve", str(ckpt), "--port", "0", "--device", "cpu",
-                   "-b", str(args.batch_size)], r"ready: .* on (http://[0-9.:]+)"),
-        "baseline": ([sys.executable, str(common.BENCH / "serve_baseline.py"), str(ckpt)], r"ready (http://[0-9.:]+)"),
-    }
-    for key, (cmd, ready) in servers.items():
-        proc, url = start(cmd, ready)
-        try:
-            results[key] = asyncio.run(load(url, rows, args.clients))
-        finally:
+    vhctl = str(Path(sys.executable).with_name("vhctl"))
+    procs = {
+        "serve": start([vhctl, "serve", str(ckpt), "--port", "0", "--device", "cpu", "-b", str(args.batch_size)],
+                       r"ready: .* on (http://[0-9.:]+)"),
+        "baseline": start([sys.executable, str(common.BENCH / "serve_baseline.py"), str(ckpt)],
+                          r"ready (http://[0-9.:]+)"),
+    }  # both idle while the others run
+    reps: list[dict[str, Any]] = []
+    try:
+        for rep in range(args.reps):
+            order = ["score", "serve", "baseline"]
+            order = order[rep % 3 :] + order[: rep % 3]
+            results: dict[str, Any] = {}
+            for key in order:
+                if key == "score":
+                    results[key] = run_score(ckpt, rows, args.batch_size)
+                else:
+                    results[key] = asyncio.run(load(procs[key][1], rows, args.clients))
+                print(f"rep {rep + 1}: {key} {results[key]['wall_s']:.2f}s", flush=True)
+            reps.append(results)
+    finally:
+        for proc, _ in procs.values():
             stop(proc)
-        print(f"{key}: {results[key]['wall_s']:.2f}s", flush=True)
-    text = report(args, results, tokens, len(rows), [start_load[0], os.getloadavg()[0]])
+    text = report(args, reps, reps[0]["score"]["tokens"], len(rows), [start_load[0], os.getloadavg()[0]])
     Path(args.out).write_text(text)
     print(text)
     return 0

@@ -129,3 +129,13 @@ def test_a_query_that_carries_the_bos_does_not_get_it_twice() -> None:
     assert (pair.prompt, pair.response) == (" w5 w6", " w7 w8 </s>")
     plain, = reward_request({"query": ["w5 w6"], "prompts": ["w5 w6"]}, specials)  # no response: a text
     assert plain.text == "w5 w6" and plain.prompt is None
+
+
+def test_the_cli_imports_no_http_stack_until_serve_runs() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from vhctl.cli.app import app; "
+            "print(*[m in sys.modules for m in ('starlette', 'uvicorn', 'prometheus_client', 'torch')])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False"] * 4

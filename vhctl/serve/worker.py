@@ -156,10 +156,9 @@ class ModelWorker:
                 raise BadRequest(f"the queue is full ({self._queued} records waiting); retry later", status=503)
             self._jobs.append(job)
             self._queued += size
-            queued = self._queued
             self._cond.notify()
-        if self._on_queue is not None:
-            self._on_queue(queued)
+            if self._on_queue is not None:  # under the lock: the gauge follows the queue in order
+                self._on_queue(self._queued)
 
     # ------------------------------------------------------------------ the thread
 
@@ -200,9 +199,8 @@ class ModelWorker:
                 taken.append(job)
                 count += len(job.records)
             self._queued -= count
-            queued = self._queued
-        if self._on_queue is not None:
-            self._on_queue(queued)
+            if self._on_queue is not None:
+                self._on_queue(self._queued)
         return taken
 
     def _linger(self) -> None:
