@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from vhctl._version import __version__
-from vhctl.cli import attach, export, info, make_ref, push, score, validate, wrap
+from vhctl.cli import attach, export, info, make_ref, push, score, serve, validate, wrap
 from vhctl.cli._output import state
 
 app = typer.Typer(
@@ -51,6 +51,7 @@ app.command("validate")(validate.validate)
 app.command("info")(info.info)
 app.command("push")(push.push)
 app.command("export")(export.export)
+app.command("serve")(serve.serve)
 
 
 def main() -> None:

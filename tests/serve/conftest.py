@@ -1,0 +1,15 @@
+"""Fixtures of the ``vhctl serve`` tests (helpers: ``servekit.py``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vhctl.serve.model import LoadedModel, ModelOptions, load_model
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_ckpt: Path) -> LoadedModel:
+    """The tiny checkpoint loaded once per module, as the server loads it."""
+    return load_model(ModelOptions(ckpt=str(tiny_ckpt), device="cpu"))

@@ -1,0 +1,110 @@
+"""``vhctl serve``: the value (or reward) model as an HTTP service for RLHF trainers.
+
+Parses the options and hands them to :func:`vhctl.serve.server.serve`; the HTTP stack (Starlette,
+uvicorn, prometheus_client) is the optional extra ``vhctl[serve]``, imported only here.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from vhctl.cli._errors import handle_errors
+from vhctl.cli._options import AllowPickleOpt, RevisionOpt, TokenOpt, TrustRemoteCodeOpt
+from vhctl.cli._output import message, state, warning
+from vhctl.errors import UsageError, VhctlError
+
+EXTRA_MODULES = ("starlette", "uvicorn", "prometheus_client")
+
+
+@handle_errors
+def serve(
+    ckpt: Annotated[str, typer.Argument(help="A vhctl checkpoint folder (or a hub id, or vhctl:tiny).")],
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (loopback only by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0: any free one).")] = 8000,
+    reward: Annotated[
+        bool, typer.Option("--reward", help="Score with the checkpoint's only reward adapter (rewards, not values).")
+    ] = False,
+    reward_adapter: Annotated[
+        str | None, typer.Option("--reward-adapter", metavar="NAME", help="Score with the reward adapter NAME.")
+    ] = None,
+    normalize: Annotated[
+        bool, typer.Option("--normalize", help="Values as (value - mean) / std with the checkpoint's reward normalisation.")
+    ] = False,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N (one server per device).")] = "auto",
+    dtype: Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16 or float16.")] = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Sequences per forward pass.")] = 16,
+    max_batch_tokens: Annotated[
+        int | None, typer.Option("--max-batch-tokens", min=1, help="Padded tokens per forward pass (default: batch size x longest).")
+    ] = None,
+    max_length: Annotated[
+        int | None, typer.Option("--max-length", min=1, help="Keep the last N tokens of longer inputs (default: the model's limit).")
+    ] = None,
+    max_queue: Annotated[
+        int, typer.Option("--max-queue", min=1, help="Records that may wait for the model; past it, 503 with Retry-After.")
+    ] = 4096,
+    max_body_bytes: Annotated[
+        int, typer.Option("--max-body-bytes", min=1, help="Larger request bodies get 413.")
+    ] = 16 << 20,
+    api_key_file: Annotated[
+        str | None, typer.Option("--api-key-file", help="Require 'Authorization: Bearer KEY' (KEY: the file's first line; "
+                                 "or set VHCTL_API_KEY).")
+    ] = None,
+    drain_timeout: Annotated[
+        float, typer.Option("--drain-timeout", min=0, help="On SIGTERM/SIGINT, seconds to finish the requests in flight.")
+    ] = 30.0,
+    revision: RevisionOpt = None,
+    token: TokenOpt = None,
+    allow_pickle: AllowPickleOpt = False,
+    trust_remote_code: TrustRemoteCodeOpt = False,
+) -> None:
+    """Serve CKPT over HTTP: POST /get_reward (OpenRLHF), POST /v1/score, GET /health, GET /metrics.
+
+    Requests that arrive together are scored together. SIGTERM or Ctrl-C stops accepting, finishes
+    the requests in flight and exits 0. See docs/serving.md.
+    """
+    _require_extra()
+    # The model thread shares the cores with the HTTP thread: OpenMP threads that spin while they
+    # wait would take the cores from it (several times slower on a busy CPU). Before torch loads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from vhctl.serve.model import ModelOptions
+    from vhctl.serve.security import is_loopback, read_api_key
+    from vhctl.serve.server import ServeOptions
+    from vhctl.serve.server import serve as run
+    from vhctl.serve.worker import ScoringOptions
+
+    if reward and reward_adapter is not None:
+        raise UsageError("--reward and --reward-adapter both choose the reward adapter; give one")
+    selected = reward_adapter if reward_adapter is not None else ("" if reward else None)
+    key = read_api_key(api_key_file)
+    if key is None and not is_loopback(host):
+        warning(f"listening on {host} without an API key: anyone who can reach it can use the model "
+                "(set --api-key-file or VHCTL_API_KEY)")
+    options = ServeOptions(
+        model=ModelOptions(ckpt=ckpt, reward=selected, normalize=normalize, device=device, dtype=dtype,
+                           revision=revision, token=token, allow_pickle=allow_pickle,
+                           trust_remote_code=trust_remote_code),
+        scoring=ScoringOptions(batch_size=batch_size, max_length=max_length, max_batch_tokens=max_batch_tokens),
+        host=host, port=port, max_queue=max_queue, max_body_bytes=max_body_bytes, api_key=key,
+        drain_timeout=drain_timeout,
+    )
+    run(options, say=message, log=None if state.quiet else _log_line)
+
+
+def _require_extra() -> None:
+    """One clear line when the optional HTTP stack is missing."""
+    for name in EXTRA_MODULES:
+        try:
+            __import__(name)
+        except ImportError:
+            raise VhctlError(
+                f"vhctl serve needs the 'serve' extra ({name} is not installed): pip install 'vhctl[serve]'"
+            ) from None
+
+
+def _log_line(text: str) -> None:
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
