@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from vhctl.serve.model import LoadedModel, ModelOptions, load_model
+from vhctl.scoring.pipeline import ScoreOptions
+from vhctl.serve.model import LoadedModel, load_model
 
 
 @pytest.fixture(scope="module")
 def loaded(tiny_ckpt: Path) -> LoadedModel:
     """The tiny checkpoint loaded once per module, as the server loads it."""
-    return load_model(ModelOptions(ckpt=str(tiny_ckpt), device="cpu"))
+    return load_model(ScoreOptions(ckpt=str(tiny_ckpt), device="cpu"))

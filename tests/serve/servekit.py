@@ -30,7 +30,8 @@ from typer.testing import CliRunner  # noqa: E402
 
 from vhctl.cli.app import app  # noqa: E402
 from vhctl.io.records import Record  # noqa: E402
-from vhctl.serve.model import LoadedModel, ModelOptions  # noqa: E402
+from vhctl.scoring.pipeline import ScoreOptions  # noqa: E402
+from vhctl.serve.model import LoadedModel  # noqa: E402
 from vhctl.serve.server import HttpServer, ServeOptions  # noqa: E402
 from vhctl.serve.worker import Job, ScoringOptions  # noqa: E402
 
@@ -41,7 +42,7 @@ TIMEOUT = 60.0  # seconds any wait in these tests may take before it fails
 def served(loaded: LoadedModel | None, *, scoring: ScoringOptions | None = None, log: list[str] | None = None,
            **options: Any) -> Iterator[HttpServer]:
     """An :class:`HttpServer` on 127.0.0.1 with an ephemeral port, serving ``loaded`` (None: still loading)."""
-    opts = ServeOptions(model=ModelOptions(ckpt="tiny"), scoring=scoring or ScoringOptions(), host="127.0.0.1", port=0, **options)
+    opts = ServeOptions(model=ScoreOptions(ckpt="tiny"), scoring=scoring or ScoringOptions(), host="127.0.0.1", port=0, **options)
     server = HttpServer(opts, log=log.append if log is not None else None)
     server.start()
     try:

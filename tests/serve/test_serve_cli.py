@@ -95,9 +95,9 @@ def test_key_sources_and_loopback_addresses(tmp_path) -> None:
 
 
 def test_results_are_json_safe_normalised_and_marked() -> None:
-    results = [{"value": math.nan, "values": [1.0, math.inf]}, {"value": 3.0, "reward": -math.inf},
-               {"line": 3, "error": "bad"}]
-    finish_results(results, [False, True, False], (1.0, 2.0))
+    results = [{"value": math.nan, "values": [1.0, math.inf]}, {"value": 3.0, "reward": -math.inf, "truncated": True},
+               {"line": 3, "error": "bad"}]  # "truncated" as the scorer marks it (mark_truncated=True)
+    finish_results(results, (1.0, 2.0))
     assert results[0] == {"value": None, "values": [0.0, None]}
     assert results[1] == {"value": 1.0, "reward": None, "truncated": True}
     assert results[2] == {"line": 3, "error": "bad"}

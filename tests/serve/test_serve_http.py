@@ -243,14 +243,15 @@ def test_a_client_killed_mid_request_does_not_disturb_the_others(loaded, tiny_ck
 
 
 def test_reward_adapter_and_normalisation_as_score_gives_them(tmp_path) -> None:
-    """``--reward-adapter judge --normalize``: /v1/score as ``score --reward judge --normalize``;
+    """``--reward-adapter judge --normalize``: /v1/score as ``score --reward-adapter judge --normalize``;
     /get_reward answers the adapter's reward."""
     from tiny_models import make_reward_adapter
     from typer.testing import CliRunner
 
     from vhctl.checkpoint.manifest import Manifest
     from vhctl.cli.app import app
-    from vhctl.serve.model import ModelOptions, load_model
+    from vhctl.scoring.pipeline import ScoreOptions
+    from vhctl.serve.model import load_model
 
     ck = tmp_path / "ck"
     runner = CliRunner()
@@ -260,8 +261,8 @@ def test_reward_adapter_and_normalisation_as_score_gives_them(tmp_path) -> None:
     manifest = Manifest.read(ck)
     manifest.extra["reward_normalization"] = {"mean": 0.5, "std": 2.0}
     manifest.write(ck)
-    expected = score_cli(ck, MIXED, "--reward", "judge", "--normalize")
-    loaded = load_model(ModelOptions(ckpt=str(ck), device="cpu", reward="judge", normalize=True))
+    expected = score_cli(ck, MIXED, "--reward-adapter", "judge", "--normalize")
+    loaded = load_model(ScoreOptions(ckpt=str(ck), device="cpu", reward="judge", normalize=True))
     with served(loaded) as server:
         scored = post(server.url, "/v1/score", MIXED)
         rewards = post(server.url, "/get_reward", {"query": ["a plain text line"]})

@@ -26,3 +26,15 @@ DeviceOpt = Annotated[str, typer.Option("--device", metavar="DEVICE", help="auto
 DtypeOpt = Annotated[
     str, typer.Option("--dtype", metavar="DTYPE", help="auto, float32, bfloat16 or float16 (or fp32, bf16, fp16).")
 ]
+RewardOpt = Annotated[bool, typer.Option(
+    "--reward", help="Score with the checkpoint's reward adapter too (its only one, or reward_adapter).")]
+RewardAdapterOpt = Annotated[str | None, typer.Option(
+    "--reward-adapter", metavar="NAME", show_default=False,
+    help="Score with the reward adapter NAME too (instead of --reward).")]
+NormalizeOpt = Annotated[bool, typer.Option(
+    "--normalize", help="Write (value - mean) / std with the reward normalisation the checkpoint carries "
+    "(an imported OpenRLHF reward model's mean/std).")]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, metavar="N", help="Sequences per forward pass.")]
+MaxLengthOpt = Annotated[int | None, typer.Option(
+    "--max-length", min=1, metavar="N", show_default=False,
+    help="Keep the last N tokens of longer inputs (default: the model's limit).")]

@@ -16,7 +16,19 @@ from typing import Annotated, Any
 import typer
 
 from vhctl.cli._errors import handle_errors
-from vhctl.cli._options import AllowPickleOpt, DeviceOpt, DtypeOpt, RevisionOpt, TokenOpt, TrustRemoteCodeOpt
+from vhctl.cli._options import (
+    AllowPickleOpt,
+    BatchSizeOpt,
+    DeviceOpt,
+    DtypeOpt,
+    MaxLengthOpt,
+    NormalizeOpt,
+    RevisionOpt,
+    RewardAdapterOpt,
+    RewardOpt,
+    TokenOpt,
+    TrustRemoteCodeOpt,
+)
 from vhctl.cli._output import error, message, progress_enabled, state
 from vhctl.cli._results import report_summary, write_results
 from vhctl.errors import UsageError, describe_error
@@ -30,18 +42,11 @@ def score(
     extra: Annotated[list[str] | None, typer.Argument(hidden=True, show_default=False)] = None,
     input_: Annotated[str, typer.Option(
         "--input", "-i", metavar="FILE", help="Text lines or JSON Lines to score; '-' reads stdin.")] = "-",
-    reward: Annotated[bool, typer.Option(
-        "--reward", help="Also output 'reward' from the checkpoint's reward adapter (its only one, or "
-        "reward_adapter).")] = False,
-    reward_adapter: Annotated[str | None, typer.Option(
-        "--reward-adapter", metavar="NAME", show_default=False,
-        help="Also output 'reward' from the reward adapter NAME (implies --reward).")] = None,
+    reward: RewardOpt = False,
+    reward_adapter: RewardAdapterOpt = None,
     per_token: Annotated[bool, typer.Option("--per-token", help="Also output 'values', one per token.")] = False,
-    batch_size: Annotated[int, typer.Option(
-        "--batch-size", "-b", min=1, metavar="N", help="Sequences per forward pass.")] = 16,
-    max_length: Annotated[int | None, typer.Option(
-        "--max-length", min=1, metavar="N", show_default=False,
-        help="Keep the last N tokens of longer inputs (default: the model's limit).")] = None,
+    batch_size: BatchSizeOpt = 16,
+    max_length: MaxLengthOpt = None,
     device: DeviceOpt = "auto",
     device_map: Annotated[str | None, typer.Option(
         "--device-map", metavar="STRATEGY", show_default=False,
@@ -55,9 +60,7 @@ def score(
     stream: Annotated[bool, typer.Option(
         "--stream", help="Score lines as they arrive: a window also ends when no more input is waiting (for a "
         "slow producer); values may then differ in the last bits between runs.")] = False,
-    normalize: Annotated[bool, typer.Option(
-        "--normalize", help="Write (value - mean) / std with the reward normalisation the checkpoint carries "
-        "(an imported OpenRLHF reward model's mean/std).")] = False,
+    normalize: NormalizeOpt = False,
     revision: RevisionOpt = None,
     token: TokenOpt = None,
     allow_pickle: AllowPickleOpt = False,
@@ -69,7 +72,7 @@ def score(
     output a single process would.
     """
     from vhctl.scoring import distributed
-    from vhctl.scoring.pipeline import ScoreOptions, check_device_map
+    from vhctl.scoring.pipeline import ScoreOptions, check_device_map, reward_choice
     from vhctl.scoring.run import RankExit, run_distributed
 
     if extra:
@@ -79,7 +82,7 @@ def score(
                                                             if reward else ""),
         )  # fmt: skip
     options = ScoreOptions(
-        ckpt=ckpt, input=input_, reward=reward_adapter if reward_adapter is not None else ("" if reward else None),
+        ckpt=ckpt, input=input_, reward=reward_choice(reward, reward_adapter),
         per_token=per_token, batch_size=batch_size, max_length=max_length, device=device,
         device_map=check_device_map(device_map, device), dtype=dtype, skip_bad=skip_bad,
         prefix_sharing=not no_prefix_sharing, stream=stream, normalize=normalize, revision=revision, token=token,

@@ -13,36 +13,42 @@ from typing import Annotated
 import typer
 
 from vhctl.cli._errors import handle_errors
-from vhctl.cli._options import AllowPickleOpt, RevisionOpt, TokenOpt, TrustRemoteCodeOpt
+from vhctl.cli._options import (
+    AllowPickleOpt,
+    BatchSizeOpt,
+    DeviceOpt,
+    DtypeOpt,
+    MaxLengthOpt,
+    NormalizeOpt,
+    RevisionOpt,
+    RewardAdapterOpt,
+    RewardOpt,
+    TokenOpt,
+    TrustRemoteCodeOpt,
+)
 from vhctl.cli._output import message, state, warning
-from vhctl.errors import UsageError, VhctlError
+from vhctl.errors import VhctlError
 
 EXTRA_MODULES = ("starlette", "uvicorn", "prometheus_client")
 
 
 @handle_errors
 def serve(
-    ckpt: Annotated[str, typer.Argument(help="A vhctl checkpoint folder (or a hub id, or vhctl:tiny).")],
+    ckpt: Annotated[str, typer.Argument(
+        metavar="CKPT", show_default=False,
+        help="A vhctl checkpoint (folder or hub id), or a TRL checkpoint that holds its value head.")],
     host: Annotated[str, typer.Option("--host", help="Address to listen on (loopback only by default).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0: any free one).")] = 8000,
-    reward: Annotated[
-        bool, typer.Option("--reward", help="Score with the checkpoint's only reward adapter (rewards, not values).")
-    ] = False,
-    reward_adapter: Annotated[
-        str | None, typer.Option("--reward-adapter", metavar="NAME", help="Score with the reward adapter NAME.")
-    ] = None,
-    normalize: Annotated[
-        bool, typer.Option("--normalize", help="Values as (value - mean) / std with the checkpoint's reward normalisation.")
-    ] = False,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N (one server per device).")] = "auto",
-    dtype: Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16 or float16.")] = "auto",
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Sequences per forward pass.")] = 16,
+    reward: RewardOpt = False,
+    reward_adapter: RewardAdapterOpt = None,
+    normalize: NormalizeOpt = False,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    batch_size: BatchSizeOpt = 16,
     max_batch_tokens: Annotated[
         int | None, typer.Option("--max-batch-tokens", min=1, help="Padded tokens per forward pass (default: batch size x longest).")
     ] = None,
-    max_length: Annotated[
-        int | None, typer.Option("--max-length", min=1, help="Keep the last N tokens of longer inputs (default: the model's limit).")
-    ] = None,
+    max_length: MaxLengthOpt = None,
     max_queue: Annotated[
         int, typer.Option("--max-queue", min=1, help="Records that may wait for the model; past it, 503 with Retry-After.")
     ] = 4096,
@@ -70,21 +76,19 @@ def serve(
     # The model thread shares the cores with the HTTP thread: OpenMP threads that spin while they
     # wait would take the cores from it (several times slower on a busy CPU). Before torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from vhctl.serve.model import ModelOptions
+    from vhctl.scoring.pipeline import ScoreOptions, reward_choice
     from vhctl.serve.security import is_loopback, read_api_key
     from vhctl.serve.server import ServeOptions
     from vhctl.serve.server import serve as run
     from vhctl.serve.worker import ScoringOptions
 
-    if reward and reward_adapter is not None:
-        raise UsageError("--reward and --reward-adapter both choose the reward adapter; give one")
-    selected = reward_adapter if reward_adapter is not None else ("" if reward else None)
+    selected = reward_choice(reward, reward_adapter)
     key = read_api_key(api_key_file)
     if key is None and not is_loopback(host):
         warning(f"listening on {host} without an API key: anyone who can reach it can use the model "
                 "(set --api-key-file or VHCTL_API_KEY)")
     options = ServeOptions(
-        model=ModelOptions(ckpt=ckpt, reward=selected, normalize=normalize, device=device, dtype=dtype,
+        model=ScoreOptions(ckpt=ckpt, reward=selected, normalize=normalize, device=device, dtype=dtype,
                            revision=revision, token=token, allow_pickle=allow_pickle,
                            trust_remote_code=trust_remote_code),
         scoring=ScoringOptions(batch_size=batch_size, max_length=max_length, max_batch_tokens=max_batch_tokens),

@@ -46,6 +46,7 @@ class Item:
     dec: list[int] | None = None  # seq2seq decoder ids (start token first)
     prefix_len: int = 0  # causal prompt+response: tokens of the (special + prompt) prefix
     error: str | None = None
+    truncated: bool = False  # cut to max_length (its start was dropped)
     result: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -54,11 +55,12 @@ class Item:
         return len(self.ids) + (len(self.dec) if self.dec is not None else 0)
 
 
-def results(items: list[Item], stats: ScoreStats) -> Iterator[dict[str, Any]]:
+def results(items: list[Item], stats: ScoreStats, *, mark_truncated: bool = False) -> Iterator[dict[str, Any]]:
     """The window's output dicts in input order; counted in ``stats`` as each one is handed out.
 
     An error item becomes ``{"line", "id"?, "error"}``; a scored one gives up its result (the item
-    keeps no reference to it, so a long run holds only the current window).
+    keeps no reference to it, so a long run holds only the current window), with
+    ``"truncated": true`` when ``mark_truncated`` and it was cut.
     """
     for item in items:
         if item.error is not None:
@@ -72,4 +74,6 @@ def results(items: list[Item], stats: ScoreStats) -> Iterator[dict[str, Any]]:
             stats.records += 1
             stats.tokens += item.tokens
             result, item.result = item.result, {}
+            if mark_truncated and item.truncated:
+                result["truncated"] = True
             yield result

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,8 +36,9 @@ __all__ = [
     "check_device_map",
     "finite",
     "load_scoring_model",
+    "finish_result",
     "make_scorer",
-    "normalized",
+    "reward_choice",
 ]
 
 DEFAULT_REWARD = "reward_adapter"
@@ -80,6 +81,14 @@ class ScoringModel:
     tokenizer: Any
     normalization: tuple[float, float] | None
     source: Source
+    reward: str | None = None  # the reward adapter scored with, by name
+
+
+def reward_choice(reward: bool, reward_adapter: str | None) -> str | None:
+    """``ScoreOptions.reward`` from ``--reward`` (a flag) and ``--reward-adapter NAME``."""
+    if reward and reward_adapter is not None:
+        raise UsageError("--reward and --reward-adapter both choose the reward adapter; give one")
+    return reward_adapter if reward_adapter is not None else ("" if reward else None)
 
 
 def check_device_map(value: str | None, device: str) -> str | None:
@@ -222,7 +231,7 @@ def load_scoring_model(
             ) from exc
         if adapter is not None:
             model = _with_reward_adapter(model, *adapter)
-    return ScoringModel(model, tokenizer, normalization, source)
+    return ScoringModel(model, tokenizer, normalization, source, adapter[0] if adapter is not None else None)
 
 
 def make_scorer(loaded: ScoringModel, options: ScoreOptions, *, group: Any = None) -> Scorer:
@@ -242,27 +251,27 @@ def make_scorer(loaded: ScoringModel, options: ScoreOptions, *, group: Any = Non
     )
 
 
-def normalized(results: Iterable[dict[str, Any]], normalization: tuple[float, float]) -> Iterator[dict[str, Any]]:
-    """``value`` and per-token ``values`` as (x - mean) / std; rewards of a PEFT adapter are left as they are."""
-    for result in results:
+def finite(value: Any) -> Any:
+    """JSON has no NaN or Infinity: a non-finite number (also inside a list) becomes None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, list):
+        return [finite(v) for v in value]
+    return value
+
+
+def finish_result(result: dict[str, Any], normalization: tuple[float, float] | None) -> dict[str, Any]:
+    """A result as ``vhctl score`` writes it (and ``serve`` answers it), in place.
+
+    ``value`` and per-token ``values`` normalised as (x - mean) / std when a normalisation is given
+    (rewards of a PEFT adapter are left as they are); every non-finite number becomes null.
+    """
+    if normalization is not None:
         if result.get("value") is not None:
             result["value"] = normalize(result["value"], normalization)
         if result.get("values") is not None:
             result["values"] = [None if v is None else normalize(v, normalization) for v in result["values"]]
-        yield result
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
-
-
-def finite(result: dict[str, Any]) -> dict[str, Any]:
-    """JSON has no NaN or Infinity: a non-finite value, reward or per-token value becomes null."""
     for key in ("value", "reward", "values"):
         if key in result:
-            result[key] = _finite(result[key])
+            result[key] = finite(result[key])
     return result

@@ -20,7 +20,7 @@ from vhctl.errors import InputError, PeerError, UsageError, VhctlError, describe
 from vhctl.io.records import LineReader, iter_records
 from vhctl.scoring import distributed
 from vhctl.scoring.device import resolve_device, resolve_dtype
-from vhctl.scoring.pipeline import ScoreOptions, finite, load_scoring_model, make_scorer, normalized
+from vhctl.scoring.pipeline import ScoreOptions, finish_result, load_scoring_model, make_scorer
 from vhctl.scoring.scorer import Scorer
 
 __all__ = ["RankExit", "ScoreRun", "rank_device", "run_distributed", "start_run"]
@@ -122,9 +122,7 @@ def start_run(
         stream_input = group.broadcast(stream_input)  # rank 0's (True when reading a terminal)
     assert run is not None
     results = _records(options, run, stream, stream_input)
-    if normalization is not None:
-        results = normalized(results, normalization)
-    run.results = (finite(result) for result in results)
+    run.results = (finish_result(result, normalization) for result in results)
     return run
 
 

@@ -68,6 +68,8 @@ class Scorer:
         gather: With ``shard``: a collective that takes this rank's partial results of a window
             (any picklable object) and returns every rank's, in rank order (e.g.
             ``vhctl.distributed.Group.all_gather``). Called once per window, on every rank.
+        mark_truncated: Add ``"truncated": true`` to the result of a record cut to ``max_length``
+            (a server answers each request; ``vhctl score`` only counts them, in ``stats``).
         fuse_activations: While scoring, run Python-written tanh-approximate GELUs (GPT-2's
             ``gelu_new``, ``gelu_fast``, Bloom's) as PyTorch's fused kernel: the same function
             (about 1e-7 apart in float32), a quarter less time for small GPT-2 models. The model
@@ -99,11 +101,13 @@ class Scorer:
         max_batch_tokens: int | None = None,
         skip_bad: bool = False,
         fuse_activations: bool = True,
+        mark_truncated: bool = False,
         shard: tuple[int, int] | None = None,
         gather: Callable[[Any], list[Any]] | None = None,
     ) -> None:
         _check_arguments(tokenizer, batch_size, max_length, max_batch_tokens)
         check_shard(shard, gather)
+        self._mark_truncated = mark_truncated
         self._shards: Shards | None = None  # None: everything is computed here
         if shard is not None and shard[1] > 1 and gather is not None:
             self._shards = Shards(shard[0], shard[1], gather)
@@ -230,7 +234,7 @@ class Scorer:
                         self._run_pass(groups, plain, reward=True)
             if self._shards is not None:
                 self._shards.merge(items)
-        yield from results(items, self.stats)
+        yield from results(items, self.stats, mark_truncated=self._mark_truncated)
 
     # ------------------------------------------------------------------ passes
 

@@ -93,6 +93,7 @@ class RecordEncoder:
                 cut = len(ids) - self.max_length
                 ids = ids[cut:]
                 item.prefix_len = max(item.prefix_len - cut, 0)
+                item.truncated = True
                 stats.truncated += 1
             item.ids = ids
         if not item.ids:
@@ -120,7 +121,7 @@ class RecordEncoder:
             if len(dec) > self.max_length:
                 dec, truncated = [self.decoder_start, *dec[len(dec) - self.max_length + 1 :]], True
         stats.truncated += truncated
-        item.ids, item.dec = enc, dec
+        item.ids, item.dec, item.truncated = enc, dec, truncated
 
     def _pre_encode(self, window: list[Record]) -> None:
         """Tokenize the window's strings in one call per kind (the fast tokenizers batch in Rust).

@@ -18,9 +18,10 @@ from typing import Any
 
 from vhctl._version import __version__
 from vhctl.errors import VhctlError
+from vhctl.scoring.pipeline import ScoreOptions
 from vhctl.serve.app import AppConfig, build_app
 from vhctl.serve.metrics import Metrics
-from vhctl.serve.model import LoadedModel, ModelOptions, load_model
+from vhctl.serve.model import LoadedModel, load_model
 from vhctl.serve.worker import ModelWorker, ScoringOptions
 
 
@@ -28,7 +29,7 @@ from vhctl.serve.worker import ModelWorker, ScoringOptions
 class ServeOptions:
     """Everything ``vhctl serve`` takes (see ``docs/serving.md``)."""
 
-    model: ModelOptions
+    model: ScoreOptions
     scoring: ScoringOptions = field(default_factory=ScoringOptions)
     host: str = "127.0.0.1"
     port: int = 8000
@@ -120,7 +121,7 @@ def serve(
     *,
     say: Callable[[str], None],
     log: Callable[[str], None] | None = None,
-    load: Callable[[ModelOptions], LoadedModel] = load_model,
+    load: Callable[[ScoreOptions], LoadedModel] = load_model,
 ) -> None:
     """``vhctl serve``: listen, load the model, answer until SIGTERM/SIGINT, drain, return.
 

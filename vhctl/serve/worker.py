@@ -23,7 +23,7 @@ from vhctl.io.records import Record
 from vhctl.scoring import Scorer
 from vhctl.serve.bodies import BadRequest
 from vhctl.serve.model import LoadedModel
-from vhctl.serve.results import finish_results, truncated_flags
+from vhctl.serve.results import finish_results
 
 Outcome = list[dict[str, Any]] | BadRequest | Exception
 LINGER = 0.002  # seconds without a new job that end a burst
@@ -175,6 +175,7 @@ class ModelWorker:
             reward=loaded.reward is not None,
             window=max(self.window, self.max_queue),  # a whole drain is one window of the scorer
             skip_bad=True,
+            mark_truncated=True,
         )
 
     def _take(self) -> list[Job] | None:
@@ -242,8 +243,7 @@ class ModelWorker:
                 _deliver(job, exc)
             return
         stats = scorer.stats
-        flags = truncated_flags(loaded, scorer.max_length, records, stats.truncated - before[0])
-        finish_results(results, flags, loaded.normalization)
+        finish_results(results, loaded.normalization)
         if self._on_batch is not None:
             self._on_batch(len(records), stats.tokens - before[1], stats.shared_prompts - before[2])
         start = 0
