@@ -8,6 +8,7 @@ head in ``value_head.safetensors``), and ``vhctl export --format trl`` gives TRL
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -176,3 +177,19 @@ def test_the_base_is_resolved_by_hub_id(hub, tmp_path: Path) -> None:
     model = AutoModelForCausalLMWithValueHead.from_pretrained(str(tmp_path / "ck"))
     assert model.is_peft_model and torch.equal(model.v_head.summary.weight, expected.weight)
     assert (tmp_path / "ck" / VALUE_HEAD_NAME).is_file()
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027])
+def test_converted_files_get_the_modes_cp_gives(tmp_path: Path, mask: int) -> None:
+    from test_permissions import assert_like_cp
+
+    src = tmp_path / "trl"
+    make_trl_checkpoint("gpt2", src, "peft")  # peft writes adapter_model.safetensors owner-only (0600)
+    old = os.umask(mask)
+    try:
+        assert _cli("wrap", str(src), "--out", str(tmp_path / "ck"), "--allow-pickle").exit_code == 0
+        assert _cli("export", str(tmp_path / "ck"), "--format", "trl", "--out", str(tmp_path / "out")).exit_code == 0
+    finally:
+        os.umask(old)
+    assert_like_cp(tmp_path / "ck", mask)
+    assert_like_cp(tmp_path / "out", mask)
