@@ -35,7 +35,7 @@ from vhctl.constants import (
     VALUE_HEAD_NAME,
 )
 from vhctl.dtypes import dtype_name
-from vhctl.errors import NotAModelError, UsageError, VhctlError
+from vhctl.errors import HubError, NotAModelError, SourceNotFoundError, UnsafeLoadError, UsageError
 from vhctl.formats import read_reward_head
 from vhctl.io.files import atomic_output_dir, link_or_copy
 from vhctl.io.resolve import ResolvedModel, resolve_model
@@ -86,7 +86,7 @@ def _resolve_base(source: str, adapter_config: dict[str, Any], *, token: Any, al
     try:
         return resolve_model(base, revision=revision if isinstance(revision, str) else None, token=token,
                              allow_pickle=allow_pickle)  # fmt: skip
-    except VhctlError as exc:
+    except (SourceNotFoundError, NotAModelError, UnsafeLoadError, HubError) as exc:  # no other arguments
         raise type(exc)(f"the base model of the adapter in {source} is not available: {exc.message}",
                         hint=exc.hint) from exc  # fmt: skip
 
