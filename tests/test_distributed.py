@@ -399,14 +399,20 @@ def test_device_map_auto_on_this_machine(ckpt) -> None:
     plain = runner.invoke(app, ["score", str(ckpt)], input=lines)
     got = [json.loads(line)["value"] for line in mapped.stdout.splitlines()]
     want = [json.loads(line)["value"] for line in plain.stdout.splitlines()]
-    assert got == pytest.approx(want, abs=1e-3 if torch.cuda.is_available() else 1e-6)
+    if torch.cuda.is_available():
+        assert got == pytest.approx(want, abs=1e-3)
+    else:  # all on the CPU: the same computation, the same bits (measured: 0)
+        assert got == want
 
     model = AutoModelForCausalLMWithValueHead.from_pretrained(str(ckpt), device_map="auto").eval()
     ids = torch.tensor([[5, 6, 7, 8]], device=model.v_head.summary.weight.device)
     reference = AutoModelForCausalLMWithValueHead.from_pretrained(str(ckpt)).eval()
     with torch.no_grad():
         value = model(ids)[2].cpu()
-        torch.testing.assert_close(value, reference(ids.cpu())[2], atol=1e-2, rtol=0)
+        # On the CPU the mapped model is the same model: equal values (measured: 0). On a GPU it runs
+        # other kernels than the CPU reference (not measured on this machine: the old bound stays).
+        on_gpu = model.v_head.summary.weight.device.type == "cuda"
+        torch.testing.assert_close(value, reference(ids.cpu())[2], atol=1e-2 if on_gpu else 0.0, rtol=0)
 
 
 @pytest.mark.parametrize(

@@ -94,7 +94,7 @@ def test_order_count_and_ids_kept_over_5k_lines(ckpt: Path, tmp_path: Path) -> N
         if want.get("repeated"):
             repeated.append(got["value"])
     assert len(repeated) >= 5
-    assert max(repeated) - min(repeated) < 1e-4, repeated
+    assert max(repeated) - min(repeated) <= 1e-5, repeated  # measured: 0 (the same line, the same value)
     errors = sum(1 for w in expected if w.get("error"))
     assert f"{errors} bad line(s)" in result.stderr
 
@@ -113,4 +113,4 @@ def test_same_results_whatever_the_batch_size(ckpt: Path, tmp_path: Path) -> Non
     for a, b in zip(*runs, strict=True):
         assert a.get("id") == b.get("id") and ("error" in a) == ("error" in b)
         if "value" in a:
-            assert abs(a["value"] - b["value"]) < 1e-4
+            assert abs(a["value"] - b["value"]) <= 1e-5  # measured: 2.4e-7 in float32

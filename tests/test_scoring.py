@@ -26,6 +26,9 @@ from vhctl.scoring import Scorer, resolve_device, resolve_dtype
 
 WORDS = "the quick brown fox jumps over a lazy dog while critics value heads and rewards score tokens".split()
 EOT = 0  # the tiny tokenizer's <|endoftext|>
+# Scorer vs the plain forward in float32 (README: ~1e-6). Measured: at most 1.4e-6 over the 12 causal
+# families of TRL (batched, sorted, prompt sharing, per token), at most 4.8e-7 in every other test here.
+PLAIN_TOL = 1e-5
 
 
 def words(rng: random.Random, low: int, high: int) -> str:
@@ -112,7 +115,7 @@ def test_every_causal_arch_matches_the_plain_forward(arch, tok):
     records = mixed_records(seed=1)
     scorer = Scorer(model, tok, batch_size=3, window=16, per_token=True)
     results = list(scorer.score(records))
-    check_against_plain(model, tok, records, results, atol=1e-4)
+    check_against_plain(model, tok, records, results, atol=PLAIN_TOL)
     assert scorer.stats.records == len(records) and scorer.stats.errors == 0
 
 
@@ -140,7 +143,7 @@ def test_prefix_sharing_matches_and_saves_work(arch, tok):
     records = mixed_records(seed=3, n_text=4, n_prompts=12)
     shared = Scorer(model, tok, batch_size=4, per_token=True)
     results = list(shared.score(records))
-    check_against_plain(model, tok, records, results, atol=1e-4)
+    check_against_plain(model, tok, records, results, atol=PLAIN_TOL)
     groups = {}
     for record in records:
         if record.prompt is not None:
@@ -151,7 +154,7 @@ def test_prefix_sharing_matches_and_saves_work(arch, tok):
     plain_results = list(unshared.score(records))
     assert unshared.stats.shared_prompts == 0
     for a, b in zip(results, plain_results, strict=True):
-        assert abs(a["value"] - b["value"]) <= 1e-4
+        assert abs(a["value"] - b["value"]) <= PLAIN_TOL
 
 
 def test_prefix_sharing_one_prompt_per_forward(tok, gpt2, monkeypatch):
@@ -159,7 +162,7 @@ def test_prefix_sharing_one_prompt_per_forward(tok, gpt2, monkeypatch):
     records = mixed_records(seed=4, n_text=2, n_prompts=8)
     scorer = Scorer(gpt2, tok, batch_size=4)
     monkeypatch.setattr(scorer, "_takes_positions", False)
-    check_against_plain(gpt2, tok, records, list(scorer.score(records)), atol=1e-4)
+    check_against_plain(gpt2, tok, records, list(scorer.score(records)), atol=PLAIN_TOL)
     assert scorer.stats.shared_prompts > 0
 
 
@@ -169,7 +172,7 @@ def test_groups_split_across_windows_stay_right(tok, gpt2):
         Record(line=i + 1, prompt=prompt, response=f" answer {i}", id=i, has_id=True) for i in range(11)
     ]
     results = list(Scorer(gpt2, tok, batch_size=2, window=4).score(records))
-    check_against_plain(gpt2, tok, records, results, atol=1e-4)
+    check_against_plain(gpt2, tok, records, results, atol=PLAIN_TOL)
 
 
 def test_local_attention_that_counts_padding_is_caught(tok, monkeypatch):
@@ -185,7 +188,7 @@ def test_local_attention_that_counts_padding_is_caught(tok, monkeypatch):
     for index, record in enumerate(records, start=1):
         record.line, record.id, record.has_id = index, index, True
     scorer = Scorer(model, tok, batch_size=8)
-    check_against_plain(model, tok, records, list(scorer.score(records)), atol=1e-4)
+    check_against_plain(model, tok, records, list(scorer.score(records)), atol=PLAIN_TOL)
     assert scorer._multi_prompt is False
 
 
@@ -213,7 +216,7 @@ def test_trl_wrapper_is_accepted(tok):
     model = TrlWrapper.from_pretrained(make_tiny_model("gpt2")).eval()
     records = mixed_records(seed=8)
     check_against_plain(
-        model, tok, records, list(Scorer(model, tok, per_token=True).score(records)), atol=1e-4
+        model, tok, records, list(Scorer(model, tok, per_token=True).score(records)), atol=PLAIN_TOL
     )
 
 
@@ -245,7 +248,7 @@ def test_shared_prefix_includes_bos(tok):
     for record, result in zip(records, results, strict=True):
         ids = [EOT, *tok(record.prompt, add_special_tokens=False)["input_ids"]]
         ids += tok(record.response, add_special_tokens=False)["input_ids"]
-        assert abs(result["value"] - plain_values(model, ids)[-1].item()) < 1e-4
+        assert abs(result["value"] - plain_values(model, ids)[-1].item()) <= PLAIN_TOL
 
 
 def test_chat_messages_use_the_template(tok, gpt2):
@@ -281,7 +284,7 @@ def test_truncation_keeps_the_end_and_is_counted(tok, gpt2):
     for record, result in zip(records[2:], results[2:], strict=True):
         assert len(result["values"]) == 10
         ids = expected_ids(tok, record)[-10:]
-        assert abs(result["value"] - plain_values(gpt2, ids)[-1].item()) < 1e-4
+        assert abs(result["value"] - plain_values(gpt2, ids)[-1].item()) <= PLAIN_TOL
     assert len(results[1]["values"]) == len(tok("short")["input_ids"])
 
 
@@ -370,7 +373,7 @@ def test_empty_input_gives_no_output(tok, gpt2):
 def test_token_budget_batches(tok, gpt2):
     records = mixed_records(seed=9)
     results = list(Scorer(gpt2, tok, batch_size=16, max_batch_tokens=24).score(records))
-    check_against_plain(gpt2, tok, records, results, atol=1e-4)
+    check_against_plain(gpt2, tok, records, results, atol=PLAIN_TOL)
 
 
 def test_short_sequences_share_the_token_budget_of_the_longest(tok, gpt2, monkeypatch):
@@ -387,7 +390,7 @@ def test_short_sequences_share_the_token_budget_of_the_longest(tok, gpt2, monkey
     monkeypatch.setattr(Scorer, "_forward_plain", spy)
     scorer = Scorer(gpt2, tok, batch_size=2)
     results = list(scorer.score(records))
-    check_against_plain(gpt2, tok, records, results, atol=1e-4)
+    check_against_plain(gpt2, tok, records, results, atol=PLAIN_TOL)
     budget = 2 * len(tok(records[0].text)["input_ids"])
     assert all(rows * width <= budget for rows, width in seen)
     assert max(rows for rows, _ in seen) > 2
@@ -446,12 +449,12 @@ def test_reward_matches_the_adapter_model(tok, rewarded):
     records = mixed_records(seed=10)
     scorer = Scorer(model, tok, reward=True, batch_size=3)
     results = list(scorer.score(records))
-    check_against_plain(model, tok, records, results, atol=1e-4)  # values still come from the policy
+    check_against_plain(model, tok, records, results, atol=PLAIN_TOL)  # values still come from the policy
     for record, result in zip(records, results, strict=True):
         ids = torch.tensor([expected_ids(tok, record)])
         with torch.no_grad():
             expected = reference(ids).logits[0, 0].item()
-        assert abs(result["reward"] - expected) < 1e-4
+        assert abs(result["reward"] - expected) <= PLAIN_TOL
     assert model.pretrained_model.active_adapter == "default"  # switched back to the policy
     named = list(Scorer(model, tok, reward="rm").score(records[:2]))
     assert [r["reward"] for r in named] == pytest.approx([r["reward"] for r in results[:2]], abs=1e-5)
@@ -482,7 +485,7 @@ def test_reward_adapter_on_a_plain_policy(tok, tmp_path):
     records = mixed_records(seed=11, n_text=4, n_prompts=3)
     results = list(Scorer(rewarded, tok, reward=True).score(records))
     with peft_model.disable_adapter():
-        check_against_plain(rewarded, tok, records, results, atol=1e-4)
+        check_against_plain(rewarded, tok, records, results, atol=PLAIN_TOL)
     assert all(isinstance(r["reward"], float) for r in results)
 
 

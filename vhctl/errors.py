@@ -66,9 +66,14 @@ class AdapterError(VhctlError, ValueError):
 
 
 class LayerPatternError(VhctlError, ValueError):
-    """No layer pattern matches the model, or the layer count is out of range (bad usage: exit 2)."""
+    """No layer pattern matches the model, or the layer count is out of range (bad usage: exit 2).
+
+    ``names``: the model's parameter names when no pattern matched them (for a message that shows
+    what the names look like).
+    """
 
     exit_code = 2
+    names: tuple[str, ...] = ()
 
 
 class InputError(VhctlError, ValueError):

@@ -80,5 +80,5 @@ def test_shell_pipeline_wrap_make_ref_score_validate(tmp_path) -> None:
     assert [r.get("id") for r in results] == [None, "a", "b", 3, None, None]
     expected = _expected_values(ckpt)
     for got, want in zip(results, expected, strict=True):
-        assert abs(got["value"] - want) < 1e-4, (got, want)
+        assert abs(got["value"] - want) <= 1e-5, (got, want)  # measured: 3.9e-7 in float32
     assert "valid" in done.stderr

@@ -58,7 +58,7 @@ def test_scores_stdin_in_order_with_ids(ckpt) -> None:
         tok("the fox", add_special_tokens=False)["input_ids"]
         + tok(" jumps", add_special_tokens=False)["input_ids"]
     )
-    assert abs(out[1]["value"] - expected_value(ckpt, ids)) < 1e-4
+    assert abs(out[1]["value"] - expected_value(ckpt, ids)) <= 1e-5  # measured: 2.4e-7 in float32
     assert "scored 4 line(s)" in result.stderr and "prefix sharing" in result.stderr
 
 
@@ -78,7 +78,8 @@ def test_input_file_per_token_and_max_length(ckpt, tmp_path) -> None:
 def test_same_values_without_prefix_sharing(ckpt) -> None:
     shared = lines(run("score", str(ckpt), input=INPUT))
     plain = lines(run("score", str(ckpt), "--no-prefix-sharing", input=INPUT))
-    assert [r["value"] for r in shared] == pytest.approx([r["value"] for r in plain], abs=1e-4)
+    # measured: 3.6e-7 in float32
+    assert [r["value"] for r in shared] == pytest.approx([r["value"] for r in plain], abs=1e-5)
 
 
 def test_bad_line_fails_after_the_lines_before(ckpt) -> None:
@@ -148,7 +149,7 @@ def test_reward_from_an_attached_adapter(tmp_path) -> None:
     tok = tiny_tokenizer()
     with torch.no_grad():
         expected = reference(torch.tensor([tok("a plain text line")["input_ids"]])).logits[0, 0].item()
-    assert abs(out[0]["reward"] - expected) < 1e-4
+    assert abs(out[0]["reward"] - expected) <= 1e-5  # measured: 1.5e-8 in float32
     wrong = run("score", str(ck), "--reward-adapter", "nope", input=INPUT)
     assert wrong.exit_code == 2 and "judge" in wrong.stderr
 

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import typer
 
-from vhctl.cli._output import error, state
+from vhctl.cli._output import error, silence_stdout, state
 from vhctl.errors import ModelError, VhctlError, describe_error, is_safetensors_io_error
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -69,6 +69,10 @@ def handle_errors(func: F) -> F:
             return func(*args, **kwargs)
         except (typer.Exit, typer.Abort):
             raise
+        except BrokenPipeError:
+            # The reader of stdout went away (`vhctl info CKPT | head`): stop quietly, as `score` does.
+            silence_stdout()
+            raise typer.Exit(0) from None
         except Exception as exc:
             known = _known(exc, doing)
             if known is None:

@@ -16,9 +16,11 @@ TrustRemoteCodeOpt = Annotated[
     bool,
     typer.Option("--trust-remote-code", help="Run the model's own Python code (auto_map); only for models you trust."),
 ]
-RevisionOpt = Annotated[str | None, typer.Option("--revision", help="Hub revision (branch, tag or commit) to pin.")]
+RevisionOpt = Annotated[
+    str | None, typer.Option("--revision", metavar="REV", help="Hub revision (branch, tag or commit) to pin.")
+]
 TokenOpt = Annotated[
-    str | None, typer.Option("--token", help="Hub token (default: HF_TOKEN or the HF login); never printed.",
+    str | None, typer.Option("--token", metavar="TOKEN", help="Hub token (default: HF_TOKEN or the HF login); never printed.",
                              show_default=False)
 ]
 CkptArg = Annotated[Path, typer.Argument(help="A vhctl checkpoint folder.", show_default=False, metavar="CKPT")]

@@ -32,6 +32,18 @@ def is_terminal(stderr: bool = False) -> bool:
     return bool(getattr(stream, "isatty", lambda: False)())
 
 
+def silence_stdout() -> None:
+    """Point stdout at /dev/null once its reader went away (``| head``), so that Python's flush at
+    exit does not complain about the broken pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    finally:
+        os.close(devnull)
+
+
 def emit_json(data: Any) -> None:
     """Write one JSON document to stdout."""
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")

@@ -7,7 +7,6 @@ the run quietly, and the progress spinner appears only on a terminal.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack
@@ -15,7 +14,7 @@ from typing import Any
 
 import typer
 
-from vhctl.cli._output import progress_enabled, success, warning
+from vhctl.cli._output import progress_enabled, silence_stdout, success, warning
 
 
 def write_results(results: Iterable[dict[str, Any]], on_closed: Callable[[], None] | None = None) -> None:
@@ -44,11 +43,7 @@ def write_results(results: Iterable[dict[str, Any]], on_closed: Callable[[], Non
                     progress.advance(task)
     except BrokenPipeError:
         # The reader went away (e.g. `| head`): stop scoring, and keep Python from complaining at exit.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(devnull, out.fileno())
-        except (OSError, ValueError):
-            pass
+        silence_stdout()
         if on_closed is not None:
             on_closed()
             for _ in results:

@@ -12,6 +12,7 @@ import typer
 
 from vhctl._version import __version__
 from vhctl.cli import attach, export, info, make_ref, push, score, serve, validate, wrap
+from vhctl.cli._help import Command
 from vhctl.cli._output import state
 
 app = typer.Typer(
@@ -35,7 +36,8 @@ def _main(
     version: Annotated[
         bool, typer.Option("--version", help="Print the version and exit.", callback=_version, is_eager=True)
     ] = False,
-    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="Show tracebacks of errors.")] = 0,
+    verbose: Annotated[int, typer.Option(
+        "--verbose", "-v", count=True, show_default=False, help="Show tracebacks of errors.")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.")] = False,
 ) -> None:
     """Build, check, score and share value-head checkpoints for RLHF."""
@@ -43,15 +45,20 @@ def _main(
     state.quiet = quiet
 
 
-app.command("wrap")(wrap.wrap)
-app.command("attach-reward-adapter")(attach.attach_reward_adapter)
-app.command("make-ref")(make_ref.make_ref)
-app.command("score")(score.score)
-app.command("validate")(validate.validate)
-app.command("info")(info.info)
-app.command("push")(push.push)
-app.command("export")(export.export)
-app.command("serve")(serve.serve)
+# (name, function, the one line `vhctl --help` lists it with)
+_COMMANDS = (
+    ("wrap", wrap.wrap, "Wrap a model with a value head: a new vhctl checkpoint."),
+    ("attach-reward-adapter", attach.attach_reward_adapter, "Add a PEFT reward adapter to a checkpoint."),
+    ("make-ref", make_ref.make_ref, "Write a frozen reference model that shares the first layers."),
+    ("score", score.score, "Score text or JSON Lines: one JSON object per line on stdout."),
+    ("validate", validate.validate, "Check checkpoints: files, hashes, shapes, head, references, adapters."),
+    ("info", info.info, "Show what a checkpoint holds (nothing is loaded)."),
+    ("push", push.push, "Validate a checkpoint and upload it to the Hugging Face Hub."),
+    ("export", export.export, "Export a checkpoint for TRL, OpenRLHF or transformers/vLLM."),
+    ("serve", serve.serve, "Serve a checkpoint's values or rewards over HTTP (OpenRLHF's /get_reward)."),
+)
+for _name, _function, _short in _COMMANDS:
+    app.command(_name, cls=Command, short_help=_short)(_function)
 
 
 def main() -> None:

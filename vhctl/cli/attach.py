@@ -14,8 +14,11 @@ from vhctl.cli._output import Reporter
 @handle_errors
 def attach_reward_adapter(
     ckpt: CkptArg,
-    adapter: Annotated[str, typer.Argument(help="Local folder or hub id of a PEFT adapter with a score head.", metavar="ADAPTER")],
-    name: Annotated[str, typer.Option("--name", help="Name under adapters/.")] = "reward_adapter",
+    adapter: Annotated[str, typer.Argument(
+        help="Local folder or hub id of a PEFT adapter with a score head.", metavar="ADAPTER", show_default=False)],
+    name: Annotated[str, typer.Option(
+        "--name", metavar="NAME", help="The adapter's name: stored under adapters/NAME, scored with --reward-adapter NAME."
+    )] = "reward_adapter",
     force: Annotated[bool, typer.Option("--force", help="Replace an adapter of the same name.")] = False,
     revision: RevisionOpt = None,
     token: TokenOpt = None,

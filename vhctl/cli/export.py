@@ -19,7 +19,7 @@ def export(
         "--format", "-f", metavar="trl|openrlhf|seqcls",
         help="trl: TRL <= 1.12 value-head layout; openrlhf: OpenRLHF critic/reward model; "
         "seqcls: transformers *ForSequenceClassification with num_labels=1.", show_default=False)],
-    out: Annotated[Path, typer.Option("--out", "-o", help="The folder to write.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="The folder to write.", show_default=False)],
     force: ForceOpt = False,
     keep_shards: Annotated[bool, typer.Option(
         "--keep-shards", help="trl: keep the checkpoint's shards (TRL 1.12 reloads those only from the hub; "
@@ -30,13 +30,14 @@ def export(
         "norm's bias where the model has one, else refuses; mean (openrlhf) folds it into the reward mean; "
         "config only records it.")] = "auto",
     value_head_prefix: Annotated[str | None, typer.Option(
-        "--value-head-prefix", help="openrlhf: name of the head (default score; value_head for old OpenRLHF).",
+        "--value-head-prefix", metavar="NAME",
+        help="openrlhf: name of the head (default score; value_head for old OpenRLHF).",
         show_default=False)] = None,
     revision: RevisionOpt = None,
     token: TokenOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Export CHECKPOINT for TRL, OpenRLHF or transformers/vLLM, exactly (values equal within 1e-6)."""
+    """Export CKPT for TRL, OpenRLHF or transformers/vLLM, exactly (values equal within 1e-6)."""
     from vhctl.formats import export_checkpoint, format_spec
 
     result = export_checkpoint(

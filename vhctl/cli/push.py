@@ -37,10 +37,11 @@ def push(
     private: Annotated[
         bool, typer.Option("--private", help="Create the repo private (refused for an existing public repo).")
     ] = False,
-    revision: Annotated[
-        str | None, typer.Option("--revision", help="Branch to push to (created from main if missing).")
-    ] = None,
-    commit_message: Annotated[str | None, typer.Option("--message", "-m", help="Commit title.")] = None,
+    revision: Annotated[str | None, typer.Option(
+        "--revision", metavar="BRANCH", show_default=False,
+        help="Branch to push to (created from main if missing; default main).")] = None,
+    commit_message: Annotated[str | None, typer.Option(
+        "--message", "-m", metavar="TEXT", show_default=False, help="Commit title.")] = None,
     create_pr: Annotated[
         bool, typer.Option("--create-pr", help="Open a pull request instead of committing to the branch.")
     ] = False,
@@ -48,7 +49,7 @@ def push(
         bool, typer.Option("--dry-run", help="Validate and list what would be uploaded; send nothing.")
     ] = False,
     endpoint: Annotated[
-        str | None, typer.Option("--endpoint", help="Hub URL (default: HF_ENDPOINT or huggingface.co).")
+        str | None, typer.Option("--endpoint", metavar="URL", help="Hub URL (default: HF_ENDPOINT or huggingface.co).")
     ] = None,
     token: TokenOpt = None,
     json_: JsonOpt = False,

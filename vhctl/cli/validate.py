@@ -39,6 +39,7 @@ FormatOpt = Annotated[
     ReportFormat | None,
     typer.Option(
         "--format",
+        metavar="text|json|github|junit",
         case_sensitive=False,
         show_default=False,
         help="text (default: a table), json (same as --json), github (workflow-command annotations) "

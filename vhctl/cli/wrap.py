@@ -10,23 +10,30 @@ import typer
 from vhctl.cli._errors import handle_errors
 from vhctl.cli._options import AllowPickleOpt, ForceOpt, JsonOpt, RevisionOpt, TokenOpt, TrustRemoteCodeOpt
 from vhctl.cli._output import Reporter
+from vhctl.constants import ADAPTER_CONFIG_NAME
 
 
 @handle_errors
 def wrap(
     model: Annotated[str, typer.Argument(
-        help="Hub id, local folder, TRL / OpenRLHF / seqcls / DeepSpeed-Chat checkpoint, or vhctl:tiny.", metavar="MODEL")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="The checkpoint folder to write.")],
+        help="Hub id, local folder, vhctl:tiny, or a TRL (also TRL's PEFT layout), OpenRLHF, seqcls or "
+        "DeepSpeed-Chat checkpoint.", metavar="MODEL")],
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="The checkpoint folder to write.",
+                                      show_default=False)],
     init: Annotated[str | None, typer.Option(
-        "--init", metavar="random|normal", help="New head init: random (PyTorch default) or normal.",
-        show_default="random")] = None,
-    std: Annotated[float | None, typer.Option("--std", help="Std of the normal init (default 0.2).")] = None,
-    dropout: Annotated[float | None, typer.Option("--dropout", help="Head dropout (default 0.1).")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Seed: the same seed gives identical head files.")] = None,
+        "--init", metavar="random|normal", show_default=False,
+        help="A new head's init: random (PyTorch's Linear init, the default) or normal (N(0, STD), zero bias).")] = None,
+    std: Annotated[float | None, typer.Option(
+        "--std", metavar="STD", show_default=False, help="Std of the normal init (default 0.2).")] = None,
+    dropout: Annotated[float | None, typer.Option(
+        "--dropout", metavar="P", show_default=False,
+        help="The head's dropout (default 0.1; a config's summary_dropout_prob wins).")] = None,
+    seed: Annotated[int | None, typer.Option(
+        "--seed", metavar="N", show_default=False, help="The same seed gives byte-identical head files.")] = None,
     revision: RevisionOpt = None,
-    dtype: Annotated[
-        str | None, typer.Option("--dtype", help="Convert base weights: float32, bfloat16 or float16.")
-    ] = None,
+    dtype: Annotated[str | None, typer.Option(
+        "--dtype", metavar="DTYPE", show_default=False,
+        help="Convert the base weights: float32, bfloat16 or float16 (or fp32, bf16, fp16).")] = None,
     link: Annotated[bool, typer.Option("--link", help="Hard-link unchanged base files instead of copying.")] = False,
     force: ForceOpt = False,
     allow_pickle: AllowPickleOpt = False,
@@ -47,9 +54,10 @@ def wrap(
         init_from_reward=init_from_reward,
     )
     kept = f", head kept from {result.head_from} layout" if result.head_from else f", head init {result.head_init}"
+    peft_policy = ADAPTER_CONFIG_NAME in result.files  # its base is frozen: no reference to make
     Reporter(json_output=json_).done(
         result,
         f"wrapped {result.source} ({result.model_type}, {result.architecture}{kept}) -> {result.out}",
-        hint=f"vhctl make-ref {result.out} --shared N",
+        hint=f"vhctl score {result.out}" if peft_policy else f"vhctl make-ref {result.out} --shared N",
         notes=result.notes,
     )

@@ -35,14 +35,18 @@ def detect_layer_pattern(names: list[str], pattern: str | None = None) -> tuple[
         if count:
             return candidate, count
     if pattern is not None:
-        raise LayerPatternError(
+        error = LayerPatternError(
             f"layer pattern {pattern!r} matches no parameter of the model",
             hint="check the parameter names with model.named_parameters()",
         )
-    raise LayerPatternError(
+        error.names = tuple(names)
+        raise error
+    error = LayerPatternError(
         "no known layer pattern matches this model",
         hint="pass pattern= (CLI: --pattern), e.g. 'model.layers.{layer}'",
     )
+    error.names = tuple(names)
+    raise error
 
 
 def split_shared(names: list[str], num_shared_layers: int, pattern: str | None = None) -> tuple[list[str], str]:

@@ -48,6 +48,7 @@ from vhctl.io.files import BackgroundHasher, atomic_output_dir
 from vhctl.io.resolve import ResolvedModel, resolve_model
 from vhctl.modeling.value_head import dropout_of
 from vhctl.ops.base_files import convert_pickle_base, copy_safetensors_base
+from vhctl.ops.peft_policy import is_peft_policy_source, wrap_peft_policy
 
 __all__ = ["INITS", "WrapResult", "init_head", "wrap_model"]
 
@@ -175,7 +176,7 @@ def _resolve(source: str | os.PathLike[str], out_path: Path, *, revision: str | 
     src = resolved.path
     if out_path == src.absolute() or src.absolute() in out_path.parents:
         raise UsageError(f"--out {out_path} is inside the source model folder", hint="choose a folder elsewhere")
-    if (src / ADAPTER_CONFIG_NAME).is_file() and not (src / CONFIG_NAME).is_file():
+    if (src / ADAPTER_CONFIG_NAME).is_file() and not (src / CONFIG_NAME).is_file() and not is_peft_policy_source(src):
         raise NotAModelError(
             f"{source} is a PEFT adapter, not a model",
             hint="wrap its base model, then add a reward adapter with 'vhctl attach-reward-adapter'",
@@ -313,6 +314,11 @@ def wrap_model(
     target = torch_dtype(dtype) if dtype is not None else None
     out_path = Path(out).absolute()
     resolved = _resolve(source, out_path, revision=revision, token=token, allow_pickle=allow_pickle)
+    if is_peft_policy_source(resolved.path):  # TRL's PEFT layout: adapter + head, no base weights
+        done = wrap_peft_policy(str(source), resolved, out_path, dropout=dropout, dtype=dtype, link=link, force=force,
+                                token=token, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+                                init_from_reward=init_from_reward, head_options_given=(init, std, seed) != (None,) * 3)
+        return WrapResult(out=out_path, source=str(source), **asdict(done))
     src = resolved.path
     with contextlib.ExitStack() as stack:
         hasher = None
