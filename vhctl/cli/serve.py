@@ -37,8 +37,8 @@ def serve(
     ckpt: Annotated[str, typer.Argument(
         metavar="CKPT", show_default=False,
         help="A vhctl checkpoint (folder or hub id), or a TRL checkpoint that holds its value head.")],
-    host: Annotated[str, typer.Option("--host", help="Address to listen on (loopback only by default).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0: any free one).")] = 8000,
+    host: Annotated[str, typer.Option("--host", metavar="HOST", help="Address to listen on (loopback only by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, metavar="PORT", help="Port (0: any free one).")] = 8000,
     reward: RewardOpt = False,
     reward_adapter: RewardAdapterOpt = None,
     normalize: NormalizeOpt = False,
@@ -46,21 +46,21 @@ def serve(
     dtype: DtypeOpt = "auto",
     batch_size: BatchSizeOpt = 16,
     max_batch_tokens: Annotated[
-        int | None, typer.Option("--max-batch-tokens", min=1, help="Padded tokens per forward pass (default: batch size x longest).")
+        int | None, typer.Option("--max-batch-tokens", min=1, metavar="N", show_default=False, help="Padded tokens per forward pass (default: batch size x longest).")
     ] = None,
     max_length: MaxLengthOpt = None,
     max_queue: Annotated[
-        int, typer.Option("--max-queue", min=1, help="Records that may wait for the model; past it, 503 with Retry-After.")
+        int, typer.Option("--max-queue", min=1, metavar="N", help="Records that may wait for the model; past it, 503 with Retry-After.")
     ] = 4096,
     max_body_bytes: Annotated[
-        int, typer.Option("--max-body-bytes", min=1, help="Larger request bodies get 413.")
+        int, typer.Option("--max-body-bytes", min=1, metavar="BYTES", help="Larger request bodies get 413.")
     ] = 16 << 20,
     api_key_file: Annotated[
-        str | None, typer.Option("--api-key-file", help="Require 'Authorization: Bearer KEY' (KEY: the file's first line; "
+        str | None, typer.Option("--api-key-file", metavar="FILE", show_default=False, help="Require 'Authorization: Bearer KEY' (KEY: the file's first line; "
                                  "or set VHCTL_API_KEY).")
     ] = None,
     drain_timeout: Annotated[
-        float, typer.Option("--drain-timeout", min=0, help="On SIGTERM/SIGINT, seconds to finish the requests in flight.")
+        float, typer.Option("--drain-timeout", min=0, metavar="SECONDS", help="On SIGTERM/SIGINT, seconds to finish the requests in flight.")
     ] = 30.0,
     revision: RevisionOpt = None,
     token: TokenOpt = None,

@@ -94,7 +94,8 @@ def save_wrapper(model: Any, folder: Path, *args: Any, **kwargs: Any) -> Manifes
     extra: dict[str, Any] = {}
     if model.is_peft_model:
         peft_cfg = model.pretrained_model.peft_config[model.policy_adapter_name]
-        extra["peft_policy"] = {"adapter_config": ADAPTER_CONFIG_NAME, "peft_type": str(peft_cfg.peft_type)}
+        peft_type = getattr(peft_cfg.peft_type, "value", peft_cfg.peft_type)  # "LORA", not "PeftType.LORA"
+        extra["peft_policy"] = {"adapter_config": ADAPTER_CONFIG_NAME, "peft_type": str(peft_type)}
     manifest = Manifest(
         kind=KIND_POLICY,
         architecture=model.architecture,
