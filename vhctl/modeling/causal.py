@@ -60,10 +60,10 @@ class AutoModelForCausalLMWithValueHead(PreTrainedModelWrapper):
             **kwargs: passed to the wrapped model (``labels``, ``position_ids``...).
 
         Returns:
-            lm_logits: ``(batch, seq, vocab)``, upcast to fp32.
-            loss: the LM loss, or None without ``labels``.
-            value: ``(batch, seq)`` in fp32, the value at every position.
-            past_key_values: the model's cache, as a fourth item only with ``return_past_key_values``.
+            lm_logits (torch.Tensor): ``(batch, seq, vocab)``, upcast to fp32.
+            loss (torch.Tensor | None): the LM loss, or None without ``labels``.
+            value (torch.Tensor): ``(batch, seq)`` in fp32, the value at every position.
+            past_key_values (Any): the model's cache, as a fourth item only with ``return_past_key_values``.
         """
         kwargs["output_hidden_states"] = True
         kwargs = self._cache_kwargs(past_key_values, kwargs)

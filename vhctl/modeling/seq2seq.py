@@ -73,10 +73,10 @@ class AutoModelForSeq2SeqLMWithValueHead(PreTrainedModelWrapper):
                 ``labels``, ``decoder_attention_mask``...).
 
         Returns:
-            lm_logits: ``(batch, decoder_seq, vocab)``, upcast to fp32.
-            loss: the LM loss, or None without ``labels``.
-            value: ``(batch, decoder_seq)`` in fp32, the value at every decoder position.
-            past_key_values: the model's cache, as a fourth item only with ``return_past_key_values``.
+            lm_logits (torch.Tensor): ``(batch, decoder_seq, vocab)``, upcast to fp32.
+            loss (torch.Tensor | None): the LM loss, or None without ``labels``.
+            value (torch.Tensor): ``(batch, decoder_seq)`` in fp32, the value at every decoder position.
+            past_key_values (Any): the model's cache, as a fourth item only with ``return_past_key_values``.
         """
         kwargs = self._cache_kwargs(past_key_values, kwargs)
         output = self.pretrained_model(
