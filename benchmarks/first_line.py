@@ -38,8 +38,8 @@ def main() -> int:
         return 0
     from transformers import AutoTokenizer
 
-    from vhctl.modeling import load_checkpoint
     from vhctl.io.records import iter_records
+    from vhctl.modeling import load_checkpoint
     from vhctl.scoring import Scorer
 
     ckpt, data = Path(sys.argv[2]), Path(sys.argv[3])

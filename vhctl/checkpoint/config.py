@@ -139,9 +139,9 @@ def hidden_size_of(config: Any) -> int:
     text_config = getattr(config, "text_config", None)
     if text_config is not None and getattr(text_config, "hidden_size", None) is not None:
         return int(text_config.hidden_size)
-    decoder = getattr(config, "decoder", None)
-    if getattr(config, "is_encoder_decoder", False) and getattr(decoder, "hidden_size", None) is not None:
-        return int(decoder.hidden_size)
+    decoder_hidden = getattr(getattr(config, "decoder", None), "hidden_size", None)
+    if getattr(config, "is_encoder_decoder", False) and decoder_hidden is not None:
+        return int(decoder_hidden)
     raise UnsupportedModelError(
         f"cannot tell the hidden size of a {type(config).__name__}",
         hint="the config needs one of hidden_size, word_embed_proj_dim, text_config.hidden_size, "

@@ -104,11 +104,11 @@ def find_head(folder: Path, *, allow_pickle: bool = False) -> tuple[FoundHead | 
             if _is_head_key(key):
                 by_file.setdefault(shard, []).append(key)
         if by_file:
-            state: dict[str, torch.Tensor] = {}
+            merged: dict[str, torch.Tensor] = {}
             for shard, keys in sorted(by_file.items()):
-                state.update(read_safetensors_keys(folder / shard, keys))
+                merged.update(read_safetensors_keys(folder / shard, keys))
             shards = sorted(by_file)
-            return FoundHead(_normalise(state), "trl-sharded", shards, shards), looked
+            return FoundHead(_normalise(merged), "trl-sharded", shards, shards), looked
 
     for name in (PT_WEIGHTS_NAME, PT_WEIGHTS_INDEX_NAME):
         looked.append(name)

@@ -112,12 +112,15 @@ def export_checkpoint(
         checkpoint: a vhctl checkpoint (folder or hub id).
         fmt: ``trl``, ``openrlhf`` or ``seqcls`` (see :data:`vhctl.formats.keymaps.KEYMAPS`).
         out: the folder to create; replaced only with ``force``, and only once complete.
+        force: replace an existing ``out`` (once the new folder is complete).
         keep_shards: TRL only: keep the checkpoint's shards (TRL 1.12 cannot reload those from a
             local folder). OpenRLHF and seqcls exports always keep the checkpoint's shards.
         bias: for OpenRLHF and seqcls, whose heads have no bias: ``auto`` (zero bias: nothing to do;
             else fold it into the final norm's bias where the family has one; else refuse), ``norm``,
             ``mean`` (OpenRLHF: exact normalised rewards) or ``config`` (recorded only).
         value_head_prefix: OpenRLHF head name (default ``score``; ``value_head`` for old OpenRLHF).
+        revision: the hub revision to pin when ``checkpoint`` is a hub id.
+        token: a hub token for a private hub id (never printed or stored).
 
     Returns:
         What was written (files, how the head bias was kept, notes for the user).

@@ -17,6 +17,15 @@ class AutoModelForCausalLMWithValueHead(PreTrainedModelWrapper):
 
     ``forward`` returns ``(lm_logits, loss, value)`` with ``value`` of shape ``(batch, seq)`` in fp32
     and the logits upcast to fp32 (plus the past key values with ``return_past_key_values=True``).
+    Build one with ``from_pretrained`` (see :class:`~vhctl.modeling.wrapper.PreTrainedModelWrapper`).
+
+    Args:
+        pretrained_model: The ``transformers`` causal LM (or a ``peft.PeftModel`` of one) to wrap.
+        **kwargs: The value-head arguments: ``summary_dropout_prob`` (default 0.1; the config's wins),
+            ``v_head_init_strategy`` (None: PyTorch's default init; ``"normal"``: N(0, range) weights
+            and a zero bias) and ``v_head_initializer_range`` (default 0.2); and the
+            :class:`~vhctl.modeling.wrapper.PreTrainedModelWrapper` arguments (``score_module``,
+            ``supports_rm_adapter``, ``rm_adapter_name``).
 
     Example:
         >>> model = AutoModelForCausalLMWithValueHead.from_pretrained("vhctl:tiny", v_head_init_strategy="normal")
@@ -51,7 +60,10 @@ class AutoModelForCausalLMWithValueHead(PreTrainedModelWrapper):
             **kwargs: passed to the wrapped model (``labels``, ``position_ids``...).
 
         Returns:
-            ``(lm_logits, loss, value)``, or with the cache appended.
+            lm_logits (torch.Tensor): ``(batch, seq, vocab)``, upcast to fp32.
+            loss (torch.Tensor | None): the LM loss, or None without ``labels``.
+            value (torch.Tensor): ``(batch, seq)`` in fp32, the value at every position.
+            past_key_values (Any): the model's cache, as a fourth item only with ``return_past_key_values``.
         """
         kwargs["output_hidden_states"] = True
         kwargs = self._cache_kwargs(past_key_values, kwargs)

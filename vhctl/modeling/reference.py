@@ -74,17 +74,24 @@ def create_reference_model(
 ) -> nn.Module:
     """A frozen ``eval()`` copy of ``model`` for the KL penalty of PPO-style training.
 
+    The copy never holds the shared tensors twice, not even while it is built: the shared
+    parameters are passed to ``deepcopy`` as already copied.
+
     Args:
         model: the policy (a value-head model or any ``nn.Module``).
         num_shared_layers: share the embeddings and the first N layers: they are frozen in ``model``
-            and the reference points at the same tensors, so they are held once in memory.
-        pattern: the layer naming (e.g. ``"transformer.h.{layer}"``) when it is not detected.
+            and the reference points at the same tensors, so they are held once in memory. None:
+            share nothing (a full frozen copy).
+        pattern: the layer naming (e.g. ``"transformer.h.{layer}"``) when it is not detected; only
+            with ``num_shared_layers``.
 
     Returns:
-        The reference model; all its parameters have ``requires_grad=False``.
+        The reference model, of the same class as ``model``, in ``eval()`` mode; all its parameters
+            have ``requires_grad=False``.
 
-    The copy never holds the shared tensors twice, not even while it is built: the shared
-    parameters are passed to ``deepcopy`` as already copied.
+    Raises:
+        LayerPatternError: no layer pattern found, ``num_shared_layers`` out of range (it must be
+            below the number of layers), or ``pattern`` without ``num_shared_layers``.
     """
     memo: dict[int, Any] = {}
     if num_shared_layers is not None:

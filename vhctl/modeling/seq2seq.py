@@ -14,7 +14,24 @@ from vhctl.modeling.wrapper import PreTrainedModelWrapper
 
 
 class AutoModelForSeq2SeqLMWithValueHead(PreTrainedModelWrapper):
-    """A seq2seq LM (T5, BART...) with a value head on the decoder's last hidden state."""
+    """A seq2seq LM (T5, BART...) with a value head on the decoder's last hidden state.
+
+    ``forward`` returns ``(lm_logits, loss, value)`` with ``value`` of shape ``(batch, decoder_seq)``
+    in fp32. Build one with ``from_pretrained`` (see
+    :class:`~vhctl.modeling.wrapper.PreTrainedModelWrapper`).
+
+    Args:
+        pretrained_model: The ``transformers`` encoder-decoder LM (or a ``peft.PeftModel`` of one) to
+            wrap; it must have a language-model head.
+        **kwargs: The value-head arguments: ``summary_dropout_prob`` (default 0.1; the config's wins),
+            ``v_head_init_strategy`` (None: PyTorch's default init; ``"normal"``: N(0, range) weights
+            and a zero bias) and ``v_head_initializer_range`` (default 0.2); and the
+            :class:`~vhctl.modeling.wrapper.PreTrainedModelWrapper` arguments (``score_module``,
+            ``supports_rm_adapter``, ``rm_adapter_name``).
+
+    Raises:
+        UnsupportedModelError: the model has no language-model head.
+    """
 
     transformers_parent_class = AutoModelForSeq2SeqLM
     lm_head_namings = ["lm_head", "embed_out", "output_projection"]
@@ -47,8 +64,19 @@ class AutoModelForSeq2SeqLMWithValueHead(PreTrainedModelWrapper):
     ) -> tuple[Any, ...]:
         """Run the model and read values from the decoder's last hidden state.
 
-        Returns ``(lm_logits, loss, value)`` (plus the cache on request); ``value`` is
-        ``(batch, decoder_seq)`` in fp32.
+        Args:
+            input_ids: ``(batch, seq)`` encoder token ids.
+            past_key_values: a cache from an earlier call, for incremental decoding.
+            attention_mask: ``(batch, seq)`` encoder mask, 1 for real tokens and 0 for padding.
+            return_past_key_values: also return the model's cache.
+            **kwargs: passed to the wrapped model (``decoder_input_ids`` ``(batch, decoder_seq)``,
+                ``labels``, ``decoder_attention_mask``...).
+
+        Returns:
+            lm_logits (torch.Tensor): ``(batch, decoder_seq, vocab)``, upcast to fp32.
+            loss (torch.Tensor | None): the LM loss, or None without ``labels``.
+            value (torch.Tensor): ``(batch, decoder_seq)`` in fp32, the value at every decoder position.
+            past_key_values (Any): the model's cache, as a fourth item only with ``return_past_key_values``.
         """
         kwargs = self._cache_kwargs(past_key_values, kwargs)
         output = self.pretrained_model(

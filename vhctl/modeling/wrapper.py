@@ -25,6 +25,7 @@ from vhctl.modeling.peft_types import KBIT_ARGS, peft_model_types
 from vhctl.modeling.provenance import Provenance
 from vhctl.modeling.reward import reward_score_head
 from vhctl.modeling.saving import save_wrapper
+from vhctl.modeling.value_head import ValueHead
 
 logger = logging.getLogger("vhctl")
 
@@ -73,12 +74,26 @@ def _device_map_lookup(device_map: dict[str, Any], name: str) -> Any:
 class PreTrainedModelWrapper(nn.Module):
     """Wraps a ``transformers`` model (or a PEFT model) and adds value-head plumbing.
 
+    The base of :class:`~vhctl.modeling.causal.AutoModelForCausalLMWithValueHead` and
+    :class:`~vhctl.modeling.seq2seq.AutoModelForSeq2SeqLMWithValueHead`, which add the ``v_head``
+    and ``forward``. Build one with ``from_pretrained``; the constructor takes a model already built.
+
+    Args:
+        pretrained_model: The ``transformers`` model (or ``peft.PeftModel``) to wrap.
+        score_module: The frozen ``score`` head of a reward adapter, stored as ``self.score``: a
+            ``Linear(hidden, num_labels)`` (see ``add_and_load_reward_modeling_adapter``).
+        supports_rm_adapter: Whether a reward adapter is loaded, so ``compute_reward_score`` works.
+        rm_adapter_name: The PEFT adapter name of the reward adapter.
+        **kwargs: The value-head arguments (``summary_dropout_prob``, ``v_head_initializer_range``,
+            ``v_head_init_strategy``), read by the subclasses' constructors.
+
     Attributes:
         pretrained_model: the wrapped model; call its methods directly for anything not wrapped.
         transformers_parent_class: the auto class used to load the wrapped model.
         supported_args: the keyword arguments that belong to the value head.
     """
 
+    v_head: ValueHead  # set by the subclasses' constructors
     transformers_parent_class: Any = None
     supported_args: tuple[str, ...] | None = None
     supported_modules = ("v_head",)
@@ -151,6 +166,12 @@ class PreTrainedModelWrapper(nn.Module):
                 (default False: pickle weights are refused) and everything else for transformers
                 (``dtype``, ``device_map``, ``revision``, ``token``, ``quantization_config``...).
 
+        Returns:
+            The wrapper (an instance of ``cls``), with the head found in the source loaded, or a new
+                head (with a warning naming the files looked in) when the source has none. A vhctl
+                reference that shares layers gets them from its policy; a policy's shared layers are
+                frozen, as its manifest records.
+
         Raises:
             VhctlError: for a source that cannot be found or read, or a head that does not fit.
         """
@@ -182,6 +203,20 @@ class PreTrainedModelWrapper(nn.Module):
 
         The adapter (local folder or hub id) must hold a ``score`` Linear, as PEFT saves a
         sequence-classification adapter with ``modules_to_save=["score"]``.
+
+        Args:
+            pretrained_model: The ``peft.PeftModel`` holding the policy adapter; the reward adapter is
+                loaded into it, not trainable.
+            adapter_model_id: A local folder or hub id of the reward adapter.
+            adapter_name: The PEFT name to load it under.
+            token: A hub token, for a private hub id (never printed or stored).
+
+        Returns:
+            The reward adapter's ``score`` head, a frozen ``Linear(hidden, num_labels)`` (weight
+                ``(num_labels, hidden)``) in the model's dtype, on this process's device.
+
+        Raises:
+            AdapterError: the adapter has no ``score`` head, or cannot be read.
         """
         folder, score_state = read_reward_adapter(adapter_model_id, token=token)
         pretrained_model.load_adapter(str(folder), adapter_name, is_trainable=False)
@@ -191,7 +226,22 @@ class PreTrainedModelWrapper(nn.Module):
 
     # ------------------------------------------------------------------------------------------
     def push_to_hub(self, repo_id: str, *args: Any, **kwargs: Any) -> Any:
-        """Save in the vhctl format (with a model card) and upload it in one commit."""
+        """Save in the vhctl format (with a model card) and upload it in one commit.
+
+        The checkpoint is written to a temporary folder with ``save_pretrained``, validated, and
+        pushed as ``vhctl push`` does (:func:`vhctl.hub.push_checkpoint`).
+
+        Args:
+            repo_id: The hub repository, ``namespace/name`` (created when missing).
+            *args: The commit message, as TRL's ``push_to_hub`` took it positionally.
+            **kwargs: ``private``, ``revision`` (a branch, created from main when missing),
+                ``create_pr``, ``token``, ``endpoint`` and ``commit_message`` go to the push; the rest
+                to ``save_pretrained``.
+
+        Returns:
+            A ``vhctl.hub.PushResult`` with the repo, revision, commit id (None when nothing
+                changed), pull-request URL and the files uploaded.
+        """
         allowed = {"private", "revision", "create_pr", "token", "endpoint"}
         push_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in allowed}
         message = kwargs.pop("commit_message", None) or (args[0] if args else None)
@@ -204,13 +254,28 @@ class PreTrainedModelWrapper(nn.Module):
 
         The base model goes in as ``transformers`` writes it (loadable with no missing or unexpected
         keys), the head into ``value_head.safetensors``, then ``vhctl.json`` with every file's hash.
-        A PEFT policy writes its adapter instead of the base. Extra args go to the wrapped model's
-        ``save_pretrained`` (``max_shard_size``...); a ``state_dict`` may carry ``v_head.*`` keys.
+        A PEFT policy writes its adapter instead of the base. Files get the modes ``cp`` would give.
+
+        Args:
+            save_directory: The folder to write (created when missing).
+            *args: Passed to the wrapped model's ``save_pretrained``.
+            **kwargs: Passed to the wrapped model's ``save_pretrained`` (``max_shard_size``...); a
+                ``state_dict`` may carry ``v_head.*`` keys, which go to the head file instead.
         """
         save_wrapper(self, Path(save_directory), *args, **kwargs)
 
-    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        """The wrapped model's state dict plus ``v_head.*`` (only ``v_head.*`` for a PEFT model)."""
+    # TRL's signature, not nn.Module's overloads: (*args, **kwargs) go to both state dicts.
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
+        """The wrapped model's state dict plus ``v_head.*`` (only ``v_head.*`` for a PEFT model).
+
+        Args:
+            *args: Passed to ``state_dict`` of the wrapped model and of the head.
+            **kwargs: Passed to ``state_dict`` of the wrapped model and of the head.
+
+        Returns:
+            The wrapped model's keys and tensors, plus ``v_head.summary.weight`` ``(1, hidden)`` and
+                ``v_head.summary.bias`` ``(1,)``.
+        """
         if self.is_peft_model:
             state: dict[str, Any] = {}
         else:
@@ -220,7 +285,13 @@ class PreTrainedModelWrapper(nn.Module):
         return state
 
     def post_init(self, state_dict: dict[str, Any]) -> None:
-        """Load the ``v_head.*`` entries of ``state_dict`` into the head and place it by device map."""
+        """Load the ``v_head.*`` entries of ``state_dict`` into the head and place it by device map.
+
+        Args:
+            state_dict: A state dict; keys containing ``v_head.`` (``v_head.summary.weight``
+                ``(1, hidden)``, ``v_head.summary.bias`` ``(1,)``, with any prefix) go to the head,
+                the others are ignored.
+        """
         head_state = {}
         for key in list(state_dict.keys()):
             idx = key.find(V_HEAD_PREFIX)
@@ -258,16 +329,31 @@ class PreTrainedModelWrapper(nn.Module):
         return torch.device(f"cuda:{where}") if isinstance(where, int) else torch.device(where)
 
     def place_head_by_device_map(self) -> None:
+        """Move the head to where the last hidden state lands under the model's device map, if any."""
         device = self._head_device()
         if device is None:
             return
         self.v_head = self.v_head.to(device)
         self.is_sequential_parallel = True
 
-    def compute_reward_score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any):
+    def compute_reward_score(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any
+    ) -> torch.Tensor:
         """Score with the reward adapter: switch it in, run, read ``score``, switch the policy back.
 
-        Returns the reward head's output for every position, shape ``(batch, seq, num_labels)``.
+        Runs under ``torch.no_grad()``; the policy adapter is active again afterwards, even on error.
+
+        Args:
+            input_ids: ``(batch, seq)`` token ids.
+            attention_mask: ``(batch, seq)``, 1 for real tokens and 0 for padding.
+            **kwargs: Passed to the wrapped model's forward.
+
+        Returns:
+            The reward head's output at every position, ``(batch, seq, num_labels)`` in the base
+                model's dtype (the reward of a sequence is the one at its last real token).
+
+        Raises:
+            AdapterError: the model was loaded without a reward adapter.
         """
         if not self.supports_rm_adapter:
             raise AdapterError(
@@ -345,5 +431,14 @@ class PreTrainedModelWrapper(nn.Module):
         return cache if cache is not None else getattr(output, "past_key_values", None)
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
-        """Generate with the wrapped model (the value head plays no part)."""
+        """Generate with the wrapped model (the value head plays no part).
+
+        Args:
+            *args: Passed to the wrapped model's ``generate`` (``input_ids`` ``(batch, seq)``...).
+            **kwargs: Passed to the wrapped model's ``generate`` (``max_new_tokens``, ``do_sample``...).
+
+        Returns:
+            What the wrapped model's ``generate`` returns, by default the ``(batch, seq + new)``
+                token ids (for seq2seq, the decoder's ids).
+        """
         return self.pretrained_model.generate(*args, **kwargs)
