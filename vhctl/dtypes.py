@@ -51,7 +51,8 @@ def torch_dtype(name: str) -> torch.dtype:
     """The ``torch.dtype`` of a name of the vocabulary (aliases accepted)."""
     import torch
 
-    return getattr(torch, canonical_dtype(name))  # type: ignore[no-any-return]
+    dtype: torch.dtype = getattr(torch, canonical_dtype(name))
+    return dtype
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from tokenizers import Tokenizer
     from transformers import GPT2LMHeadModel, PreTrainedTokenizerBase
 
 VOCAB_SIZE = 1024
@@ -174,7 +175,7 @@ def corpus_lines() -> list[str]:
     return lines
 
 
-def train_tokenizer(lines: Sequence[str] | None = None, vocab_size: int = VOCAB_SIZE):
+def train_tokenizer(lines: Sequence[str] | None = None, vocab_size: int = VOCAB_SIZE) -> Tokenizer:
     """Train the byte-level BPE (``tokenizers.Tokenizer``) on ``lines`` (default :func:`corpus_lines`).
 
     The pipeline is the one ``transformers``' GPT-2 tokenizer rebuilds from a vocabulary and
@@ -198,7 +199,7 @@ def train_tokenizer(lines: Sequence[str] | None = None, vocab_size: int = VOCAB_
 
 def build_tokenizer() -> PreTrainedTokenizerBase:
     """The ``transformers`` fast tokenizer shipped with the tiny model (see module docstring)."""
-    from transformers import GPT2TokenizerFast
+    from transformers import GPT2TokenizerFast  # type: ignore[attr-defined]  # lazily exported
 
     trained = json.loads(train_tokenizer().to_str())["model"]
     merges = [tuple(pair) if isinstance(pair, list) else tuple(pair.split(" ")) for pair in trained["merges"]]
@@ -236,7 +237,7 @@ def build_model(vocab_size: int, eos_token_id: int) -> GPT2LMHeadModel:
         tie_word_embeddings=True,
     )
     torch.manual_seed(SEED)
-    model = GPT2LMHeadModel(config).to(torch.float32).eval()
+    model = GPT2LMHeadModel(config).float().eval()
     model.generation_config = GenerationConfig(
         bos_token_id=eos_token_id, eos_token_id=eos_token_id, pad_token_id=eos_token_id
     )

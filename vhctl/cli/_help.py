@@ -38,7 +38,7 @@ class Command(TyperCommand):
 
     def format_options(self, ctx: Any, formatter: Any) -> None:
         arguments = [
-            (_argument_name(param), param.help or "")
+            (_argument_name(param), getattr(param, "help", None) or "")  # Typer arguments carry help
             for param in self.get_params(ctx)
             if param.param_type_name == "argument" and not getattr(param, "hidden", False)
         ]

@@ -66,12 +66,13 @@ def card_for_push(root: Path, repo_id: str) -> str:
         return model_card(root, repo_id=repo_id)
     manifest = Manifest.read(root)
     card = ModelCard(existing, ignore_metadata_errors=True)
-    card.data.library_name = "vhctl"
-    tags = list(card.data.tags or [])
-    card.data.tags = tags + [t for t in card_tags(manifest) if t not in tags]
+    data: Any = card.data  # a ModelCardData (its fields are set from the card's YAML)
+    data.library_name = "vhctl"
+    tags = list(data.tags or [])
+    data.tags = tags + [t for t in card_tags(manifest) if t not in tags]
     base = base_repo(manifest, repo_id)
-    if base and not card.data.base_model:
-        card.data.base_model = base
+    if base and not data.base_model:
+        data.base_model = base
     return str(card)
 
 

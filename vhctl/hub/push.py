@@ -225,7 +225,7 @@ def _push(
     _write_card(root, card)
     sizes = _sizes(files, card)
     names, size = sorted(sizes), sum(sizes.values())
-    parent = api.repo_info(repo_id, revision=target).sha
+    parent = str(api.repo_info(repo_id, revision=target).sha)
     stale = _stale_files(api, repo_id, parent, set(names))
     operations: list[Any] = [CommitOperationAdd(rel, str(path)) for rel, path in sorted(files.items())]
     operations.append(CommitOperationAdd(MODEL_CARD_NAME, card))

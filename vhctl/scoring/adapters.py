@@ -65,4 +65,4 @@ def _active_adapter(pm: Any, model: Any) -> str:
     active = getattr(pm, "active_adapter", None)
     if isinstance(active, (list, tuple)):
         active = active[0] if active else None
-    return active or getattr(model, "policy_adapter_name", "default")
+    return str(active or getattr(model, "policy_adapter_name", "default"))

@@ -65,7 +65,7 @@ def results(items: list[Item], stats: ScoreStats, *, mark_truncated: bool = Fals
     for item in items:
         if item.error is not None:
             stats.errors += 1
-            result = {"line": item.record.line}
+            result: dict[str, Any] = {"line": item.record.line}
             if item.record.has_id:
                 result["id"] = item.record.id
             result["error"] = item.error

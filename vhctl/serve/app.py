@@ -25,6 +25,7 @@ from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Message, Receive, Scope, Send
 
 from vhctl.io.records import Record
 from vhctl.serve.bodies import BadRequest, parse_json, reward_request, score_request, special_texts
@@ -174,7 +175,7 @@ async def _answering(answer: Callable[[], Awaitable[Response]]) -> Response:
         return JSONResponse({"error": f"scoring failed: {type(exc).__name__}: {exc}"}, status_code=500)
 
 
-def authorized(scope: dict[str, Any], key: str | None) -> bool:
+def authorized(scope: Scope, key: str | None) -> bool:
     """Whether the request carries ``Authorization: Bearer <key>`` (always, when no key is set).
 
     The comparison takes the same time whatever the bytes given, so the key cannot be guessed
@@ -199,7 +200,7 @@ class Guard:
         self.metrics = metrics
         self.config = config
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -207,7 +208,7 @@ class Guard:
         status = 500  # unless a response starts
         path = scope.get("path", "")
 
-        async def sending(message: dict[str, Any]) -> None:
+        async def sending(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]

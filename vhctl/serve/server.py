@@ -8,6 +8,7 @@ return normally (exit 0), instead of uvicorn re-raising the signal once it is do
 from __future__ import annotations
 
 import asyncio
+import math
 import signal
 import socket
 import threading
@@ -58,7 +59,7 @@ class HttpServer:
         app = build_app(self.worker, self.metrics, self.config)
         self._uvicorn = uvicorn.Server(uvicorn.Config(
             app, lifespan="off", log_config=None, log_level="warning", access_log=False,
-            timeout_graceful_shutdown=max(options.drain_timeout, 0.0),
+            timeout_graceful_shutdown=max(math.ceil(options.drain_timeout), 0),
         ))
         self._socket = _listen(options.host, options.port)
         self._thread: threading.Thread | None = None
