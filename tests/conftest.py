@@ -1,4 +1,4 @@
-"""Shared test setup: tests/ on sys.path (for ``tiny_models``) and an isolated, offline environment."""
+"""Shared test setup: tests/ on sys.path (for the ``helpers`` package) and an isolated, offline environment."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 torch.set_num_threads(1)
 
-pytest_plugins = ["hub_server"]
+pytest_plugins = ["helpers.hub_server"]  # the `hub` and `hf_env` fixtures
 
 
 @pytest.fixture(autouse=True)

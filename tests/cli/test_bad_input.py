@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_models import make_reward_adapter, save_tiny_model, tiny_lora_config
+from helpers.tiny_models import make_reward_adapter, save_tiny_model, tiny_lora_config
 from typer.testing import CliRunner
 
 from vhctl.cli.app import app

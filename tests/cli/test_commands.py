@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from tiny_models import make_reward_adapter, make_trl_checkpoint, save_tiny_model
+from helpers.tiny_models import make_reward_adapter, make_trl_checkpoint, save_tiny_model
 from typer.testing import CliRunner
 
 from vhctl._version import __version__

@@ -12,7 +12,7 @@ import shutil
 
 import pytest
 import typer
-from tiny_models import make_reward_adapter, make_trl_checkpoint, save_tiny_model
+from helpers.tiny_models import make_reward_adapter, make_trl_checkpoint, save_tiny_model
 from typer.testing import CliRunner
 
 from vhctl.cli.app import app

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_models import save_tiny_model, tiny_tokenizer
+from helpers.tiny_models import save_tiny_model, tiny_tokenizer
 from typer.testing import CliRunner
 
 from vhctl.cli.app import app
@@ -87,7 +87,7 @@ def test_score_verbose_shows_the_model_traceback(
 
 
 def test_the_scorer_raises_model_error_with_the_cause(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tiny_models import make_tiny_model
+    from helpers.tiny_models import make_tiny_model
 
     from vhctl import AutoModelForCausalLMWithValueHead
     from vhctl.scoring import Scorer

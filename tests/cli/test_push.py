@@ -16,9 +16,8 @@ from vhctl.constants import MANIFEST_NAME, MODEL_CARD_NAME, SAFE_WEIGHTS_NAME, V
 
 if TYPE_CHECKING:
     from click.testing import Result
-    from hub_server import LoopbackHub
+    from helpers.hub_server import LoopbackHub
 
-pytest_plugins = ["hub_server"]
 
 REPO = "tester/critic"
 
@@ -144,7 +143,7 @@ def test_push_endpoint_option(hub: LoopbackHub, ckpt: Path, monkeypatch: pytest.
 
 
 def test_attach_reward_adapter_by_hub_id(hub: LoopbackHub, ckpt: Path, tmp_path: Path) -> None:
-    from tiny_models import make_reward_adapter
+    from helpers.tiny_models import make_reward_adapter
 
     adapter = make_reward_adapter("gpt2", tmp_path / "rm", ckpt)
     api = HfApi(endpoint=hub.url, token=hub.token)

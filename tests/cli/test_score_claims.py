@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_distributed import _env
-from test_formats_support import set_head
-from tiny_models import tiny_tokenizer
+from helpers.formats import set_head
+from helpers.tiny_models import tiny_tokenizer
+from helpers.torchrun import torchrun_env
 from typer.testing import CliRunner
 
 from vhctl import AutoModelForCausalLMWithValueHead
@@ -103,7 +103,7 @@ def _produce(proc: subprocess.Popen, pause: float, stop: threading.Event) -> Non
 def test_ctrl_c_exits_130_with_whole_lines_and_no_traceback(tiny_ckpt: Path, pause: float) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "vhctl", "score", str(tiny_ckpt), "--stream"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(), bufsize=0,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=torchrun_env(), bufsize=0,
         start_new_session=True,
     )  # fmt: skip
     stop = threading.Event()

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from tiny_models import make_reward_adapter, tiny_tokenizer
+from helpers.tiny_models import make_reward_adapter, tiny_tokenizer
 from typer.testing import CliRunner
 
 from vhctl import AutoModelForCausalLMWithValueHead

@@ -20,7 +20,7 @@ def run(*args: str, input: str = "") -> object:
 
 
 def test_score_resolves_and_reads_the_manifest_once(tiny_ckpt: Path, tmp_path: Path, monkeypatch) -> None:
-    from tiny_models import make_reward_adapter
+    from helpers.tiny_models import make_reward_adapter
 
     ck = tmp_path / "ck"
     shutil.copytree(tiny_ckpt, ck)

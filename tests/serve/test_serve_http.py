@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from servekit import TIMEOUT, Gate, assert_same_results, score_cli, served, wait_for
+from helpers.servekit import TIMEOUT, Gate, assert_same_results, score_cli, served, wait_for
 
 from vhctl.serve.worker import ScoringOptions
 
@@ -245,7 +245,7 @@ def test_a_client_killed_mid_request_does_not_disturb_the_others(loaded, tiny_ck
 def test_reward_adapter_and_normalisation_as_score_gives_them(tmp_path) -> None:
     """``--reward-adapter judge --normalize``: /v1/score as ``score --reward-adapter judge --normalize``;
     /get_reward answers the adapter's reward."""
-    from tiny_models import make_reward_adapter
+    from helpers.tiny_models import make_reward_adapter
     from typer.testing import CliRunner
 
     from vhctl.checkpoint.manifest import Manifest

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from servekit import TIMEOUT, ServeProcess, score_cli, wait_for
+from helpers.servekit import TIMEOUT, ServeProcess, score_cli, wait_for
 
 LONG = [" ".join(f"w{(i * 7 + j) % 50} word" for j in range(120)) for i in range(64)]  # 370 tokens each
 
