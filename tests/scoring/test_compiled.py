@@ -1,0 +1,252 @@
+"""``compile``: the policy, the bucketed plan, the on-disk cache folder and the eager fallback.
+
+These tests compile nothing with inductor except one small function (the cache folder test): a
+whole model's compile takes minutes on a loaded 2-core machine. The model-level equality tests
+trace the real model with dynamo and AOTAutograd (``backend="aot_eager"``, seconds); inductor's
+own code generation on GPT-2, Llama and T5 is in tests/scoring/test_compiled_slow.py (``slow``).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import pytest
+import torch
+from tiny_models import make_tiny_model, tiny_tokenizer
+
+from vhctl import AutoModelForCausalLMWithValueHead
+from vhctl.errors import ModelError, UsageError
+from vhctl.io.records import Record
+from vhctl.scoring import Scorer
+from vhctl.scoring import compiled as compiled_mod
+from vhctl.scoring.batching import plan_batches, round_up
+from vhctl.scoring.compiled import (
+    BUCKET,
+    CompiledFunction,
+    CompilePolicy,
+    break_even_tokens,
+    check_compile_choice,
+    estimate_lines,
+    inductor_cache_dir,
+)
+from vhctl.scoring.items import Item
+from vhctl.scoring.plan import length_batches
+
+WORDS = ["the", "cat", "dog", "sat", "on", "a", "blue", "mat", "runs", "far"]
+
+
+def texts(seed: int, n: int, high: int = 60) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, high))) for _ in range(n)]
+
+
+def wrap(arch: str = "gpt2"):
+    model = make_tiny_model(arch)
+    torch.manual_seed(0)
+    return AutoModelForCausalLMWithValueHead.from_pretrained(model, v_head_init_strategy="normal").eval()
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def gpt2():
+    return wrap("gpt2")
+
+
+@pytest.fixture
+def aot_eager(monkeypatch):
+    """torch.compile with dynamo + AOTAutograd only: the real trace, graphs and guards, no C++ build."""
+    real = torch.compile
+    calls = []
+
+    def compile_(function, **kwargs):
+        calls.append(kwargs)
+        return real(function, backend="aot_eager", **kwargs)
+
+    monkeypatch.setattr(torch, "compile", compile_)
+    torch._dynamo.reset()
+    yield calls
+    torch._dynamo.reset()
+
+
+# ---------------------------------------------------------------------------- choices, cost, sizes
+
+
+def test_choices_are_checked():
+    assert check_compile_choice(" On ") == "on"
+    with pytest.raises(UsageError, match="auto, on or off"):
+        check_compile_choice("sometimes")
+
+
+def test_scorer_refuses_a_bad_choice(gpt2, tok):
+    with pytest.raises(UsageError):
+        Scorer(gpt2, tok, compile="always")
+
+
+def test_break_even_grows_with_layers_and_shrinks_with_parameters():
+    base = break_even_tokens(12, 124_000_000, "cpu")
+    assert break_even_tokens(24, 124_000_000, "cpu") == pytest.approx(2 * base, rel=1e-6)
+    assert break_even_tokens(12, 248_000_000, "cpu") == pytest.approx(base / 2, rel=1e-6)
+    assert break_even_tokens(12, 124_000_000, "cuda") > base  # an eager GPU token is cheaper
+    # C eager tokens of compile, then each token costs COMPILED_TIME_FRACTION of its eager time
+    saved = base * (1 - compiled_mod.COMPILED_TIME_FRACTION)
+    assert saved == pytest.approx(compiled_mod.COMPILE_COST_TOKENS["cpu"], rel=1e-4)
+
+
+def test_line_estimate_counts_small_files_and_scales_large_ones(tmp_path):
+    small = tmp_path / "small.jsonl"
+    small.write_bytes(b'{"text": "a"}\n{"text": "b"}\nlast without newline')
+    assert estimate_lines(small) == 3
+    big = tmp_path / "big.txt"
+    rng = random.Random(0)
+    lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 40))) for _ in range(60_000)]
+    big.write_text("\n".join(lines) + "\n")
+    assert big.stat().st_size > 1 << 20
+    assert abs(estimate_lines(big) - len(lines)) < 0.03 * len(lines)
+    assert estimate_lines(tmp_path / "missing") is None
+
+
+def test_cache_folder(monkeypatch, tmp_path):
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert inductor_cache_dir() == tmp_path / "xdg" / "vhctl" / "inductor"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert inductor_cache_dir() == tmp_path / "home" / ".cache" / "vhctl" / "inductor"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    assert inductor_cache_dir() == tmp_path / "mine"
+
+
+# ---------------------------------------------------------------------------- the auto policy
+
+
+def test_policy_on_and_off():
+    on, off = CompilePolicy("on", 10**9), CompilePolicy("off", 1)
+    assert on.window(5, 1) and not off.window(10**6, 1000)
+
+
+def test_auto_compiles_a_long_file_from_the_first_window():
+    policy = CompilePolicy("auto", break_even=100_000)
+    policy.start_input(expected_records=10_000)
+    assert policy.window(tokens=512 * 20, records=512)  # 10k lines of ~20 tokens: 200k tokens
+    short = CompilePolicy("auto", break_even=100_000)
+    short.start_input(expected_records=2_000)  # 40k tokens: never pays
+    assert not any(short.window(tokens=512 * 20, records=512) for _ in range(4))
+
+
+def test_auto_on_an_input_of_unknown_length_switches_once_it_has_seen_enough():
+    policy = CompilePolicy("auto", break_even=10_000)
+    policy.start_input(None)
+    decisions = [policy.window(tokens=3_000, records=100) for _ in range(6)]
+    assert decisions == [False, False, False, False, True, True]  # 12k tokens seen before window 5
+    again = CompilePolicy("auto", break_even=10_000)
+    again.start_input(None)
+    assert [again.window(tokens=3_000, records=100) for _ in range(6)] == decisions  # no timing in it
+
+
+# ---------------------------------------------------------------------------- the bucketed plan
+
+
+def test_buckets_are_counted_in_the_plan():
+    rng = random.Random(5)
+    items = [Item(index=i, record=Record(line=i + 1), ids=[1] * rng.randint(1, 70)) for i in range(60)]
+    batches = list(length_batches(items, lambda i: len(i.ids), budget=256, overhead=64, bucket=BUCKET))
+    widths = sorted(round_up(len(i.ids), BUCKET) for i in items)
+    expected = plan_batches(widths, max_rows=lambda w: 256 // w, overhead=64)
+    assert [len(b) for b in batches] == expected
+    for batch in batches:  # within the budget at the bucketed width
+        assert len(batch) == 1 or len(batch) * round_up(max(len(i.ids) for i in batch), BUCKET) <= 256
+    assert round_up(1, 16) == 16 and round_up(16, 16) == 16 and round_up(17, 16) == 32 and round_up(7, 1) == 7
+
+
+# ---------------------------------------------------------------------------- compiled values
+
+
+def test_compiled_values_match_eager_one_graph_for_every_batch(gpt2, tok, aot_eager):
+    from torch._dynamo.utils import counters
+
+    data = texts(1, 48) + ["cat"]  # several widths and row counts; a one-row batch runs eagerly
+    eager = Scorer(gpt2, tok, batch_size=4, window=16, compile="off").score_texts(data)
+    counters.clear()
+    scorer = Scorer(gpt2, tok, batch_size=4, window=16, compile="on", per_token=True)
+    results = list(scorer.score(Record(line=i + 1, text=t) for i, t in enumerate(data)))
+    torch.testing.assert_close(
+        torch.tensor([r["value"] for r in results]), torch.tensor(eager), atol=1e-5, rtol=0
+    )
+    assert all(len(r["values"]) == len(tok(t)["input_ids"]) for r, t in zip(results, data, strict=True))
+    assert len(aot_eager) == 1 and aot_eager[0]["dynamic"] is True
+    assert counters["stats"]["unique_graphs"] == 1  # no recompile per batch shape
+
+
+def test_compiled_llama_and_prefix_sharing_stay_exact(tok, aot_eager):
+    model = wrap("llama")
+    rng = random.Random(3)
+    prompts = texts(2, 4, high=20)
+    records = [Record(line=0, text=t) for t in texts(4, 10)]
+    records += [Record(line=0, prompt=p, response=" " + rng.choice(WORDS)) for p in prompts for _ in range(3)]
+    for index, record in enumerate(records, start=1):
+        record.line = index
+    eager = [r["value"] for r in Scorer(model, tok, batch_size=4, compile="off").score(records)]
+    compiled = [r["value"] for r in Scorer(model, tok, batch_size=4, compile="on").score(records)]
+    torch.testing.assert_close(torch.tensor(compiled), torch.tensor(eager), atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------------------- failures
+
+
+def _raising_compile(*args, **kwargs):
+    raise RuntimeError("no C++ compiler\nsecond line")
+
+
+def test_a_failed_compile_warns_once_and_scores_eagerly(gpt2, tok, monkeypatch, caplog):
+    data = texts(7, 40)
+    eager = Scorer(gpt2, tok, batch_size=4, window=8, compile="off").score_texts(data)
+    monkeypatch.setattr(torch, "compile", _raising_compile)
+    with caplog.at_level(logging.WARNING, logger="vhctl"):
+        got = Scorer(gpt2, tok, batch_size=4, window=8, compile="on").score_texts(data)
+    torch.testing.assert_close(torch.tensor(got), torch.tensor(eager), atol=1e-5, rtol=0)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "could not compile" in warnings[0] and "\n" not in warnings[0]
+
+
+def test_a_failure_in_the_compiled_call_falls_back_too(gpt2, tok, monkeypatch, caplog):
+    def broken(function, **kwargs):
+        def call(*args):
+            raise RuntimeError("InductorError: lowering failed")
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken)
+    with caplog.at_level(logging.WARNING, logger="vhctl"):
+        got = Scorer(gpt2, tok, batch_size=4, compile="on").score_texts(texts(8, 12))
+    assert len(got) == 12 and len([r for r in caplog.records if r.name == "vhctl"]) == 1
+
+
+def test_a_model_error_is_not_taken_for_a_compile_failure(monkeypatch, caplog):
+    calls = []
+
+    def eager(x):
+        calls.append(x)
+        raise ValueError("bad token id")
+
+    monkeypatch.setattr(torch, "compile", lambda function, **kwargs: function)
+    function = CompiledFunction(eager, "the backbone")
+    with caplog.at_level(logging.WARNING, logger="vhctl"), pytest.raises(ValueError, match="bad token id"):
+        function(1)
+    assert not function.failed and not caplog.records and calls == [1, 1]
+
+
+def test_scoring_wraps_the_model_error(gpt2, tok, monkeypatch):
+    from vhctl.scoring import forwards
+
+    def boom(self, ids, mask):
+        raise IndexError("index out of range in self")
+
+    monkeypatch.setattr(torch, "compile", lambda function, **kwargs: function)
+    monkeypatch.setattr(forwards.Forwards, "_backbone_hidden", boom)
+    with pytest.raises(ModelError):
+        Scorer(gpt2, tok, batch_size=4, compile="on").score_texts(texts(9, 6))
