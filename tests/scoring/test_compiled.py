@@ -169,10 +169,12 @@ def test_buckets_are_counted_in_the_plan():
 def test_compiled_values_match_eager_one_graph_for_every_batch(gpt2, tok, aot_eager):
     from torch._dynamo.utils import counters
 
-    data = texts(1, 48) + ["cat"]  # several widths and row counts; a one-row batch runs eagerly
-    eager = Scorer(gpt2, tok, batch_size=4, window=16, compile="off").score_texts(data)
+    # The first window is one batch of 16 rows of 16 tokens (equal sizes must still trace as two
+    # symbols), then several widths and row counts; the last window's one-row batch runs eagerly.
+    data = [" ".join(["the"] * 16)] * 16 + texts(2, 32) + ["cat"]  # "the" is one token
+    eager = Scorer(gpt2, tok, batch_size=16, window=16, compile="off").score_texts(data)
     counters.clear()
-    scorer = Scorer(gpt2, tok, batch_size=4, window=16, compile="on", per_token=True)
+    scorer = Scorer(gpt2, tok, batch_size=16, window=16, compile="on", per_token=True)
     results = list(scorer.score(Record(line=i + 1, text=t) for i, t in enumerate(data)))
     torch.testing.assert_close(
         torch.tensor([r["value"] for r in results]), torch.tensor(eager), atol=1e-5, rtol=0

@@ -37,6 +37,7 @@ rules use token counts, never timings, so the same input gets the same decision 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -194,7 +195,8 @@ class CompiledFunction:
         try:
             if self._compiled is None:
                 self._compiled = _compile(self.function)
-            return self._compiled(*args)
+            with _distinct_sizes():
+                return self._compiled(*args)
         except Exception as exc:  # the compiler's, or the model's: the eager rerun tells which
             result = self.function(*args)  # raises the model's own error
             self.failed = True
@@ -202,6 +204,17 @@ class CompiledFunction:
                 "could not compile %s (%s); scoring without compiling", self.what, first_line(exc)[:200]
             )  # fmt: skip
             return result
+
+
+def _distinct_sizes() -> contextlib.AbstractContextManager[Any]:
+    """Trace sizes that happen to be equal as distinct symbols: a batch of 16 rows of 16 tokens,
+    or equal encoder and decoder widths, must not make later shapes recompile (duck sizing)."""
+    try:
+        from torch.fx.experimental import _config as fx_config
+
+        return fx_config.patch(use_duck_shape=False)
+    except (ImportError, AttributeError):  # an older torch: duck sizing stays on
+        return contextlib.nullcontext()
 
 
 def _compile(function: Callable[..., Any]) -> Callable[..., Any]:

@@ -20,7 +20,7 @@ from vhctl.io.records import Record
 from vhctl.modeling.cache import prefix_sharing_supported
 from vhctl.scoring.activations import fused_gelus, tanh_gelus
 from vhctl.scoring.adapters import check_reward, policy_adapter, reward_adapter
-from vhctl.scoring.batching import pass_overhead
+from vhctl.scoring.batching import pass_overhead, round_up
 from vhctl.scoring.compiled import BUCKET, CompilePolicy, check_compile_choice, model_break_even
 from vhctl.scoring.forwards import Forwards, torch_stack_last
 from vhctl.scoring.items import Item, ScoreStats, results
@@ -245,8 +245,9 @@ class Scorer:
                 item.result["id"] = item.record.id
         if good:
             groups, plain = group_prompts(good, self.stats) if self._shared.enabled else ([], good)
-            self._budget = self.max_batch_tokens or self.batch_size * max(item.tokens for item in good)
             self._start_window(good)
+            longest = max(round_up(item.tokens, self._bucket) for item in good)
+            self._budget = self.max_batch_tokens or self.batch_size * longest
             with torch.inference_mode(), fused_gelus(self._tanh_gelus):
                 with policy_adapter(self.model, self._parts):
                     self._run_pass(groups, plain, reward=False)
