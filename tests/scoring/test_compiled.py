@@ -23,7 +23,7 @@ from vhctl.scoring import compiled as compiled_mod
 from vhctl.scoring.batching import plan_batches, round_up
 from vhctl.scoring.compiled import (
     BUCKET,
-    CompiledFunction,
+    CompiledBlocks,
     CompilePolicy,
     break_even_tokens,
     check_compile_choice,
@@ -171,7 +171,8 @@ def test_compiled_values_match_eager_one_graph_for_every_batch(gpt2, tok, aot_ea
 
     # The first window is one batch of 16 rows of 16 tokens (equal sizes must still trace as two
     # symbols), then several widths and row counts; the last window's one-row batch runs eagerly.
-    data = [" ".join(["the"] * 16)] * 16 + texts(2, 32) + ["cat"]  # "the" is one token
+    # "the" is one token; one shorter row, so the batch has a mask (without one, a second graph)
+    data = [" ".join(["the"] * 16)] * 15 + ["the the"] + texts(2, 32) + ["cat"]
     eager = Scorer(gpt2, tok, batch_size=16, window=16, compile="off").score_texts(data)
     counters.clear()
     scorer = Scorer(gpt2, tok, batch_size=16, window=16, compile="on", per_token=True)
@@ -181,7 +182,8 @@ def test_compiled_values_match_eager_one_graph_for_every_batch(gpt2, tok, aot_ea
     )
     assert all(len(r["values"]) == len(tok(t)["input_ids"]) for r, t in zip(results, data, strict=True))
     assert len(aot_eager) == 1 and aot_eager[0]["dynamic"] is True
-    assert counters["stats"]["unique_graphs"] == 1  # no recompile per batch shape
+    assert counters["stats"]["unique_graphs"] == 1  # one graph for every layer and batch shape
+    assert scorer.compiled and all(b._compiled_call_impl is None for b in gpt2.pretrained_model.transformer.h)
 
 
 def test_compiled_llama_and_prefix_sharing_stay_exact(tok, aot_eager):
@@ -230,16 +232,19 @@ def test_a_failure_in_the_compiled_call_falls_back_too(gpt2, tok, monkeypatch, c
 
 def test_a_model_error_is_not_taken_for_a_compile_failure(monkeypatch, caplog):
     calls = []
+    model = torch.nn.Sequential(torch.nn.ModuleList([torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)]))
 
-    def eager(x):
+    def forward(x):
         calls.append(x)
         raise ValueError("bad token id")
 
     monkeypatch.setattr(torch, "compile", lambda function, **kwargs: function)
-    function = CompiledFunction(eager, "the backbone")
+    blocks = CompiledBlocks([model], "the model's layers")
+    assert blocks.usable and len(blocks.blocks) == 2
     with caplog.at_level(logging.WARNING, logger="vhctl"), pytest.raises(ValueError, match="bad token id"):
-        function(1)
-    assert not function.failed and not caplog.records and calls == [1, 1]
+        blocks(forward, 1)
+    assert not blocks.failed and not caplog.records and calls == [1, 1]
+    assert all(block._compiled_call_impl is None for block in blocks.blocks)  # the model is left as it was
 
 
 def test_scoring_wraps_the_model_error(gpt2, tok, monkeypatch):

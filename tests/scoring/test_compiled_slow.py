@@ -47,12 +47,15 @@ def test_inductor_values_equal_eager(arch, monkeypatch, tmp_path):
     eager = list(Scorer(model, tok, compile="off", **kwargs).score(data))
     counters.clear()
     scorer = Scorer(model, tok, compile="on", **kwargs)
-    got = list(scorer.score(data))
+    got = list(scorer.score(data[:8]))  # the first window traces the graphs: one per kind of block
+    graphs = counters["stats"]["unique_graphs"]
+    got += list(scorer.score(data[8:]))
     for mine, theirs in zip(got, eager, strict=True):
         assert abs(mine["value"] - theirs["value"]) <= 1e-5
         torch.testing.assert_close(
             torch.tensor(mine["values"]), torch.tensor(theirs["values"]), atol=1e-5, rtol=0
         )
-    assert counters["stats"]["unique_graphs"] == 1
-    assert not scorer._forwards._compiled.failed  # compiled for real, not the eager fallback
+    assert counters["stats"]["unique_graphs"] == graphs  # no recompile for later shapes
+    assert graphs == 1 or arch == "t5"  # T5: the first block of a stack makes the position bias
+    assert scorer.compiled  # for real, not the eager fallback
     assert any((tmp_path / "inductor").rglob("*.so")) or any((tmp_path / "inductor").rglob("*.py"))

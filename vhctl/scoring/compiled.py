@@ -2,23 +2,26 @@
 
 Why: on a CPU, transformers' eager forward of a small model spends about a third of its time
 outside the matmuls (norms, rotary embeddings, activations, softmax, masks, one kernel each);
-inductor fuses that work into a few loops. The compile itself costs about a minute on 2 cores for
-a 124M model, so it is worth it for a long job or a server, not for ten lines.
+inductor fuses that work into a few loops. The compile itself costs tens of seconds on 2 cores,
+so it is worth it for a long job or a server, not for ten lines.
 
-What runs compiled: the plain causal forward (the backbone, no cache) and the seq2seq encoder +
-decoder, each traced once with **dynamic shapes**, so one graph serves every batch. Around that:
+What runs compiled: the repeated blocks (decoder layers) of the plain causal forward (the
+backbone, no cache) and of the seq2seq encoder + decoder, traced once with **dynamic shapes**, so
+one graph serves every layer and every batch (:class:`CompiledBlocks`; the embeddings, the masks
+and the final norm stay eager). Around that:
 
 - widths are padded up to a multiple of :data:`BUCKET` tokens (the planner counts that padding,
-  :func:`vhctl.scoring.plan.length_batches`), and a mask is always passed, so every call has the
-  shape the graph was traced for;
-- a batch of one row runs eagerly: a dynamic graph specialises a size of 1, and would compile a
-  second graph for it;
-- the passes of prefix sharing run eagerly: their cache objects would be traced into the graph,
-  and every prompt shape would recompile it (the responses are short, and half the work is cached).
+  :func:`vhctl.scoring.plan.length_batches`), sizes that happen to be equal are traced as distinct
+  symbols, and a mask is always passed; a batch without padding may still get a second graph
+  (transformers drops an all-ones mask), and that is all;
+- a batch of one row runs eagerly: a dynamic graph specialises a size of 1, and would compile
+  another graph for it;
+- the passes of prefix sharing run eagerly: their blocks update a cache object, whose mutation
+  would be traced into the graph with every prompt's shapes (and the responses are short).
 
 A persistent compile cache: inductor's on-disk caches go to ``TORCHINDUCTOR_CACHE_DIR`` when it is
 set, else ``$XDG_CACHE_HOME/vhctl/inductor`` (``~/.cache/vhctl/inductor``), so the second job on
-the same model skips the code generation and C++ builds and only traces the model again.
+the same model skips the code generation and C++ builds and only traces one block again.
 
 A failure to compile (an operation inductor cannot lower, no C++ compiler) is not an error: the
 call is run again eagerly, one warning line says so, and the scorer stays eager from then on. An
@@ -38,9 +41,10 @@ rules use token counts, never timings, so the same input gets the same decision 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +54,13 @@ __all__ = [
     "BUCKET",
     "COMPILE_CHOICES",
     "CompilePolicy",
-    "CompiledFunction",
+    "CompiledBlocks",
     "break_even_tokens",
     "check_compile_choice",
     "estimate_lines",
     "inductor_cache_dir",
     "model_break_even",
+    "repeated_blocks",
 ]
 
 logger = logging.getLogger("vhctl")
@@ -174,36 +179,70 @@ class CompilePolicy:
         return self.on
 
 
-class CompiledFunction:
-    """``function`` compiled on its first call, with eager fallback when compiling fails.
+class CompiledBlocks:
+    """Runs forwards with the model's repeated blocks compiled, eager again when compiling fails.
+
+    Regional compilation: the decoder layers of a model are one class, so one graph traced on the
+    first serves them all (the embeddings, masks and final norm run eagerly around it). Tracing one
+    block instead of the whole unrolled stack makes the first compile several times shorter, and a
+    second start, whose code comes from the on-disk cache, shorter still.
 
     Args:
-        function: Tensors in, a tensor out (a forward of the model).
-        what: What it computes, for the warning (e.g. ``"the backbone"``).
+        roots: The modules whose repeated blocks run compiled (the backbone; an encoder and decoder).
+        what: What runs compiled, for the warning.
+
+    Attributes:
+        usable: Blocks were found, and this torch can run a module compiled.
+        failed: A compile failed: everything runs eagerly from then on.
     """
 
-    def __init__(self, function: Callable[..., Any], what: str) -> None:
-        self.function = function
+    def __init__(self, roots: list[Any], what: str) -> None:
+        self.blocks = [block for root in roots for block in repeated_blocks(root)]
         self.what = what
+        self.usable = bool(self.blocks) and all(hasattr(b, "_compiled_call_impl") for b in self.blocks)
         self.failed = False
         self._compiled: Callable[..., Any] | None = None
 
-    def __call__(self, *args: Any) -> Any:
-        """The compiled call; the eager one when compiling is not possible (warned about once)."""
-        if self.failed:
-            return self.function(*args)
+    def __call__(self, function: Callable[..., Any], *args: Any) -> Any:
+        """``function(*args)`` with the blocks compiled; eagerly when that is not possible (warned once)."""
+        if self.failed or not self.usable:
+            return function(*args)
         try:
-            if self._compiled is None:
-                self._compiled = _compile(self.function)
-            with _distinct_sizes():
-                return self._compiled(*args)
+            with self._installed(), _distinct_sizes():
+                return function(*args)
         except Exception as exc:  # the compiler's, or the model's: the eager rerun tells which
-            result = self.function(*args)  # raises the model's own error
+            result = function(*args)  # raises the model's own error
             self.failed = True
             logger.warning(
                 "could not compile %s (%s); scoring without compiling", self.what, first_line(exc)[:200]
             )  # fmt: skip
             return result
+
+    @contextlib.contextmanager
+    def _installed(self) -> Iterator[None]:
+        """Each block calls the compiled graph inside the block (what ``Module.compile`` does, undone after)."""
+        if self._compiled is None:
+            self._compiled = _compile_modules()
+        previous = [block._compiled_call_impl for block in self.blocks]
+        for block in self.blocks:
+            block._compiled_call_impl = functools.partial(self._compiled, block)
+        try:
+            yield
+        finally:
+            for block, before in zip(self.blocks, previous, strict=True):
+                block._compiled_call_impl = before
+
+
+def repeated_blocks(root: Any) -> list[Any]:
+    """The longest list of modules of one class under ``root`` (a model's decoder layers), or []."""
+    import torch
+
+    best: list[Any] = []
+    for module in root.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) > len(best):
+            if len({type(block) for block in module}) == 1:
+                best = list(module)
+    return best
 
 
 def _distinct_sizes() -> contextlib.AbstractContextManager[Any]:
@@ -217,9 +256,10 @@ def _distinct_sizes() -> contextlib.AbstractContextManager[Any]:
         return contextlib.nullcontext()
 
 
-def _compile(function: Callable[..., Any]) -> Callable[..., Any]:
-    """``torch.compile`` with dynamic shapes, its on-disk caches in :func:`inductor_cache_dir`."""
+def _compile_modules() -> Callable[..., Any]:
+    """A module call (``Module._call_impl``, hooks included) compiled with dynamic shapes, its
+    on-disk caches in :func:`inductor_cache_dir`."""
     import torch
 
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(inductor_cache_dir()))
-    return torch.compile(function, dynamic=True)
+    return torch.compile(torch.nn.Module._call_impl, dynamic=True)

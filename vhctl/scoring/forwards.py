@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from vhctl.errors import model_failures
 from vhctl.scoring.batching import round_up
-from vhctl.scoring.compiled import BUCKET, CompiledFunction
+from vhctl.scoring.compiled import BUCKET, CompiledBlocks
 from vhctl.scoring.items import Item
 from vhctl.scoring.model_parts import ModelParts
 
@@ -55,12 +55,15 @@ class Forwards:
         self._v_head = v_head
         self._pad_id = pad_id
         self.compiling = False
-        self._compiled: CompiledFunction | None = None
-        if parts.backbone is not None:
-            self._compiled = CompiledFunction(self._backbone_hidden, "the backbone")
-        elif parts.encoder is not None and parts.decoder is not None:
-            self._compiled = CompiledFunction(self._seq2seq_hidden, "the encoder and decoder")
-        self.can_compile = self._compiled is not None
+        roots = [parts.backbone] if parts.backbone is not None else [parts.encoder, parts.decoder]
+        whole = all(root is not None for root in roots)  # else the full model runs: never compiled
+        self._compiled = CompiledBlocks([root for root in roots if whole], "the model's layers")
+        self.can_compile = self._compiled.usable
+
+    @property
+    def compile_failed(self) -> bool:
+        """A compile was tried and failed: the forwards run eagerly for good."""
+        return self._compiled.failed
 
     def values(self, hidden: torch.Tensor) -> torch.Tensor:
         """Value head over hidden states (..., H) -> (...) in float32, as the wrapper computes it."""
@@ -131,7 +134,7 @@ class Forwards:
         compiled = self._compiled if self.compiling and len(batch) > 1 else None
         padded = self.pad([item.ids for item in batch], BUCKET if compiled is not None else 1)
         if compiled is not None:  # always with a mask: the graph was traced with one
-            hidden = self._run(compiled, padded.ids, padded.mask)
+            hidden = self._run(compiled, self._backbone_hidden, padded.ids, padded.mask)
         else:
             hidden, _ = self.causal(padded.ids, padded.mask if padded.padded else None, use_cache=False)
         return self.gather(hidden, padded, per_token)
@@ -145,8 +148,10 @@ class Forwards:
         enc = self.pad([item.ids for item in batch], multiple)
         dec = self.pad([item.dec or [] for item in batch], multiple)
         if parts.encoder is not None and parts.decoder is not None:
-            run = compiled if compiled is not None else self._seq2seq_hidden
-            hidden = run(enc.ids, enc.mask, dec.ids, dec.mask)
+            args = (enc.ids, enc.mask, dec.ids, dec.mask)
+            hidden = (
+                compiled(self._seq2seq_hidden, *args) if compiled is not None else self._seq2seq_hidden(*args)
+            )
         else:
             out = parts.pm(
                 input_ids=enc.ids,
@@ -161,11 +166,11 @@ class Forwards:
         return self.gather(hidden, dec, per_token)
 
     @model_failures("scoring")
-    def _run(self, function: CompiledFunction, *args: torch.Tensor) -> torch.Tensor:
-        return function(*args)
+    def _run(self, compiled: CompiledBlocks, function: Any, *args: torch.Tensor) -> torch.Tensor:
+        return compiled(function, *args)
 
     def _backbone_hidden(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The backbone's final hidden states (B, T, H), no cache: what runs compiled."""
+        """The backbone's final hidden states (B, T, H), no cache (what runs with compiled layers)."""
         backbone = self.parts.backbone
         return backbone(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
 

@@ -164,6 +164,11 @@ class Scorer:
         return self._parts.device
 
     @property
+    def compiled(self) -> bool:
+        """The current window runs compiled (False before ``auto`` decides, or after a failed compile)."""
+        return self._forwards.compiling and not self._forwards.compile_failed
+
+    @property
     def max_length(self) -> int | None:
         """Tokens kept of each sequence (its end): the argument, else the model's limit; None: all."""
         return self._encoder.max_length
