@@ -13,9 +13,9 @@ import random
 
 import pytest
 import torch
-from tiny_models import make_tiny_model, tiny_tokenizer
+from test_scoring import wrap
+from tiny_models import tiny_tokenizer
 
-from vhctl import AutoModelForCausalLMWithValueHead
 from vhctl.errors import ModelError, UsageError
 from vhctl.io.records import Record
 from vhctl.scoring import Scorer
@@ -41,20 +41,10 @@ def texts(seed: int, n: int, high: int = 60) -> list[str]:
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, high))) for _ in range(n)]
 
 
-def wrap(arch: str = "gpt2"):
-    model = make_tiny_model(arch)
-    torch.manual_seed(0)
-    return AutoModelForCausalLMWithValueHead.from_pretrained(model, v_head_init_strategy="normal").eval()
-
-
 @pytest.fixture(scope="module")
-def tok():
-    return tiny_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def gpt2():
-    return wrap("gpt2")
+def tiny():
+    """The tiny GPT-2 value model and its tokenizer."""
+    return wrap("gpt2"), tiny_tokenizer()
 
 
 @pytest.fixture
@@ -82,7 +72,8 @@ def test_choices_are_checked():
         check_compile_choice("sometimes")
 
 
-def test_scorer_refuses_a_bad_choice(gpt2, tok):
+def test_scorer_refuses_a_bad_choice(tiny):
+    gpt2, tok = tiny
     with pytest.raises(UsageError):
         Scorer(gpt2, tok, compile="always")
 
@@ -166,13 +157,17 @@ def test_buckets_are_counted_in_the_plan():
 # ---------------------------------------------------------------------------- compiled values
 
 
-def test_compiled_values_match_eager_one_graph_for_every_batch(gpt2, tok, aot_eager):
+def test_compiled_values_match_eager_one_graph_for_every_batch(tiny, aot_eager):
+    gpt2, tok = tiny
     from torch._dynamo.utils import counters
 
     # The first window is one batch of 16 rows of 16 tokens (equal sizes must still trace as two
     # symbols), then several widths and row counts; the last window's one-row batch runs eagerly.
-    # "the" is one token; one shorter row, so the batch has a mask (without one, a second graph)
-    data = [" ".join(["the"] * 16)] * 15 + ["the the"] + texts(2, 32) + ["cat"]
+    # "the" is one token. Then a window of 16 equal rows of 32 tokens: a batch without padding is
+    # padded one bucket more, so it has a mask like the others (transformers drops an all-ones mask).
+    data = (
+        [" ".join(["the"] * 16)] * 15 + ["the the"] + texts(2, 32) + [" ".join(["the"] * 32)] * 16 + ["cat"]
+    )
     eager = Scorer(gpt2, tok, batch_size=16, window=16, compile="off").score_texts(data)
     counters.clear()
     scorer = Scorer(gpt2, tok, batch_size=16, window=16, compile="on", per_token=True)
@@ -186,7 +181,8 @@ def test_compiled_values_match_eager_one_graph_for_every_batch(gpt2, tok, aot_ea
     assert scorer.compiled and all(b._compiled_call_impl is None for b in gpt2.pretrained_model.transformer.h)
 
 
-def test_compiled_llama_and_prefix_sharing_stay_exact(tok, aot_eager):
+def test_compiled_llama_and_prefix_sharing_stay_exact(aot_eager):
+    tok = tiny_tokenizer()
     model = wrap("llama")
     rng = random.Random(3)
     prompts = texts(2, 4, high=20)
@@ -206,7 +202,8 @@ def _raising_compile(*args, **kwargs):
     raise RuntimeError("no C++ compiler\nsecond line")
 
 
-def test_a_failed_compile_warns_once_and_scores_eagerly(gpt2, tok, monkeypatch, caplog):
+def test_a_failed_compile_warns_once_and_scores_eagerly(tiny, monkeypatch, caplog):
+    gpt2, tok = tiny
     data = texts(7, 40)
     eager = Scorer(gpt2, tok, batch_size=4, window=8, compile="off").score_texts(data)
     monkeypatch.setattr(torch, "compile", _raising_compile)
@@ -217,7 +214,9 @@ def test_a_failed_compile_warns_once_and_scores_eagerly(gpt2, tok, monkeypatch, 
     assert len(warnings) == 1 and "could not compile" in warnings[0] and "\n" not in warnings[0]
 
 
-def test_a_failure_in_the_compiled_call_falls_back_too(gpt2, tok, monkeypatch, caplog):
+def test_a_failure_in_the_compiled_call_falls_back_too(tiny, monkeypatch, caplog):
+    gpt2, tok = tiny
+
     def broken(function, **kwargs):
         def call(*args):
             raise RuntimeError("InductorError: lowering failed")
@@ -247,7 +246,8 @@ def test_a_model_error_is_not_taken_for_a_compile_failure(monkeypatch, caplog):
     assert all(block._compiled_call_impl is None for block in blocks.blocks)  # the model is left as it was
 
 
-def test_scoring_wraps_the_model_error(gpt2, tok, monkeypatch):
+def test_scoring_wraps_the_model_error(tiny, monkeypatch):
+    gpt2, tok = tiny
     from vhctl.scoring import forwards
 
     def boom(self, ids, mask):

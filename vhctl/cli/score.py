@@ -60,7 +60,7 @@ def score(
         "(an imported OpenRLHF reward model's mean/std).")] = False,
     compile_: Annotated[str, typer.Option(
         "--compile", metavar="auto|on|off", help="Run the model compiled (torch.compile): faster, after a compile "
-        "of about a minute on a CPU (kept on disk for the next job). auto: when the input is long enough for "
+        "of about half a minute on a CPU (kept on disk for the next job). auto: when the input is long enough for "
         "it to pay.")] = "auto",
     revision: RevisionOpt = None,
     token: TokenOpt = None,

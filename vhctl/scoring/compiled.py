@@ -12,8 +12,8 @@ and the final norm stay eager). Around that:
 
 - widths are padded up to a multiple of :data:`BUCKET` tokens (the planner counts that padding,
   :func:`vhctl.scoring.plan.length_batches`), sizes that happen to be equal are traced as distinct
-  symbols, and a mask is always passed; a batch without padding may still get a second graph
-  (transformers drops an all-ones mask), and that is all;
+  symbols, and a compiled batch always has some padding (a batch without any gets one more
+  bucket), since transformers drops a mask of all ones and the blocks would need a second graph;
 - a batch of one row runs eagerly: a dynamic graph specialises a size of 1, and would compile
   another graph for it;
 - the passes of prefix sharing run eagerly: their blocks update a cache object, whose mutation

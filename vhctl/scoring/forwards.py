@@ -71,12 +71,18 @@ class Forwards:
         return self._v_head(hidden.to(weight.device)).squeeze(-1).float()
 
     def pad(self, rows: list[list[int]], multiple: int = 1) -> Padded:
-        """Right-pad token rows (to a multiple of ``multiple``) and send them to the model's device
-        without waiting for it."""
+        """Right-pad token rows and send them to the model's device without waiting for it.
+
+        With ``multiple`` > 1 (a compiled forward) the width is a multiple of it, and there is
+        always some padding: transformers drops a mask of all ones, and the compiled blocks would
+        need a second graph for a batch without one.
+        """
         import torch
 
         lengths = [len(r) for r in rows]
         width = round_up(max(lengths), multiple)
+        if multiple > 1 and min(lengths) == width:
+            width += multiple
         ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
         for b, row in enumerate(rows):
             ids[b, : len(row)] = torch.tensor(row, dtype=torch.long)

@@ -74,9 +74,10 @@ class Scorer:
             ``gelu_new``, ``gelu_fast``, Bloom's) as PyTorch's fused kernel: the same function
             (about 1e-7 apart in float32), a quarter less time for small GPT-2 models. The model
             is restored after each window.
-        compile: ``"on"``: run the backbone compiled (``torch.compile``, dynamic shapes, widths
-            padded to multiples of 16; the first batch waits for the compile, about a minute for a
-            124M model on 2 CPU cores, much less with the on-disk cache of an earlier job).
+        compile: ``"on"``: run the model's repeated blocks compiled (``torch.compile``, one graph
+            with dynamic shapes for every layer and batch; widths padded to multiples of 16). The
+            first compiled batch waits for the compile: about half a minute for a 124M model on 2
+            CPU cores, a few seconds with the on-disk cache of an earlier job.
             ``"off"``: eager. ``"auto"``: compile once the tokens to score make it pay: from the
             start when ``score``'s ``expected_records`` says the input is that long, else once
             that many tokens have been scored. Values stay within float noise (about 1e-6 in
