@@ -239,7 +239,7 @@ def report(result: dict[str, Any], command: str) -> str:
         "", "Rates are real tokens per second, median (min–max) over the blocks; \"of matmul\" divides each "
         "block's rate by the model-shaped fp32 matmul rate timed right after it (bench_scoring's measure).", "",
         "## Mixed lengths (16..256 tokens, batch 16)", "",
-        "| model | eager tok/s | eager of matmul | compiled tok/s | compiled of matmul | compile (first start) "
+        "| model | eager tok/s | eager of matmul | compiled tok/s | compiled of matmul | compile "
         "| compiled, amortised over 100k lines | compiled / eager, per CPU second | max abs diff |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]  # fmt: skip
@@ -249,10 +249,14 @@ def report(result: dict[str, Any], command: str) -> str:
         lines.append(
             f"| {out['label']} | {common.fmt_mr(m['eager']['tok_s'])} | {pct(m['eager']['of_matmul'])} | "
             f"{common.fmt_mr(m['compiled']['tok_s'])} | {pct(m['compiled']['of_matmul'])} | "
-            f"{out['compile_first_s']:.0f} s | {am['tok_s']:.0f} tok/s ({100 * am['of_matmul']:.0f} % of matmul; "
+            f"{out['compile_first_s']:.0f} s{'' if 'cache' in out else ' ¹'} | {am['tok_s']:.0f} tok/s ({100 * am['of_matmul']:.0f} % of matmul; "
             f"{am['lines']} lines of {am['mean_tokens']:.0f} tokens) | {cpu_ratio(m)} | "
             f"{m['max_abs_diff']['compiled']:.1e} |"
         )  # fmt: skip
+    lines += ["", "Compile: the first start of a fresh process on an empty cache folder (see the cache table); "
+              "¹ an empty cache folder, in a process that had compiled another model before (inductor's own "
+              "warm-up already done, so less than a fresh process would take). Amortised: the compiled rate "
+              "with that compile paid once over 100k lines of the workload's mean length."]  # fmt: skip
     if any("best_of_8" in out for out in result["models"].values()):
         lines += ["", "## Best-of-8 (prompts of 96..160 tokens, responses of 16..64; prefix sharing on)", "",
                   "| model | TRL tok/s | vhctl eager tok/s | vs TRL | vhctl compiled tok/s | vs TRL | max abs diff (TRL) |",

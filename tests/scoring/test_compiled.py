@@ -29,6 +29,7 @@ from vhctl.scoring.compiled import (
     check_compile_choice,
     estimate_lines,
     inductor_cache_dir,
+    server_choice,
 )
 from vhctl.scoring.items import Item
 from vhctl.scoring.plan import length_batches
@@ -68,6 +69,7 @@ def aot_eager(monkeypatch):
 
 def test_choices_are_checked():
     assert check_compile_choice(" On ") == "on"
+    assert [server_choice(c) for c in ("auto", "on", "off")] == ["on", "on", "off"]
     with pytest.raises(UsageError, match="auto, on or off"):
         check_compile_choice("sometimes")
 
@@ -80,8 +82,8 @@ def test_scorer_refuses_a_bad_choice(tiny):
 
 def test_break_even_grows_with_layers_and_shrinks_with_parameters():
     base = break_even_tokens(12, 124_000_000, "cpu")
-    assert break_even_tokens(24, 124_000_000, "cpu") == pytest.approx(2 * base, rel=1e-6)
-    assert break_even_tokens(12, 248_000_000, "cpu") == pytest.approx(base / 2, rel=1e-6)
+    assert break_even_tokens(24, 124_000_000, "cpu") == pytest.approx(2 * base, abs=1)  # whole tokens
+    assert break_even_tokens(12, 248_000_000, "cpu") == pytest.approx(base / 2, abs=1)
     assert break_even_tokens(12, 124_000_000, "cuda") > base  # an eager GPU token is cheaper
     # C eager tokens of compile, then each token costs COMPILED_TIME_FRACTION of its eager time
     saved = base * (1 - compiled_mod.COMPILED_TIME_FRACTION)

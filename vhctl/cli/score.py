@@ -59,9 +59,9 @@ def score(
         "--normalize", help="Write (value - mean) / std with the reward normalisation the checkpoint carries "
         "(an imported OpenRLHF reward model's mean/std).")] = False,
     compile_: Annotated[str, typer.Option(
-        "--compile", metavar="auto|on|off", help="Run the model compiled (torch.compile): faster, after a compile "
-        "of about half a minute on a CPU (kept on disk for the next job). auto: when the input is long enough for "
-        "it to pay.")] = "auto",
+        "--compile", metavar="auto|on|off", help="Run the model's layers compiled with torch.compile, for long jobs: "
+        "a compile of about half a minute on a CPU first (kept on disk for the next job). auto: when the input is "
+        "long enough for it to pay.")] = "auto",
     revision: RevisionOpt = None,
     token: TokenOpt = None,
     allow_pickle: AllowPickleOpt = False,

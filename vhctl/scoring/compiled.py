@@ -33,7 +33,7 @@ tokens are estimated as its line count (:func:`estimate_lines`, from the size an
 times the mean tokens per record seen so far (the first window); for an input of unknown length
 (stdin, the library's iterables), ``auto`` compiles once the tokens already scored reach that
 count: the job has then shown it is long, and had it ended right there, compiling would have cost
-at most ``1 / (break-even in compile costs)``, about a quarter, more than staying eager. Both
+at most ``1 - COMPILED_TIME_FRACTION`` (15 %) more than staying eager. Both
 rules use token counts, never timings, so the same input gets the same decision on every run
 (and on every rank of a data-parallel run).
 """
@@ -61,6 +61,7 @@ __all__ = [
     "inductor_cache_dir",
     "model_break_even",
     "repeated_blocks",
+    "server_choice",
 ]
 
 logger = logging.getLogger("vhctl")
@@ -68,15 +69,17 @@ logger = logging.getLogger("vhctl")
 COMPILE_CHOICES = ("auto", "on", "off")
 BUCKET = 16  # compiled widths are multiples of this many tokens
 
-# The first compile costs as much as scoring this many tokens eagerly, for GPT-2 124M (12 layers)
-# with 2 threads (benchmarks/RESULTS-compile.md); the compile grows with the layers (the graph is
-# unrolled), the eager time per token with the parameters. On a GPU an eager token is far cheaper,
-# so the compile is worth many more of them (an estimate: not measured on a GPU yet).
-COMPILE_COST_TOKENS = {"cpu": 60_000, "cuda": 2_000_000}
+# The first compile costs as much as scoring this many tokens eagerly: GPT-2 124M, 2 threads,
+# 33 s at 592 tok/s (benchmarks/RESULTS-compile.md). The compile grows with the layers (in this
+# scaling: regional compilation traces one block, so this overstates it for deep models), the eager
+# time per token with the parameters. On a GPU an eager token is far cheaper, so the compile is
+# worth many more of them (an estimate: not measured on a GPU yet).
+COMPILE_COST_TOKENS = {"cpu": 20_000, "cuda": 2_000_000}
 _DEFAULT_COST_TOKENS = 500_000
 _REFERENCE = (12, 124_000_000)  # layers, backbone parameters of GPT-2 124M
-# Compiled passes take this fraction of the eager time (mixed lengths, the same benchmark).
-COMPILED_TIME_FRACTION = 0.75
+# Compiled passes take this fraction of the eager time: the same benchmark per CPU second, 0.84
+# for the Llama-style 110M and 1.02 for GPT-2 (its GELU is fused already) on a loaded machine.
+COMPILED_TIME_FRACTION = 0.85
 _SAMPLE_BYTES = 1 << 20
 
 
@@ -90,6 +93,13 @@ def check_compile_choice(value: str) -> str:
     if choice not in COMPILE_CHOICES:
         raise UsageError(f"invalid compile choice {value!r}", hint="use auto, on or off")
     return choice
+
+
+def server_choice(value: str) -> str:
+    """The choice for a server (``vhctl serve``): it runs for long and pays the compile once, so
+    ``auto`` is ``on``."""
+    choice = check_compile_choice(value)
+    return "on" if choice == "auto" else choice
 
 
 def inductor_cache_dir() -> Path:

@@ -70,7 +70,7 @@ class ScoreOptions:
     token: str | None = None
     allow_pickle: bool = False
     trust_remote_code: bool = False
-    compile: str = "auto"  # auto, on, off: see vhctl.scoring.compiled (serve: auto means on)
+    compile: str = "auto"  # auto, on, off: vhctl.scoring.compiled (serve: server_choice, auto is on)
 
 
 @dataclass
