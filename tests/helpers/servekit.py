@@ -114,7 +114,8 @@ class ServeProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
         port = free_port() if quiet else 0  # -q prints no URL: give the port
         command = [sys.executable, "-m", "vhctl", *(["-q"] if quiet else []), "serve", str(ckpt),
-                   "--port", str(port), "--device", "cpu", *args]
+                   "--port", str(port), "--device", "cpu",
+                   *(() if "--compile" in args else ("--compile", "off")), *args]  # a compile takes minutes here
         self.stderr_lines: list[str] = []
         self.url: str | None = f"http://127.0.0.1:{port}" if quiet else None
         self._ready = threading.Event()

@@ -677,3 +677,13 @@ def make_reward_adapter(
     model = get_peft_model(model, lora)
     model.save_pretrained(folder)
     return folder
+
+
+def wrapped_tiny(arch: str = "gpt2", seed: int = 0) -> Any:
+    """A tiny model of ``arch`` in its value-head class, head drawn N(0, 0.2) with ``seed``, in eval mode."""
+    from vhctl import AutoModelForCausalLMWithValueHead, AutoModelForSeq2SeqLMWithValueHead
+
+    model = make_tiny_model(arch, seed=seed)
+    cls = AutoModelForSeq2SeqLMWithValueHead if arch in ("t5", "bart") else AutoModelForCausalLMWithValueHead
+    torch.manual_seed(seed)
+    return cls.from_pretrained(model, v_head_init_strategy="normal").eval()

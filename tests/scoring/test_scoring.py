@@ -17,9 +17,10 @@ from helpers.tiny_models import (
     tiny_lora_config,
     tiny_tokenizer,
 )
+from helpers.tiny_models import wrapped_tiny as wrap
 from tokenizers.processors import TemplateProcessing
 
-from vhctl import AutoModelForCausalLMWithValueHead, AutoModelForSeq2SeqLMWithValueHead
+from vhctl import AutoModelForCausalLMWithValueHead
 from vhctl.errors import InputError, UsageError
 from vhctl.io.records import Record, iter_records
 from vhctl.scoring import Scorer, resolve_device, resolve_dtype
@@ -33,14 +34,6 @@ PLAIN_TOL = 1e-5
 
 def words(rng: random.Random, low: int, high: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(rng.randint(low, high)))
-
-
-def wrap(arch: str = "gpt2", seed: int = 0):
-    model = make_tiny_model(arch, seed=seed)
-    cls = AutoModelForSeq2SeqLMWithValueHead if arch in ("t5", "bart") else AutoModelForCausalLMWithValueHead
-    torch.manual_seed(seed)
-    wrapper = cls.from_pretrained(model, v_head_init_strategy="normal")
-    return wrapper.eval()
 
 
 def with_post_processor(tokenizer, single: str):

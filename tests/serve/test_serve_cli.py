@@ -40,6 +40,16 @@ def test_options_reach_the_server(captured, tmp_path) -> None:
     assert captured[-1].model.reward is None and captured[-1].api_key == "from-env"
 
 
+def test_a_server_compiles_by_default(captured) -> None:
+    # auto means on for a server: it runs long and pays the compile once (issue #18).
+    assert runner.invoke(app, ["serve", "ck"]).exit_code == 0
+    assert captured[-1].scoring.compile == "on"
+    assert runner.invoke(app, ["serve", "ck", "--compile", "off"]).exit_code == 0
+    assert captured[-1].scoring.compile == "off"
+    bad = runner.invoke(app, ["serve", "ck", "--compile", "maybe"])
+    assert bad.exit_code == 2 and "--compile" in bad.stderr
+
+
 def test_a_public_address_without_a_key_warns(captured) -> None:
     public = runner.invoke(app, ["serve", "ck", "--host", "0.0.0.0"], env={"VHCTL_API_KEY": ""})
     assert public.exit_code == 0

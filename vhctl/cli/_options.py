@@ -40,3 +40,8 @@ BatchSizeOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, metavar=
 MaxLengthOpt = Annotated[int | None, typer.Option(
     "--max-length", min=1, metavar="N", show_default=False,
     help="Keep the last N tokens of longer inputs (default: the model's limit).")]
+CompileOpt = Annotated[str, typer.Option(
+    "--compile", metavar="auto|on|off",
+    help="Run the model's layers compiled with torch.compile, for long jobs: a compile of about half a minute "
+    "on a CPU first (kept on disk for the next job). auto: when the input is long enough for it to pay "
+    "(serve: always).")]

@@ -19,6 +19,7 @@ from vhctl.cli._errors import handle_errors
 from vhctl.cli._options import (
     AllowPickleOpt,
     BatchSizeOpt,
+    CompileOpt,
     DeviceOpt,
     DtypeOpt,
     MaxLengthOpt,
@@ -61,6 +62,7 @@ def score(
         "--stream", help="Score lines as they arrive: a window also ends when no more input is waiting (for a "
         "slow producer); values may then differ in the last bits between runs.")] = False,
     normalize: NormalizeOpt = False,
+    compile_: CompileOpt = "auto",
     revision: RevisionOpt = None,
     token: TokenOpt = None,
     allow_pickle: AllowPickleOpt = False,
@@ -72,6 +74,7 @@ def score(
     output a single process would.
     """
     from vhctl.scoring import distributed
+    from vhctl.scoring.compiled import check_compile_choice
     from vhctl.scoring.pipeline import ScoreOptions, check_device_map, reward_choice
     from vhctl.scoring.run import RankExit, run_distributed
 
@@ -86,7 +89,7 @@ def score(
         per_token=per_token, batch_size=batch_size, max_length=max_length, device=device,
         device_map=check_device_map(device_map, device), dtype=dtype, skip_bad=skip_bad,
         prefix_sharing=not no_prefix_sharing, stream=stream, normalize=normalize, revision=revision, token=token,
-        allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+        allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, compile=check_compile_choice(compile_),
     )  # fmt: skip
     launch = distributed.launch_from_env()
     if launch is None:

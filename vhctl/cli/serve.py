@@ -16,6 +16,7 @@ from vhctl.cli._errors import handle_errors
 from vhctl.cli._options import (
     AllowPickleOpt,
     BatchSizeOpt,
+    CompileOpt,
     DeviceOpt,
     DtypeOpt,
     MaxLengthOpt,
@@ -42,6 +43,7 @@ def serve(
     reward: RewardOpt = False,
     reward_adapter: RewardAdapterOpt = None,
     normalize: NormalizeOpt = False,
+    compile_: CompileOpt = "auto",
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     batch_size: BatchSizeOpt = 16,
@@ -76,6 +78,7 @@ def serve(
     # The model thread shares the cores with the HTTP thread: OpenMP threads that spin while they
     # wait would take the cores from it (several times slower on a busy CPU). Before torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from vhctl.scoring.compiled import server_choice
     from vhctl.scoring.pipeline import ScoreOptions, reward_choice
     from vhctl.serve.security import is_loopback, read_api_key
     from vhctl.serve.server import ServeOptions
@@ -91,7 +94,8 @@ def serve(
         model=ScoreOptions(ckpt=ckpt, reward=selected, normalize=normalize, device=device, dtype=dtype,
                            revision=revision, token=token, allow_pickle=allow_pickle,
                            trust_remote_code=trust_remote_code),
-        scoring=ScoringOptions(batch_size=batch_size, max_length=max_length, max_batch_tokens=max_batch_tokens),
+        scoring=ScoringOptions(batch_size=batch_size, max_length=max_length, max_batch_tokens=max_batch_tokens,
+                               compile=server_choice(compile_)),
         host=host, port=port, max_queue=max_queue, max_body_bytes=max_body_bytes, api_key=key,
         drain_timeout=drain_timeout,
     )

@@ -46,6 +46,7 @@ The modules, one job each:
 - :mod:`~vhctl.scoring.forwards`: padding, the plain and seq2seq forwards, the value head;
 - :mod:`~vhctl.scoring.shared_prefix` and :mod:`~vhctl.scoring.cache`: prefix sharing;
 - :mod:`~vhctl.scoring.adapters`, :mod:`~vhctl.scoring.activations`: adapter switching, the GELU swap;
+- :mod:`~vhctl.scoring.compiled`: ``compile`` (the compiled blocks, the auto policy, the cache folder);
 - :mod:`~vhctl.scoring.readback`, :mod:`~vhctl.scoring.sharding`: results to the host, across ranks;
 - :mod:`~vhctl.scoring.distributed`: the process group of a ``torchrun`` launch.
 """

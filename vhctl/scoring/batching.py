@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-__all__ = ["PASS_OVERHEAD_TOKENS", "pass_overhead", "plan_batches"]
+__all__ = ["PASS_OVERHEAD_TOKENS", "pass_overhead", "plan_batches", "round_up"]
 
 # Fixed cost of one forward pass, in tokens' worth of compute, per device type.
 PASS_OVERHEAD_TOKENS = {"cpu": 64, "cuda": 4096, "mps": 1024}
@@ -27,6 +27,11 @@ _DEFAULT_OVERHEAD = 1024
 def pass_overhead(device_type: str) -> int:
     """The fixed cost of a forward pass on ``device_type`` (``"cpu"``, ``"cuda"``...), in tokens."""
     return PASS_OVERHEAD_TOKENS.get(device_type, _DEFAULT_OVERHEAD)
+
+
+def round_up(width: int, multiple: int) -> int:
+    """``width`` padded up to a multiple of ``multiple`` (the widths a compiled forward takes)."""
+    return -(-width // multiple) * multiple if multiple > 1 else width
 
 
 def plan_batches(widths: Sequence[int], *, max_rows: Callable[[int], int], overhead: int) -> list[int]:

@@ -4,7 +4,9 @@ The plain way to score is TRL's: pad a batch, run the whole language model with
 ``output_hidden_states=True`` and apply the value head to ``hidden_states[-1]``. These forwards
 compute the same numbers with less work: they run the **backbone only** (no LM head over the
 vocabulary, no stack of hidden states) when the model has one, and fall back to the full model
-(its ``hidden_states[-1]``) when it does not (e.g. PEFT prompt learning).
+(its ``hidden_states[-1]``) when it does not (e.g. PEFT prompt learning). While ``compiling`` is
+set, the plain and seq2seq forwards of two rows or more run compiled
+(:mod:`~vhctl.scoring.compiled`), on widths padded to a multiple of its ``BUCKET``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from vhctl.errors import model_failures
+from vhctl.scoring.batching import round_up
+from vhctl.scoring.compiled import BUCKET, CompiledBlocks
 from vhctl.scoring.items import Item
 from vhctl.scoring.model_parts import ModelParts
 
@@ -40,24 +44,45 @@ class Forwards:
         parts: What :func:`~vhctl.scoring.model_parts.find_parts` found in the model.
         v_head: The wrapper's value head (``summary`` is its linear layer).
         pad_id: The id padding is filled with (masked out; any valid id does).
+
+    Attributes:
+        compiling: Run the plain and seq2seq forwards compiled (set per window by the scorer).
+        can_compile: This model has a backbone (or an encoder and a decoder) to compile.
     """
 
     def __init__(self, parts: ModelParts, v_head: Any, pad_id: int) -> None:
         self.parts = parts
         self._v_head = v_head
         self._pad_id = pad_id
+        self.compiling = False
+        roots = [parts.backbone] if parts.backbone is not None else [parts.encoder, parts.decoder]
+        whole = all(root is not None for root in roots)  # else the full model runs: never compiled
+        self._compiled = CompiledBlocks([root for root in roots if whole], "the model's layers")
+        self.can_compile = self._compiled.usable
+
+    @property
+    def compile_failed(self) -> bool:
+        """A compile was tried and failed: the forwards run eagerly for good."""
+        return self._compiled.failed
 
     def values(self, hidden: torch.Tensor) -> torch.Tensor:
         """Value head over hidden states (..., H) -> (...) in float32, as the wrapper computes it."""
         weight = self._v_head.summary.weight
         return self._v_head(hidden.to(weight.device)).squeeze(-1).float()
 
-    def pad(self, rows: list[list[int]]) -> Padded:
-        """Right-pad token rows and send them to the model's device without waiting for it."""
+    def pad(self, rows: list[list[int]], multiple: int = 1) -> Padded:
+        """Right-pad token rows and send them to the model's device without waiting for it.
+
+        With ``multiple`` > 1 (a compiled forward) the width is a multiple of it, and there is
+        always some padding: transformers drops a mask of all ones, and the compiled blocks would
+        need a second graph for a batch without one.
+        """
         import torch
 
         lengths = [len(r) for r in rows]
-        width = max(lengths)
+        width = round_up(max(lengths), multiple)
+        if multiple > 1 and min(lengths) == width:
+            width += multiple
         ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
         for b, row in enumerate(rows):
             ids[b, : len(row)] = torch.tensor(row, dtype=torch.long)
@@ -112,25 +137,27 @@ class Forwards:
 
     def plain(self, batch: list[Item], per_token: bool) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
         """A padded causal forward over ``batch``: see :meth:`gather` for what comes back."""
-        padded = self.pad([item.ids for item in batch])
-        hidden, _ = self.causal(padded.ids, padded.mask if padded.padded else None, use_cache=False)
+        compiled = self._compiled if self.compiling and len(batch) > 1 else None
+        padded = self.pad([item.ids for item in batch], BUCKET if compiled is not None else 1)
+        if compiled is not None:  # always with a mask: the graph was traced with one
+            hidden = self._run(compiled, self._backbone_hidden, padded.ids, padded.mask)
+        else:
+            hidden, _ = self.causal(padded.ids, padded.mask if padded.padded else None, use_cache=False)
         return self.gather(hidden, padded, per_token)
 
     @model_failures("scoring")
     def seq2seq(self, batch: list[Item], per_token: bool) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
         """Encoder then decoder (without LM head when they can be found); values at the decoder tokens."""
         parts = self.parts
-        enc = self.pad([item.ids for item in batch])
-        dec = self.pad([item.dec or [] for item in batch])
+        compiled = self._compiled if self.compiling and len(batch) > 1 else None
+        multiple = BUCKET if compiled is not None else 1
+        enc = self.pad([item.ids for item in batch], multiple)
+        dec = self.pad([item.dec or [] for item in batch], multiple)
         if parts.encoder is not None and parts.decoder is not None:
-            encoded = parts.encoder(input_ids=enc.ids, attention_mask=enc.mask).last_hidden_state
-            hidden = parts.decoder(
-                input_ids=dec.ids,
-                attention_mask=dec.mask,
-                encoder_hidden_states=encoded,
-                encoder_attention_mask=enc.mask,
-                use_cache=False,
-            ).last_hidden_state
+            args = (enc.ids, enc.mask, dec.ids, dec.mask)
+            hidden = (
+                compiled(self._seq2seq_hidden, *args) if compiled is not None else self._seq2seq_hidden(*args)
+            )
         else:
             out = parts.pm(
                 input_ids=enc.ids,
@@ -143,6 +170,29 @@ class Forwards:
             )
             hidden = out.decoder_hidden_states[-1]
         return self.gather(hidden, dec, per_token)
+
+    @model_failures("scoring")
+    def _run(self, compiled: CompiledBlocks, function: Any, *args: torch.Tensor) -> torch.Tensor:
+        return compiled(function, *args)
+
+    def _backbone_hidden(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The backbone's final hidden states (B, T, H), no cache (what runs with compiled layers)."""
+        backbone = self.parts.backbone
+        return backbone(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+
+    def _seq2seq_hidden(
+        self, enc_ids: torch.Tensor, enc_mask: torch.Tensor, dec_ids: torch.Tensor, dec_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """The decoder's final hidden states (B, T_dec, H) over the encoded inputs."""
+        parts = self.parts
+        encoded = parts.encoder(input_ids=enc_ids, attention_mask=enc_mask).last_hidden_state
+        return parts.decoder(
+            input_ids=dec_ids,
+            attention_mask=dec_mask,
+            encoder_hidden_states=encoded,
+            encoder_attention_mask=enc_mask,
+            use_cache=False,
+        ).last_hidden_state
 
 
 def torch_stack_last(seq: list[torch.Tensor]) -> torch.Tensor:

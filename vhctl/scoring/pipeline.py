@@ -71,6 +71,7 @@ class ScoreOptions:
     token: str | None = None
     allow_pickle: bool = False
     trust_remote_code: bool = False
+    compile: str = "auto"  # auto, on, off: vhctl.scoring.compiled (serve: server_choice, auto is on)
 
 
 @dataclass
@@ -248,6 +249,7 @@ def make_scorer(loaded: ScoringModel, options: ScoreOptions, *, group: Any = Non
         skip_bad=options.skip_bad,
         shard=group.shard if group is not None else None,
         gather=group.all_gather if group is not None else None,
+        compile=options.compile,
     )
 
 

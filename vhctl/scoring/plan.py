@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from vhctl.scoring.batching import plan_batches
+from vhctl.scoring.batching import plan_batches, round_up
 from vhctl.scoring.items import Item, ScoreStats
 
 __all__ = ["PromptGroup", "group_prompts", "length_batches", "prompt_packs", "split"]
@@ -56,7 +56,7 @@ def group_prompts(items: list[Item], stats: ScoreStats) -> tuple[list[PromptGrou
 
 
 def length_batches(
-    items: list[Item], length: Callable[[Item], Any], *, budget: int, overhead: int
+    items: list[Item], length: Callable[[Item], Any], *, budget: int, overhead: int, bucket: int = 1
 ) -> Iterator[list[Item]]:
     """Length-sorted batches within the token budget (padded tokens per forward).
 
@@ -65,18 +65,22 @@ def length_batches(
         length: An item's length: an int, or (encoder, decoder) lengths for seq2seq.
         budget: Padded tokens per forward pass.
         overhead: The fixed cost of a pass, in tokens (:func:`vhctl.scoring.batching.pass_overhead`).
+        bucket: Widths are padded up to a multiple of this (a compiled forward's shapes), and
+            planned as such.
     """
     ordered = sorted(items, key=length)
     if ordered and not isinstance(length(ordered[0]), tuple):
         # One width per sequence: cut where padding costs more than another pass.
         sizes = plan_batches(
-            [length(item) for item in ordered], max_rows=lambda width: budget // width, overhead=overhead
+            [round_up(length(item), bucket) for item in ordered],
+            max_rows=lambda width: budget // width,
+            overhead=overhead,
         )
         yield from split(ordered, sizes)
         return
     batch: list[Item] = []  # seq2seq (encoder, decoder) lengths: fill the budget in order
     for item in ordered:
-        if batch and (len(batch) + 1) * _total(length(item)) > budget:
+        if batch and (len(batch) + 1) * sum(round_up(n, bucket) for n in length(item)) > budget:
             yield batch
             batch = []
         batch.append(item)
@@ -122,7 +126,3 @@ def split(ordered: list[T], sizes: list[int]) -> Iterator[list[T]]:
     for size in sizes:
         yield ordered[start : start + size]
         start += size
-
-
-def _total(length: Any) -> int:
-    return sum(length) if isinstance(length, tuple) else int(length)

@@ -7,6 +7,7 @@ Used by ``vhctl score`` in one process or under ``torchrun`` / ``accelerate laun
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import sys
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ import torch
 from vhctl.errors import InputError, PeerError, UsageError, VhctlError, describe_error
 from vhctl.io.records import LineReader, iter_records
 from vhctl.scoring import distributed
+from vhctl.scoring.compiled import estimate_lines
 from vhctl.scoring.device import resolve_device, resolve_dtype
 from vhctl.scoring.pipeline import ScoreOptions, finish_result, load_scoring_model, make_scorer
 from vhctl.scoring.scorer import Scorer
@@ -83,7 +85,10 @@ def _records(options: ScoreOptions, run: ScoreRun, stream: IO[bytes] | None, str
         # ends its windows where rank 0's input paused.
         records = group.records(records if main else None, chunk=run.scorer.window, ready=ready)
         ready = group.ready if stream_input else None
-    return run.scorer.score(records, ready=ready)  # type: ignore[arg-type]
+    expected = estimate_lines(options.input) if options.input != "-" and main else None  # compile=auto
+    if group is not None:
+        expected = group.broadcast(expected)  # rank 0's: every rank takes the same compile decisions
+    return run.scorer.score(records, ready=ready, expected_records=expected)  # type: ignore[arg-type]
 
 
 def start_run(
@@ -108,6 +113,8 @@ def start_run(
         loaded = load_scoring_model(options, device, dtype, progress=progress)
         normalization = loaded.normalization
         interactive = options.input == "-" and main and terminal
+        if interactive and group is None and options.compile == "auto":  # typed lines: no compile pause
+            options = dataclasses.replace(options, compile="off")
         scorer = make_scorer(loaded, options, group=group)
         if options.device_map is not None:
             device = scorer.input_device

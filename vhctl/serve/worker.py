@@ -58,6 +58,7 @@ class ScoringOptions:
     max_length: int | None = None
     max_batch_tokens: int | None = None
     window: int | None = None  # records per scoring window; default batch_size * 32
+    compile: str = "off"  # the scorers' torch.compile choice (vhctl serve: on, see server_choice)
 
 
 class ModelWorker:
@@ -176,6 +177,7 @@ class ModelWorker:
             window=max(self.window, self.max_queue),  # a whole drain is one window of the scorer
             skip_bad=True,
             mark_truncated=True,
+            compile=options.compile,
         )
 
     def _take(self) -> list[Job] | None:

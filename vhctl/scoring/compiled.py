@@ -1,0 +1,275 @@
+"""A compiled backbone (``torch.compile``) for long scoring jobs and for the server.
+
+Why: on a CPU, transformers' eager forward of a small model spends about a third of its time
+outside the matmuls (norms, rotary embeddings, activations, softmax, masks, one kernel each);
+inductor fuses that work into a few loops. The compile itself costs tens of seconds on 2 cores,
+so it is worth it for a long job or a server, not for ten lines.
+
+What runs compiled: the repeated blocks (decoder layers) of the plain causal forward (the
+backbone, no cache) and of the seq2seq encoder + decoder, traced once with **dynamic shapes**, so
+one graph serves every layer and every batch (:class:`CompiledBlocks`; the embeddings, the masks
+and the final norm stay eager). Around that:
+
+- widths are padded up to a multiple of :data:`BUCKET` tokens (the planner counts that padding,
+  :func:`vhctl.scoring.plan.length_batches`), sizes that happen to be equal are traced as distinct
+  symbols, and a compiled batch always has some padding (a batch without any gets one more
+  bucket), since transformers drops a mask of all ones and the blocks would need a second graph;
+- a batch of one row runs eagerly: a dynamic graph specialises a size of 1, and would compile
+  another graph for it;
+- the passes of prefix sharing run eagerly: their blocks update a cache object, whose mutation
+  would be traced into the graph with every prompt's shapes (and the responses are short).
+
+A persistent compile cache: inductor's on-disk caches go to ``TORCHINDUCTOR_CACHE_DIR`` when it is
+set, else ``$XDG_CACHE_HOME/vhctl/inductor`` (``~/.cache/vhctl/inductor``), so the second job on
+the same model skips the code generation and C++ builds and only traces one block again.
+
+A failure to compile (an operation inductor cannot lower, no C++ compiler) is not an error: the
+call is run again eagerly, one warning line says so, and the scorer stays eager from then on. An
+exception that the eager rerun raises too is the model's, and is raised as usual.
+
+When ``auto`` compiles (:class:`CompilePolicy`): when the tokens still to score are at least
+:func:`break_even_tokens`, the count at which the time saved pays for the compile. A file's
+tokens are estimated as its line count (:func:`estimate_lines`, from the size and the first MiB)
+times the mean tokens per record seen so far (the first window); for an input of unknown length
+(stdin, the library's iterables), ``auto`` compiles once the tokens already scored reach that
+count: the job has then shown it is long, and had it ended right there, compiling would have cost
+at most ``1 - COMPILED_TIME_FRACTION`` (15 %) more than staying eager. Both
+rules use token counts, never timings, so the same input gets the same decision on every run
+(and on every rank of a data-parallel run).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from vhctl.errors import UsageError, first_line
+
+__all__ = [
+    "BUCKET",
+    "COMPILE_CHOICES",
+    "CompilePolicy",
+    "CompiledBlocks",
+    "break_even_tokens",
+    "check_compile_choice",
+    "estimate_lines",
+    "inductor_cache_dir",
+    "model_break_even",
+    "repeated_blocks",
+    "server_choice",
+]
+
+logger = logging.getLogger("vhctl")
+
+COMPILE_CHOICES = ("auto", "on", "off")
+BUCKET = 16  # compiled widths are multiples of this many tokens
+
+# The first compile costs as much as scoring this many tokens eagerly: GPT-2 124M, 2 threads,
+# 33 s at 592 tok/s (benchmarks/RESULTS-compile.md). The compile grows with the layers (in this
+# scaling: regional compilation traces one block, so this overstates it for deep models), the eager
+# time per token with the parameters. On a GPU an eager token is far cheaper, so the compile is
+# worth many more of them (an estimate: not measured on a GPU yet).
+COMPILE_COST_TOKENS = {"cpu": 20_000, "cuda": 2_000_000}
+_DEFAULT_COST_TOKENS = 500_000
+_REFERENCE = (12, 124_000_000)  # layers, backbone parameters of GPT-2 124M
+# Compiled passes take this fraction of the eager time: the same benchmark per CPU second, 0.84
+# for the Llama-style 110M and 1.02 for GPT-2 (its GELU is fused already) on a loaded machine.
+COMPILED_TIME_FRACTION = 0.85
+_SAMPLE_BYTES = 1 << 20
+
+
+def check_compile_choice(value: str) -> str:
+    """``auto``, ``on`` or ``off`` (any case).
+
+    Raises:
+        UsageError: anything else.
+    """
+    choice = str(value).strip().lower()
+    if choice not in COMPILE_CHOICES:
+        raise UsageError(f"invalid compile choice {value!r} (--compile, Scorer's compile=)", hint="use auto, on or off")
+    return choice
+
+
+def server_choice(value: str) -> str:
+    """The choice for a server (``vhctl serve``): it runs for long and pays the compile once, so
+    ``auto`` is ``on``."""
+    choice = check_compile_choice(value)
+    return "on" if choice == "auto" else choice
+
+
+def inductor_cache_dir() -> Path:
+    """Where inductor keeps its compiled code: ``TORCHINDUCTOR_CACHE_DIR``, else vhctl's user cache folder."""
+    explicit = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "vhctl" / "inductor"
+
+
+def break_even_tokens(layers: int, parameters: int, device_type: str) -> int:
+    """Tokens to score above which compiling saves more time than it costs.
+
+    The compile costs ``C`` eager tokens' worth of time (:data:`COMPILE_COST_TOKENS`, scaled from
+    GPT-2 124M by layers and by parameters) and saves ``1 - f`` of every token's time after it
+    (:data:`COMPILED_TIME_FRACTION`), so it pays from ``C / (1 - f)`` tokens on.
+    """
+    ref_layers, ref_params = _REFERENCE
+    cost = COMPILE_COST_TOKENS.get(device_type, _DEFAULT_COST_TOKENS)
+    cost_tokens = cost * (max(layers, 1) / ref_layers) * (ref_params / max(parameters, 1))
+    return max(1, round(cost_tokens / (1.0 - COMPILED_TIME_FRACTION)))
+
+
+def model_break_even(hf: Any, device_type: str) -> int:
+    """:func:`break_even_tokens` of a transformers model (its layers and parameters)."""
+    config = hf.config
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    layers = getattr(text, "num_hidden_layers", None) or _REFERENCE[0]
+    if getattr(config, "is_encoder_decoder", False):
+        layers += getattr(text, "num_decoder_layers", None) or layers
+    parameters = sum(p.numel() for p in hf.parameters())
+    return break_even_tokens(int(layers), parameters, device_type)
+
+
+def estimate_lines(path: str | os.PathLike[str]) -> int | None:
+    """The lines of a file: counted when it is at most 1 MiB, else its size over the mean line of the
+    first MiB. None when it cannot be read (the caller's own open reports that)."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as handle:
+            sample = handle.read(_SAMPLE_BYTES)
+    except OSError:
+        return None
+    lines = sample.count(b"\n") + (1 if sample and not sample.endswith(b"\n") else 0)
+    if size <= len(sample) or not lines:
+        return lines
+    return round(size * lines / len(sample))
+
+
+class CompilePolicy:
+    """Whether each window runs compiled: ``on``, ``off``, or ``auto`` from token counts (see the module).
+
+    Args:
+        choice: ``auto``, ``on`` or ``off``.
+        break_even: Tokens from which compiling pays (:func:`break_even_tokens`).
+
+    Once a window runs compiled, every later one does.
+    """
+
+    def __init__(self, choice: str, break_even: int) -> None:
+        self.choice = check_compile_choice(choice)
+        self.break_even = break_even
+        self.on = self.choice == "on"
+        self.tokens = 0  # scored by this scorer, every input
+        self._expected: int | None = None  # records of the current input, when known
+        self._records = 0  # of the current input, so far
+        self._input_tokens = 0
+
+    def start_input(self, expected_records: int | None) -> None:
+        """A new input begins; ``expected_records`` is its length, if known (e.g. a file's lines)."""
+        self._expected = expected_records
+        self._records = self._input_tokens = 0
+
+    def window(self, tokens: int, records: int) -> bool:
+        """Decide for the next window (``tokens`` in ``records``): True runs it compiled."""
+        if self.choice == "auto" and not self.on:
+            if self._expected is not None:
+                mean = (self._input_tokens + tokens) / max(self._records + records, 1)
+                remaining = mean * max(self._expected - self._records, records)
+                self.on = remaining >= self.break_even
+            else:
+                self.on = self.tokens >= self.break_even
+        self.tokens += tokens
+        self._input_tokens += tokens
+        self._records += records
+        return self.on
+
+
+class CompiledBlocks:
+    """Runs forwards with the model's repeated blocks compiled, eager again when compiling fails.
+
+    Regional compilation: the decoder layers of a model are one class, so one graph traced on the
+    first serves them all (the embeddings, masks and final norm run eagerly around it). Tracing one
+    block instead of the whole unrolled stack makes the first compile several times shorter, and a
+    second start, whose code comes from the on-disk cache, shorter still.
+
+    Args:
+        roots: The modules whose repeated blocks run compiled (the backbone; an encoder and decoder).
+        what: What runs compiled, for the warning.
+
+    Attributes:
+        usable: Blocks were found, and this torch can run a module compiled.
+        failed: A compile failed: everything runs eagerly from then on.
+    """
+
+    def __init__(self, roots: list[Any], what: str) -> None:
+        self.blocks = [block for root in roots for block in repeated_blocks(root)]
+        self.what = what
+        self.usable = bool(self.blocks) and all(hasattr(b, "_compiled_call_impl") for b in self.blocks)
+        self.failed = False
+        self._compiled: Callable[..., Any] | None = None
+
+    def __call__(self, function: Callable[..., Any], *args: Any) -> Any:
+        """``function(*args)`` with the blocks compiled; eagerly when that is not possible (warned once)."""
+        if self.failed or not self.usable:
+            return function(*args)
+        try:
+            with self._installed(), _distinct_sizes():
+                return function(*args)
+        except Exception as exc:  # the compiler's, or the model's: the eager rerun tells which
+            result = function(*args)  # raises the model's own error
+            self.failed = True
+            logger.warning(
+                "could not compile %s (%s); scoring without compiling", self.what, first_line(exc)[:200]
+            )  # fmt: skip
+            return result
+
+    @contextlib.contextmanager
+    def _installed(self) -> Iterator[None]:
+        """Each block calls the compiled graph inside the block (what ``Module.compile`` does, undone after)."""
+        if self._compiled is None:
+            self._compiled = _compile_modules()
+        previous = [block._compiled_call_impl for block in self.blocks]
+        for block in self.blocks:
+            block._compiled_call_impl = functools.partial(self._compiled, block)
+        try:
+            yield
+        finally:
+            for block, before in zip(self.blocks, previous, strict=True):
+                block._compiled_call_impl = before
+
+
+def repeated_blocks(root: Any) -> list[Any]:
+    """The longest list of modules of one class under ``root`` (a model's decoder layers), or []."""
+    import torch
+
+    best: list[Any] = []
+    for module in root.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) > len(best):
+            if len({type(block) for block in module}) == 1:
+                best = list(module)
+    return best
+
+
+def _distinct_sizes() -> contextlib.AbstractContextManager[Any]:
+    """Trace sizes that happen to be equal as distinct symbols: a batch of 16 rows of 16 tokens,
+    or equal encoder and decoder widths, must not make later shapes recompile (duck sizing)."""
+    try:
+        from torch.fx.experimental import _config as fx_config
+
+        return fx_config.patch(use_duck_shape=False)
+    except (ImportError, AttributeError):  # an older torch: duck sizing stays on
+        return contextlib.nullcontext()
+
+
+def _compile_modules() -> Callable[..., Any]:
+    """A module call (``Module._call_impl``, hooks included) compiled with dynamic shapes, its
+    on-disk caches in :func:`inductor_cache_dir`."""
+    import torch
+
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(inductor_cache_dir()))
+    return torch.compile(torch.nn.Module._call_impl, dynamic=True)
