@@ -261,7 +261,8 @@ def _distinct_sizes() -> contextlib.AbstractContextManager[Any]:
     try:
         from torch.fx.experimental import _config as fx_config
 
-        return fx_config.patch(use_duck_shape=False)
+        patched: contextlib.AbstractContextManager[Any] = fx_config.patch(use_duck_shape=False)  # type: ignore[attr-defined]
+        return patched
     except (ImportError, AttributeError):  # an older torch: duck sizing stays on
         return contextlib.nullcontext()
 

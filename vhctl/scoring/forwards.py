@@ -178,6 +178,7 @@ class Forwards:
     def _backbone_hidden(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The backbone's final hidden states (B, T, H), no cache (what runs with compiled layers)."""
         backbone = self.parts.backbone
+        assert backbone is not None  # compiled passes run only on a model with a backbone
         return backbone(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
 
     def _seq2seq_hidden(
@@ -185,6 +186,7 @@ class Forwards:
     ) -> torch.Tensor:
         """The decoder's final hidden states (B, T_dec, H) over the encoded inputs."""
         parts = self.parts
+        assert parts.encoder is not None and parts.decoder is not None  # seq2seq passes have both
         encoded = parts.encoder(input_ids=enc_ids, attention_mask=enc_mask).last_hidden_state
         return parts.decoder(
             input_ids=dec_ids,
