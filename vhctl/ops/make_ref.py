@@ -1,23 +1,30 @@
 """``make-ref``: a frozen reference checkpoint that stores only what it does not share with its policy.
 
 Works at the file level: tensors are copied as byte ranges from the policy's safetensors files, so
-memory stays flat whatever the model size.
+memory stays flat whatever the model size. Every byte of the policy's weights is read once: the
+stored tensors are copied by the kernel and hashed from the new file as it is written (the manifest
+does not read it again), while another thread hashes the shared ones for ``shared_sha256``. That
+hash starts before transformers' modeling code is imported (which the layer split needs, and which
+takes seconds), on the tensors the stored names alone suggest are shared; it is restarted if the
+model's module order says otherwise, so the digest is always that of the true split.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import threading
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from vhctl.checkpoint.config import auto_class_for, load_config
 from vhctl.checkpoint.manifest import Manifest, ReferenceInfo, finish_manifest
-from vhctl.checkpoint.tensors import iter_tensor_bytes, shared_tensors_sha256, tensor_index
+from vhctl.checkpoint.tensors import TensorInfo, tensor_index, tensors_sha256
 from vhctl.checkpoint.tokenizer import copy_tokenizer_files
 from vhctl.constants import (
     CONFIG_NAME,
@@ -25,12 +32,13 @@ from vhctl.constants import (
     GENERATION_CONFIG_NAME,
     KIND_POLICY,
     KIND_REFERENCE,
+    LAYER_PATTERNS,
     SAFE_WEIGHTS_NAME,
     VALUE_HEAD_NAME,
 )
 from vhctl.errors import CheckpointError, SourceNotFoundError, UsageError
 from vhctl.io.files import atomic_output_dir
-from vhctl.modeling.reference import split_shared
+from vhctl.io.hashing import CHUNK, quick_gil_handoffs, read_range, write_hashing
 from vhctl.ops.base_files import copy_safetensors_base
 
 _ALIGN = 8
@@ -53,10 +61,13 @@ class ReferenceResult:
         return {**asdict(self), "out": str(self.out), "policy": str(self.policy)}
 
 
-def write_safetensors_subset(entries: list[tuple[str, Path, Any]], dst: Path) -> int:
-    """Write a safetensors file from byte ranges of other files; return the bytes of tensor data.
+def write_safetensors_subset(entries: list[tuple[str, Path, Any]], dst: Path) -> tuple[int, str]:
+    """Write a safetensors file from byte ranges of other files, reading each range once.
 
     ``entries`` are ``(name, file, TensorInfo)``; tensors are laid out in name order.
+
+    Returns:
+        The bytes of tensor data, and the sha256 of the file written (hashed from what was written).
     """
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
@@ -66,17 +77,94 @@ def write_safetensors_subset(entries: list[tuple[str, Path, Any]], dst: Path) ->
         offset += info.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % _ALIGN)
-    with open(dst, "wb") as handle:
-        handle.write(len(raw).to_bytes(8, "little"))
-        handle.write(raw)
-        for _, path, info in ordered:
-            for chunk in iter_tensor_bytes(path, info):
-                handle.write(chunk)
-    return offset
+    ranges = [(Path(path), info.start, info.nbytes) for _, path, info in ordered]
+    try:
+        digest = write_hashing(dst, len(raw).to_bytes(8, "little") + raw, ranges)
+    except EOFError as exc:
+        short = next(((p, i) for _, p, i in ordered if Path(p).stat().st_size < i.end), None)
+        if short is None:
+            raise
+        raise CheckpointError(f"{short[0]} ends inside tensor {short[1].name!r} (truncated?)") from exc
+    return offset, digest
+
+
+def _shared_digest(index: dict[str, tuple[Path, TensorInfo]], names: list[str], cancel: threading.Event) -> str:
+    """``shared_sha256`` (see :func:`vhctl.checkpoint.tensors.shared_tensors_sha256`) from the index
+    at hand; stops at the next chunk once ``cancel`` is set."""
+    buf = bytearray(CHUNK)
+
+    def chunks(name: str) -> Iterator[memoryview]:
+        path, info = index[name]
+        try:
+            yield from read_range(path, info.start, info.nbytes, buf, cancel=cancel)
+        except EOFError as exc:
+            raise CheckpointError(f"{path} ends inside tensor {info.name!r} (truncated?)") from exc
+
+    return tensors_sha256((name, chunks(name)) for name in sorted(set(names)))
+
+
+# Parts of a parameter name that mark an embedding (before the first layer in module order).
+_EMBEDDING_PARTS = frozenset(
+    {"wte", "wpe", "shared", "embed_tokens", "embed_positions", "embed_in", "word_embeddings", "embeddings"}
+)
+
+
+def _guess_shared(names: Iterable[str], num_shared_layers: int, pattern: str | None) -> list[str]:
+    """The shared tensors as the stored names alone suggest (empty: no guess): those of layers
+    0..N-1 of the first known layer pattern that matches, and the embeddings.
+
+    Only used to start hashing before the module order is known; the true split is checked
+    against it.
+    """
+    names = list(names)
+    for candidate in [pattern] if pattern is not None else LAYER_PATTERNS:
+        head, _, tail = candidate.partition("{layer}")
+        regex = re.compile(rf"(?:^|\.){re.escape(head)}(\d+){re.escape(tail)}\.")
+        layer = {name: regex.search(name) for name in names}
+        if any(layer.values()):
+            return sorted(
+                name for name, found in layer.items()
+                if (int(found.group(1)) < num_shared_layers if found else bool(_EMBEDDING_PARTS & set(name.split("."))))
+            )  # fmt: skip
+    return []
+
+
+class _SharedHasher:
+    """``shared_sha256`` on a worker thread: started on a guess, restarted if the true split differs."""
+
+    def __init__(self, index: dict[str, tuple[Path, TensorInfo]]) -> None:
+        self._index = index
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vhctl-shared")
+        self._names: list[str] = []
+        self._job: Future[str] | None = None
+        self._cancel = threading.Event()
+
+    def __enter__(self) -> _SharedHasher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._cancel.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def start(self, names: list[str]) -> None:
+        """Hash ``names`` (sorted, as the digest needs); nothing new if that is what is being hashed."""
+        names = sorted(set(names))
+        if names == self._names:
+            return
+        self._cancel.set()  # a wrong guess: stop it at its next chunk
+        self._cancel = threading.Event()
+        self._names = names
+        self._job = self._pool.submit(_shared_digest, self._index, names, self._cancel) if names else None
+
+    def result(self) -> str | None:
+        """The digest of the names last started (None: nothing is shared)."""
+        return self._job.result() if self._job is not None else None
 
 
 def model_parameter_names(folder: Path, architecture: str) -> list[str]:
     """Parameter names in module order, from the config alone (the model is built on the meta device)."""
+    import torch
+
     config = load_config(folder, where=str(folder))
     with torch.device("meta"):
         model = auto_class_for(architecture).from_config(config)
@@ -105,6 +193,8 @@ def _shared_names(
         if pattern is not None:
             raise UsageError("--pattern needs --shared N")
         return [], None
+    from vhctl.modeling.reference import split_shared
+
     names = model_parameter_names(policy_dir, manifest.architecture)
     shared_params, found_pattern = split_shared(names, num_shared_layers, pattern)
     shared = sorted(n for n in set(shared_params) if n in index)
@@ -126,6 +216,22 @@ def _record_in_policy(manifest: Manifest, policy_dir: Path, out_dir: Path, froze
     manifest.write(policy_dir)
 
 
+def _write_weights(
+    tmp: Path, policy_dir: Path, shared: list[str], stored: list[tuple[str, Path, TensorInfo]]
+) -> tuple[int, dict[str, str]]:
+    """The reference's weights in ``tmp``: the stored tensors, or a full copy when nothing is shared.
+
+    Returns:
+        The bytes of tensor data stored, and the sha256 of the weight files written (relative path
+        -> hex digest), hashed as they were written, for the manifest.
+    """
+    if shared:
+        stored_bytes, digest = write_safetensors_subset(stored, tmp / SAFE_WEIGHTS_NAME)
+        return stored_bytes, {SAFE_WEIGHTS_NAME: digest}
+    known = copy_safetensors_base(policy_dir, tmp, head_files=[], dtype=None, link=False)
+    return sum(info.nbytes for _, _, info in stored), known
+
+
 def make_reference(
     policy: str | os.PathLike[str],
     *,
@@ -145,28 +251,27 @@ def make_reference(
     if out_dir == policy_dir:
         raise UsageError("--out must differ from the policy folder")
     index = tensor_index(policy_dir)
-    shared, found_pattern = _shared_names(policy_dir, manifest, index, num_shared_layers, pattern)
-    shared_set = set(shared)
-    digest = shared_tensors_sha256(policy_dir, shared) if shared else None
-    stored = [(name, path, info) for name, (path, info) in index.items() if name not in shared_set]
-    with atomic_output_dir(out_dir, force=force) as tmp:
-        for name in (CONFIG_NAME, GENERATION_CONFIG_NAME, VALUE_HEAD_NAME):
-            if (policy_dir / name).is_file():
-                shutil.copyfile(policy_dir / name, tmp / name)
-        copy_tokenizer_files(policy_dir, tmp)
-        if shared:
-            stored_bytes = write_safetensors_subset(stored, tmp / SAFE_WEIGHTS_NAME)
-        else:
-            copy_safetensors_base(policy_dir, tmp, head_files=[], dtype=None, link=False)
-            stored_bytes = sum(info.nbytes for _, _, info in stored)
-        reference = ReferenceInfo(
-            policy=os.path.relpath(policy_dir, out_dir), num_shared_layers=num_shared_layers,
-            pattern=found_pattern, shared_tensors=shared, shared_sha256=digest,
-        )  # fmt: skip
-        finish_manifest(tmp, Manifest(
-            kind=KIND_REFERENCE, architecture=manifest.architecture, model_type=manifest.model_type,
-            value_head=manifest.value_head, base_model=dict(manifest.base_model), reference=reference,
-        ))  # fmt: skip
+    with _SharedHasher(index) as hasher, quick_gil_handoffs():
+        if num_shared_layers is not None:  # hash while transformers' modeling code is imported
+            hasher.start(_guess_shared(index, num_shared_layers, pattern))
+        shared, found_pattern = _shared_names(policy_dir, manifest, index, num_shared_layers, pattern)
+        hasher.start(shared)
+        shared_set = set(shared)
+        stored = [(name, path, info) for name, (path, info) in index.items() if name not in shared_set]
+        with atomic_output_dir(out_dir, force=force) as tmp:
+            for name in (CONFIG_NAME, GENERATION_CONFIG_NAME, VALUE_HEAD_NAME):
+                if (policy_dir / name).is_file():
+                    shutil.copyfile(policy_dir / name, tmp / name)
+            copy_tokenizer_files(policy_dir, tmp)
+            stored_bytes, known = _write_weights(tmp, policy_dir, shared, stored)
+            reference = ReferenceInfo(
+                policy=os.path.relpath(policy_dir, out_dir), num_shared_layers=num_shared_layers,
+                pattern=found_pattern, shared_tensors=shared, shared_sha256=hasher.result(),
+            )  # fmt: skip
+            finish_manifest(tmp, Manifest(
+                kind=KIND_REFERENCE, architecture=manifest.architecture, model_type=manifest.model_type,
+                value_head=manifest.value_head, base_model=dict(manifest.base_model), reference=reference,
+            ), known)  # fmt: skip
     frozen = None if num_shared_layers is None else {"num_shared_layers": num_shared_layers, "pattern": found_pattern}
     _record_in_policy(manifest, policy_dir, out_dir, frozen)
     return ReferenceResult(
