@@ -304,7 +304,7 @@ def test_failed_attach_and_make_ref_change_nothing(tmp_path: Path, sources: Sour
     def boom(*_a: object, **_k: object) -> None:
         raise RuntimeError("interrupted")
 
-    monkeypatch.setattr("vhctl.checkpoint.adapters.check_adapter_fits", boom)
+    monkeypatch.setattr("vhctl.ops.attach.check_adapter_fits", boom)
     with pytest.raises(RuntimeError):
         attach_adapter(dest, str(sources.rm2), force=True)
     assert tree(dest) == before and leftovers(tmp_path) == []

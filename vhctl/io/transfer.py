@@ -107,7 +107,7 @@ class FileTransfers:
 def _transfer(src: Path, dst: Path, link: bool, digest: str | None, cancel: threading.Event) -> str | None:
     if link:
         try:
-            os.link(src, dst)
+            os.link(os.path.realpath(src), dst)  # the file itself: link() would link a symlink
         except OSError:
             pass  # another filesystem, or no hard links there: copy instead
         else:

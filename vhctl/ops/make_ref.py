@@ -103,18 +103,24 @@ def _shared_digest(index: dict[str, tuple[Path, TensorInfo]], names: list[str], 
     return tensors_sha256((name, chunks(name)) for name in sorted(set(names)))
 
 
-# Parts of a parameter name that mark an embedding (before the first layer in module order).
-_EMBEDDING_PARTS = frozenset(
-    {"wte", "wpe", "shared", "embed_tokens", "embed_positions", "embed_in", "word_embeddings", "embeddings"}
-)
+# Modules that come before the first layer in module order, besides those named "*embed*".
+_BEFORE_LAYERS = frozenset({"wte", "wpe", "shared", "project_in", "project_out"})
+
+
+def _before_layers(name: str, parent: str) -> bool:
+    """Whether a parameter outside the layers looks like an embedding of the layers' model."""
+    parts = name.split(".")
+    if not (name.startswith(parent) or len(parts) == 2):
+        return False  # e.g. a T5 decoder's embedding, after the encoder's layers
+    return any(p in _BEFORE_LAYERS or ("embed" in p and p != "embed_out") for p in parts[:-1])
 
 
 def _guess_shared(names: Iterable[str], num_shared_layers: int, pattern: str | None) -> list[str]:
     """The shared tensors as the stored names alone suggest (empty: no guess): those of layers
-    0..N-1 of the first known layer pattern that matches, and the embeddings.
+    0..N-1 of the first known layer pattern that matches, and the embeddings next to them.
 
-    Only used to start hashing before the module order is known; the true split is checked
-    against it.
+    Only used to start hashing before the module order is known (a wrong guess costs time, never a
+    wrong digest: the true split is checked against it).
     """
     names = list(names)
     for candidate in [pattern] if pattern is not None else LAYER_PATTERNS:
@@ -122,9 +128,10 @@ def _guess_shared(names: Iterable[str], num_shared_layers: int, pattern: str | N
         regex = re.compile(rf"(?:^|\.){re.escape(head)}(\d+){re.escape(tail)}\.")
         layer = {name: regex.search(name) for name in names}
         if any(layer.values()):
+            parent = head.rstrip(".").rpartition(".")[0] + "."
             return sorted(
                 name for name, found in layer.items()
-                if (int(found.group(1)) < num_shared_layers if found else bool(_EMBEDDING_PARTS & set(name.split("."))))
+                if (int(found.group(1)) < num_shared_layers if found else _before_layers(name, parent))
             )  # fmt: skip
     return []
 
