@@ -31,6 +31,7 @@ def _small_chunks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, int]]
     """Chunks of 64 KiB and writeback every 128 KiB; records the writeback calls."""
     calls: list[tuple[int, int, int]] = []
     monkeypatch.setattr(hashing, "CHUNK", SMALL)
+    monkeypatch.setattr(hashing, "STEP", SMALL)
     monkeypatch.setattr(hashing, "_WRITEBACK", 2 * SMALL)
     real = hashing._start_writeback
     monkeypatch.setattr(hashing, "_start_writeback", lambda fd, o, n: (calls.append((fd, o, n)), real(fd, o, n)))

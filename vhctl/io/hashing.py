@@ -24,19 +24,23 @@ from typing import Any
 
 __all__ = [
     "CHUNK",
+    "STEP",
     "BackgroundHasher",
     "Cancelled",
     "copy_file",
     "copy_hashing",
     "hash_stable",
-    "quick_gil_handoffs",
+    "overlapped_imports",
     "read_range",
     "sha256_file",
     "write_hashing",
 ]
 
-CHUNK = 16 * 1024 * 1024  # big enough that a GIL hand-over per chunk costs little next to hashing it
-_WRITEBACK = 64 * 1024 * 1024  # start writing dirty pages back to the disk every this many bytes
+CHUNK = 16 * 1024 * 1024  # read and hashed at a time: a GIL hand-over costs little next to hashing it
+# Copied by one copy_file_range call: each call has a fixed cost in the kernel (16 MiB steps cost
+# about twice the system time of one call per file), and the hashing thread follows step by step.
+STEP = 64 * 1024 * 1024
+_WRITEBACK = STEP  # start writing dirty pages back to the disk every this many bytes
 _SYNC_FILE_RANGE_WRITE = 2
 _SWITCH_INTERVAL = 0.001
 
@@ -262,13 +266,13 @@ def _write_pieces(dst: Path, pieces: Iterable[Piece], *, hashed: bool,
 
 
 def _piece_steps(copier: _Copier, piece: Piece) -> Iterator[int]:
-    """Copy one piece in steps of at most :data:`CHUNK` bytes; yield the bytes of each step."""
+    """Copy one piece in steps of at most :data:`STEP` bytes; yield the bytes of each step."""
     if isinstance(piece, bytes):
         yield copier.write(piece)
         return
     path, offset, length = piece
     while length is None or length > 0:
-        n = copier.copy(path, offset, CHUNK if length is None else min(CHUNK, length))
+        n = copier.copy(path, offset, STEP if length is None else min(STEP, length))
         if not n:
             if length is None:
                 return
@@ -302,19 +306,26 @@ def read_range(path: str | os.PathLike[str], offset: int, length: int, buf: byte
 
 
 @contextlib.contextmanager
-def quick_gil_handoffs(interval: float = _SWITCH_INTERVAL) -> Iterator[None]:
-    """Lower the interpreter's switch interval for the block (restored after).
+def overlapped_imports(interval: float = _SWITCH_INTERVAL) -> Iterator[None]:
+    """For a block in which the main thread imports (torch, transformers) while worker threads copy
+    and hash: hand the GIL over every ``interval`` seconds, and pause the cyclic garbage collector.
 
-    While worker threads copy and hash, the main thread mostly imports, holding the GIL; a worker
-    needs it for a few bytecodes per chunk and waits up to one switch interval (5 ms by default) for
-    it each time, which is about the time it takes to hash a chunk.
+    A worker needs the GIL for a few bytecodes per chunk and waits up to one switch interval (5 ms
+    by default) for it each time, about the time it takes to hash a chunk. Imports create many
+    objects and so trigger many collections that find almost nothing (about a tenth of their CPU
+    time). Both are restored after the block.
     """
-    before = sys.getswitchinterval()
+    import gc
+
+    before, collecting = sys.getswitchinterval(), gc.isenabled()
     sys.setswitchinterval(min(before, interval))
+    gc.disable()
     try:
         yield
     finally:
         sys.setswitchinterval(before)
+        if collecting:
+            gc.enable()
 
 
 def copy_hashing(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,

@@ -15,7 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from vhctl.io.hashing import Cancelled, copy_file, copy_hashing, hash_stable, quick_gil_handoffs
+from vhctl.io.hashing import Cancelled, copy_file, copy_hashing, hash_stable, overlapped_imports
 
 __all__ = ["FileTransfers", "usable_cores"]
 
@@ -52,7 +52,7 @@ class FileTransfers:
         )
         self._jobs: dict[Path, _Job] = {}
         self._handoffs = contextlib.ExitStack()
-        self._handoffs.enter_context(quick_gil_handoffs())  # the caller imports while workers copy
+        self._handoffs.enter_context(overlapped_imports())  # the caller imports while workers copy
 
     def __enter__(self) -> FileTransfers:
         return self

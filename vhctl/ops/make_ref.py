@@ -38,7 +38,7 @@ from vhctl.constants import (
 )
 from vhctl.errors import CheckpointError, SourceNotFoundError, UsageError
 from vhctl.io.files import atomic_output_dir
-from vhctl.io.hashing import CHUNK, quick_gil_handoffs, read_range, write_hashing
+from vhctl.io.hashing import CHUNK, overlapped_imports, read_range, write_hashing
 from vhctl.ops.base_files import copy_safetensors_base
 
 _ALIGN = 8
@@ -258,7 +258,7 @@ def make_reference(
     if out_dir == policy_dir:
         raise UsageError("--out must differ from the policy folder")
     index = tensor_index(policy_dir)
-    with _SharedHasher(index) as hasher, quick_gil_handoffs():
+    with _SharedHasher(index) as hasher, overlapped_imports():
         if num_shared_layers is not None:  # hash while transformers' modeling code is imported
             hasher.start(_guess_shared(index, num_shared_layers, pattern))
         shared, found_pattern = _shared_names(policy_dir, manifest, index, num_shared_layers, pattern)
