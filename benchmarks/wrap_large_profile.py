@@ -55,6 +55,9 @@ def main() -> int:
         import vhctl.ops.wrap as wrap
 
         mark("vhctl.ops.wrap imported (light: no torch yet)")
+        import atexit
+
+        atexit.register(mark, "interpreter exit starts")
         _around(wrap, "_plan", "plan (imports torch + transformers, reads config and heads)")
         _around(transfer.FileTransfers, "digest", "waiting for a weight file's copy + digest")
         _around(wrap, "finish_manifest", "manifest")
@@ -63,9 +66,13 @@ def main() -> int:
         import vhctl.ops.make_ref as make_ref
 
         mark("vhctl.ops.make_ref imported (light: no torch yet)")
+        import atexit
+
+        atexit.register(mark, "interpreter exit starts")
+        _around(make_ref._ReferenceWeights, "start", "start writing + hashing on the guessed split")
         _around(make_ref, "_shared_names", "layer split (imports torch + transformers modeling, meta model)")
-        _around(make_ref, "_write_weights", "stored tensors: kernel copy + hash behind it")
-        _around(make_ref._SharedHasher, "result", "waiting for shared_sha256")
+        _around(make_ref._ReferenceWeights, "finish", "waiting for the stored tensors and shared_sha256")
+        _around(make_ref, "finish_manifest", "manifest")
         make_ref.make_reference(args[0], num_shared_layers=18, force=True)
     mark("done")
     return 0

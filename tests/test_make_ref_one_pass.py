@@ -94,3 +94,18 @@ def test_the_guess_is_the_split_for_known_families(arch: str, layers: int) -> No
     names = [n for n, _ in model.named_parameters(remove_duplicate=False)]
     split, _ = split_shared(names, layers)
     assert make_ref_module._guess_shared(sorted(stored), layers, None) == sorted(set(split) & stored)
+
+
+def test_the_policy_s_errors_come_before_the_output_s(policy: Path) -> None:
+    """The reference folder is opened before the split is known (to start writing): a bad --shared
+    is still what is reported, and an existing reference is left as it was."""
+    from vhctl.errors import DestinationExistsError, LayerPatternError
+
+    first = make_reference(policy, num_shared_layers=1).out
+    before = {p.name: p.read_bytes() for p in first.iterdir()}
+    with pytest.raises(LayerPatternError):
+        make_reference(policy, num_shared_layers=7)
+    with pytest.raises(DestinationExistsError):
+        make_reference(policy, num_shared_layers=0)
+    assert {p.name: p.read_bytes() for p in first.iterdir()} == before
+    assert not [p for p in policy.iterdir() if p.name.startswith(".vhctl-")]

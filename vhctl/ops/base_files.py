@@ -11,12 +11,13 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from vhctl.checkpoint.config import auto_class_for, quiet_transformers
 from vhctl.checkpoint.tensors import read_header, weight_files
 from vhctl.constants import SAFE_WEIGHTS_INDEX_NAME, V_HEAD_PREFIX
 from vhctl.errors import VhctlError
+from vhctl.io.files import atomic_output_dir
 from vhctl.io.hf_cache import cached_blob_digest
 from vhctl.io.transfer import FileTransfers
 
@@ -26,9 +27,24 @@ if TYPE_CHECKING:
 __all__ = [
     "convert_pickle_base",
     "copy_safetensors_base",
+    "open_output_early",
     "start_verbatim_copies",
     "strip_head_from_safetensors",
 ]
+
+
+def open_output_early(stack: contextlib.ExitStack[Any], out: Path, *, force: bool) -> tuple[Path | None, Exception | None]:
+    """The temporary output folder (see :func:`~vhctl.io.files.atomic_output_dir`), opened before the
+    source is checked so that weights can be written while transformers is imported.
+
+    Returns:
+        The folder, or None and the refusal (the folder exists, is a file, cannot be written) for
+        the caller to raise once the source's own errors are known, which come first as before.
+    """
+    try:
+        return stack.enter_context(atomic_output_dir(out, force=force)), None
+    except Exception as exc:  # raised by the caller after the source's checks
+        return None, exc
 
 
 def strip_head_from_safetensors(src: Path, dst: Path, dtype: torch.dtype | None) -> None:

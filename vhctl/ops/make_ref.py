@@ -11,6 +11,7 @@ model's module order says otherwise, so the digest is always that of the true sp
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -37,9 +38,8 @@ from vhctl.constants import (
     VALUE_HEAD_NAME,
 )
 from vhctl.errors import CheckpointError, SourceNotFoundError, UsageError
-from vhctl.io.files import atomic_output_dir
-from vhctl.io.hashing import CHUNK, overlapped_imports, read_range, write_hashing
-from vhctl.ops.base_files import copy_safetensors_base
+from vhctl.io.hashing import CHUNK, Cancelled, overlapped_imports, read_range, write_hashing
+from vhctl.ops.base_files import copy_safetensors_base, open_output_early
 
 _ALIGN = 8
 
@@ -61,10 +61,12 @@ class ReferenceResult:
         return {**asdict(self), "out": str(self.out), "policy": str(self.policy)}
 
 
-def write_safetensors_subset(entries: list[tuple[str, Path, Any]], dst: Path) -> tuple[int, str]:
+def write_safetensors_subset(entries: list[tuple[str, Path, Any]], dst: Path, *,
+                             cancel: threading.Event | None = None) -> tuple[int, str]:  # fmt: skip
     """Write a safetensors file from byte ranges of other files, reading each range once.
 
-    ``entries`` are ``(name, file, TensorInfo)``; tensors are laid out in name order.
+    ``entries`` are ``(name, file, TensorInfo)``; tensors are laid out in name order. ``cancel``
+    stops the copy at its next step (raising :class:`~vhctl.io.hashing.Cancelled`).
 
     Returns:
         The bytes of tensor data, and the sha256 of the file written (hashed from what was written).
@@ -79,7 +81,7 @@ def write_safetensors_subset(entries: list[tuple[str, Path, Any]], dst: Path) ->
     raw += b" " * (-len(raw) % _ALIGN)
     ranges = [(Path(path), info.start, info.nbytes) for _, path, info in ordered]
     try:
-        digest = write_hashing(dst, len(raw).to_bytes(8, "little") + raw, ranges)
+        digest = write_hashing(dst, len(raw).to_bytes(8, "little") + raw, ranges, cancel=cancel)
     except EOFError as exc:
         short = next(((p, i) for _, p, i in ordered if Path(p).stat().st_size < i.end), None)
         if short is None:
@@ -136,36 +138,74 @@ def _guess_shared(names: Iterable[str], num_shared_layers: int, pattern: str | N
     return []
 
 
-class _SharedHasher:
-    """``shared_sha256`` on a worker thread: started on a guess, restarted if the true split differs."""
+class _ReferenceWeights:
+    """The reference's weights and ``shared_sha256``, written and hashed on worker threads.
 
-    def __init__(self, index: dict[str, tuple[Path, TensorInfo]]) -> None:
-        self._index = index
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vhctl-shared")
-        self._names: list[str] = []
-        self._job: Future[str] | None = None
-        self._cancel = threading.Event()
+    Both start on a guess of the split (:func:`_guess_shared`) while transformers' modeling code is
+    imported; :meth:`finish` keeps what matches the true split and redoes the rest.
+    """
 
-    def __enter__(self) -> _SharedHasher:
+    def __init__(self, policy_dir: Path, index: dict[str, tuple[Path, TensorInfo]]) -> None:
+        self._policy_dir, self._index = policy_dir, index
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vhctl-ref")
+        self._shared: tuple[list[str], Future[str], threading.Event] | None = None
+        self._stored: tuple[list[str], Future[tuple[int, str]], threading.Event] | None = None
+
+    def __enter__(self) -> _ReferenceWeights:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._cancel.set()
+        for job in (self._shared, self._stored):
+            if job is not None:
+                job[2].set()  # stop at the next chunk (a no-op for a finished job)
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def start(self, names: list[str]) -> None:
-        """Hash ``names`` (sorted, as the digest needs); nothing new if that is what is being hashed."""
-        names = sorted(set(names))
-        if names == self._names:
-            return
-        self._cancel.set()  # a wrong guess: stop it at its next chunk
-        self._cancel = threading.Event()
-        self._names = names
-        self._job = self._pool.submit(_shared_digest, self._index, names, self._cancel) if names else None
+    def stored(self, shared: list[str]) -> list[tuple[str, Path, TensorInfo]]:
+        """What a reference sharing ``shared`` stores: every other tensor."""
+        skip = set(shared)
+        return [(name, path, info) for name, (path, info) in self._index.items() if name not in skip]
 
-    def result(self) -> str | None:
-        """The digest of the names last started (None: nothing is shared)."""
-        return self._job.result() if self._job is not None else None
+    def start(self, tmp: Path, shared: list[str]) -> None:
+        """Hash ``shared`` and write the rest into ``tmp`` (nothing new if those are running)."""
+        shared = sorted(set(shared))
+        if not shared:
+            return
+        if self._shared is None or self._shared[0] != shared:
+            self._drop_shared()
+            cancel = threading.Event()
+            self._shared = (shared, self._pool.submit(_shared_digest, self._index, shared, cancel), cancel)
+        if self._stored is None or self._stored[0] != shared:
+            self._drop_stored(tmp)
+            cancel = threading.Event()
+            job = self._pool.submit(write_safetensors_subset, self.stored(shared), tmp / SAFE_WEIGHTS_NAME, cancel=cancel)
+            self._stored = (shared, job, cancel)
+
+    def finish(self, tmp: Path, shared: list[str]) -> tuple[int, dict[str, str], str | None]:
+        """The weights for the true split ``shared``: (bytes of tensor data stored, sha256 of the
+        weight files written, ``shared_sha256`` or None when nothing is shared)."""
+        if not shared:
+            known = copy_safetensors_base(self._policy_dir, tmp, head_files=[], dtype=None, link=False)
+            return sum(info.nbytes for _, _, info in self.stored([])), known, None
+        self.start(tmp, shared)
+        assert self._shared is not None and self._stored is not None
+        stored_bytes, digest = self._stored[1].result()
+        return stored_bytes, {SAFE_WEIGHTS_NAME: digest}, self._shared[1].result()
+
+    def _drop_shared(self) -> None:
+        if self._shared is not None:
+            self._shared[2].set()  # a wrong guess: stop it at its next chunk
+            self._shared = None
+
+    def _drop_stored(self, tmp: Path) -> None:
+        if self._stored is not None:
+            _, job, cancel = self._stored
+            cancel.set()
+            try:
+                job.result()
+            except Cancelled:
+                pass
+            (tmp / SAFE_WEIGHTS_NAME).unlink(missing_ok=True)
+            self._stored = None
 
 
 def model_parameter_names(folder: Path, architecture: str) -> list[str]:
@@ -223,22 +263,6 @@ def _record_in_policy(manifest: Manifest, policy_dir: Path, out_dir: Path, froze
     manifest.write(policy_dir)
 
 
-def _write_weights(
-    tmp: Path, policy_dir: Path, shared: list[str], stored: list[tuple[str, Path, TensorInfo]]
-) -> tuple[int, dict[str, str]]:
-    """The reference's weights in ``tmp``: the stored tensors, or a full copy when nothing is shared.
-
-    Returns:
-        The bytes of tensor data stored, and the sha256 of the weight files written (relative path
-        -> hex digest), hashed as they were written, for the manifest.
-    """
-    if shared:
-        stored_bytes, digest = write_safetensors_subset(stored, tmp / SAFE_WEIGHTS_NAME)
-        return stored_bytes, {SAFE_WEIGHTS_NAME: digest}
-    known = copy_safetensors_base(policy_dir, tmp, head_files=[], dtype=None, link=False)
-    return sum(info.nbytes for _, _, info in stored), known
-
-
 def make_reference(
     policy: str | os.PathLike[str],
     *,
@@ -258,31 +282,33 @@ def make_reference(
     if out_dir == policy_dir:
         raise UsageError("--out must differ from the policy folder")
     index = tensor_index(policy_dir)
-    with _SharedHasher(index) as hasher, overlapped_imports():
-        if num_shared_layers is not None:  # hash while transformers' modeling code is imported
-            hasher.start(_guess_shared(index, num_shared_layers, pattern))
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(overlapped_imports())
+        tmp, refused = open_output_early(stack, out_dir, force=force)
+        weights = stack.enter_context(_ReferenceWeights(policy_dir, index))
+        if num_shared_layers is not None and tmp is not None:  # while transformers' modeling code is imported
+            weights.start(tmp, _guess_shared(index, num_shared_layers, pattern))
         shared, found_pattern = _shared_names(policy_dir, manifest, index, num_shared_layers, pattern)
-        hasher.start(shared)
-        shared_set = set(shared)
-        stored = [(name, path, info) for name, (path, info) in index.items() if name not in shared_set]
-        with atomic_output_dir(out_dir, force=force) as tmp:
-            for name in (CONFIG_NAME, GENERATION_CONFIG_NAME, VALUE_HEAD_NAME):
-                if (policy_dir / name).is_file():
-                    shutil.copyfile(policy_dir / name, tmp / name)
-            copy_tokenizer_files(policy_dir, tmp)
-            stored_bytes, known = _write_weights(tmp, policy_dir, shared, stored)
-            reference = ReferenceInfo(
-                policy=os.path.relpath(policy_dir, out_dir), num_shared_layers=num_shared_layers,
-                pattern=found_pattern, shared_tensors=shared, shared_sha256=hasher.result(),
-            )  # fmt: skip
-            finish_manifest(tmp, Manifest(
-                kind=KIND_REFERENCE, architecture=manifest.architecture, model_type=manifest.model_type,
-                value_head=manifest.value_head, base_model=dict(manifest.base_model), reference=reference,
-            ), known)  # fmt: skip
+        if refused is not None:
+            raise refused
+        assert tmp is not None
+        for name in (CONFIG_NAME, GENERATION_CONFIG_NAME, VALUE_HEAD_NAME):
+            if (policy_dir / name).is_file():
+                shutil.copyfile(policy_dir / name, tmp / name)
+        copy_tokenizer_files(policy_dir, tmp)
+        stored_bytes, known, digest = weights.finish(tmp, shared)
+        reference = ReferenceInfo(
+            policy=os.path.relpath(policy_dir, out_dir), num_shared_layers=num_shared_layers,
+            pattern=found_pattern, shared_tensors=shared, shared_sha256=digest,
+        )  # fmt: skip
+        finish_manifest(tmp, Manifest(
+            kind=KIND_REFERENCE, architecture=manifest.architecture, model_type=manifest.model_type,
+            value_head=manifest.value_head, base_model=dict(manifest.base_model), reference=reference,
+        ), known)  # fmt: skip
     frozen = None if num_shared_layers is None else {"num_shared_layers": num_shared_layers, "pattern": found_pattern}
     _record_in_policy(manifest, policy_dir, out_dir, frozen)
     return ReferenceResult(
         out=out_dir, policy=policy_dir, num_shared_layers=num_shared_layers, pattern=found_pattern,
-        shared_tensors=len(shared), stored_tensors=len(stored), stored_bytes=stored_bytes,
+        shared_tensors=len(shared), stored_tensors=len(index) - len(shared), stored_bytes=stored_bytes,
         shared_bytes=sum(index[n][1].nbytes for n in shared),
     )  # fmt: skip

@@ -38,10 +38,14 @@ from vhctl.constants import (
 )
 from vhctl.dtypes import canonical_dtype, dtype_name, torch_dtype
 from vhctl.errors import NotAModelError, UnsafeLoadError, UnsupportedModelError, UsageError
-from vhctl.io.files import atomic_output_dir
 from vhctl.io.resolve import ResolvedModel, resolve_model
 from vhctl.io.transfer import FileTransfers
-from vhctl.ops.base_files import convert_pickle_base, copy_safetensors_base, start_verbatim_copies
+from vhctl.ops.base_files import (
+    convert_pickle_base,
+    copy_safetensors_base,
+    open_output_early,
+    start_verbatim_copies,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -277,16 +281,6 @@ def _manifest(plan: _Plan, head_info: ValueHeadInfo, imported: ImportResult | No
     )  # fmt: skip
 
 
-def _open_output(stack: contextlib.ExitStack[Any], out_path: Path, *, force: bool) -> tuple[Path | None, Exception | None]:
-    """The temporary output folder, opened before the source is checked so that copying can start;
-    a refusal (the folder exists, is a file, cannot be written) is returned, to be raised after the
-    source's own errors as before."""
-    try:
-        return stack.enter_context(atomic_output_dir(out_path, force=force)), None
-    except Exception as exc:  # noqa: BLE001 - raised by the caller once the source is known good
-        return None, exc
-
-
 def _write_head(tmp: Path, weight: torch.Tensor, bias: torch.Tensor) -> None:
     from vhctl.checkpoint.heads import write_head
 
@@ -340,7 +334,7 @@ def wrap_model(
     src = resolved.path
     verbatim = weight_files(src) if target is None and has_safetensors_weights(src) else []
     with contextlib.ExitStack() as stack:
-        tmp, refused = _open_output(stack, out_path, force=force)
+        tmp, refused = open_output_early(stack, out_path, force=force)
         transfers = stack.enter_context(FileTransfers())
         if tmp is not None:  # copy and hash the weights while transformers is imported and the config read
             start_verbatim_copies(src, tmp, verbatim, transfers, link=link)
