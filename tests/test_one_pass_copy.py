@@ -248,3 +248,13 @@ def test_the_source_s_errors_come_before_the_output_s(tmp_path: Path, force: boo
         with pytest.raises(DestinationExistsError):
             wrap_model(str(src), out)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]
+
+
+def test_the_hash_reads_when_the_new_file_cannot_be_mapped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*_a: object, **_k: object) -> None:
+        raise OSError(errno.ENODEV, "no mmap on this filesystem")
+
+    monkeypatch.setattr(hashing.mmap, "mmap", refuse)
+    (tmp_path / "src").write_bytes(_data(5 * SMALL + 3))
+    digest = copy_hashing(tmp_path / "src", tmp_path / "dst")
+    assert digest == _sha((tmp_path / "dst").read_bytes()) == _sha((tmp_path / "src").read_bytes())

@@ -15,6 +15,7 @@ import contextlib
 import ctypes
 import errno
 import hashlib
+import mmap
 import os
 import sys
 import threading
@@ -104,8 +105,10 @@ Piece = bytes | tuple[Path, int, int | None]
 class _Follower:
     """sha256 of a file while another thread writes it, never reading past what was written.
 
-    It reads the new file's pages back from the page cache (they were just written), so the digest
-    is that of the file as written, whatever happens to the source meanwhile.
+    It hashes the new file's pages where they are, in the page cache the copy just filled (mapped
+    into memory: no copy out of the cache, which costs about a third of the hashing's CPU time when
+    read), so the digest is that of the file as written, whatever happens to the source meanwhile.
+    The file is vhctl's own new file, which nothing else truncates while it is mapped.
     """
 
     def __init__(self, path: Path) -> None:
@@ -115,6 +118,7 @@ class _Follower:
         self._done = False
         self._digest = hashlib.sha256()
         self._error: BaseException | None = None
+        self._mapping = True  # until the platform or the filesystem refuses
         self._thread = threading.Thread(target=self._run, name="vhctl-sha256", daemon=True)
         self._thread.start()
 
@@ -145,8 +149,6 @@ class _Follower:
         self._stop()
 
     def _run(self) -> None:
-        buf = bytearray(CHUNK)
-        view = memoryview(buf)
         pos = 0
         try:
             while True:
@@ -154,19 +156,31 @@ class _Follower:
                     while self._written == pos and not self._done:
                         self._cond.wait()
                     limit = self._written
-                if limit < pos:
-                    return  # aborted
-                if limit == pos:
-                    return  # done and caught up
+                if limit <= pos:
+                    return  # done and caught up (or aborted: limit -1)
                 while pos < limit:
-                    self._file.seek(pos)
-                    n = self._file.readinto(view[: min(CHUNK, limit - pos)])
-                    if not n:
-                        raise OSError(f"{self._file.name} is shorter than what was written to it")
-                    self._digest.update(view[:n])
-                    pos += n
+                    pos += self._hash(pos, min(CHUNK, limit - pos))
         except BaseException as exc:  # handed to the writing thread by finish()
             self._error = exc
+
+    def _hash(self, pos: int, n: int) -> int:
+        """Hash ``n`` bytes of the file from ``pos``; the bytes hashed."""
+        if self._mapping:
+            start = pos - pos % mmap.ALLOCATIONGRANULARITY
+            try:
+                with mmap.mmap(self._file.fileno(), pos + n - start, access=mmap.ACCESS_READ, offset=start) as mapped:
+                    with memoryview(mapped) as view:
+                        self._digest.update(view[pos - start :])
+                return n
+            except (OSError, ValueError):
+                self._mapping = False  # read instead from now on
+        buf = bytearray(n)
+        self._file.seek(pos)
+        got = self._file.readinto(buf)
+        if not got:
+            raise OSError(f"{self._file.name} is shorter than what was written to it")
+        self._digest.update(memoryview(buf)[:got])
+        return got
 
 
 class _Copier:
