@@ -1,6 +1,7 @@
 """wrap and make-ref at a real model size (issue #17): GPT-2-large shape, 774M parameters, 3.1 GB.
 
     python benchmarks/bench_wrap_large.py [--reps 3] [--out benchmarks/RESULTS-wrap-large.md] [--keep]
+                                          [--baseline DIR]
 
 Builds the model from its config with random weights (one ``model.safetensors``, written tensor by
 tensor) and a 5-shard copy of it (see ``large_model.py``), then measures whole processes, with
@@ -13,7 +14,9 @@ interleaved repetitions (the order rotates each rep), in the same run:
 
 and writes a markdown table with each target of the issue met or missed; a miss comes with the
 timeline of one in-process run (``wrap_large_profile.py``). Wall time, user + system CPU and peak
-RSS come from ``/usr/bin/time -v``. The big files are removed at the end unless ``--keep``.
+RSS come from ``/usr/bin/time -v``. ``--baseline DIR`` also runs ``vhctl wrap`` (single file) and
+``make-ref`` from another checkout's ``vhctl/`` (e.g. ``git archive main vhctl | tar -x -C DIR``) in
+the same repetitions. The big files are removed at the end unless ``--keep``.
 """
 
 from __future__ import annotations
@@ -112,19 +115,26 @@ def commands(paths: dict[str, Path], out: Path) -> dict[str, list[str]]:
     }
 
 
-def measure(paths: dict[str, Path], reps: int) -> dict[str, list[dict[str, float]]]:
+BASELINE = ("wrap-single", "make-ref")
+
+
+def measure(paths: dict[str, Path], reps: int, baseline: Path | None) -> dict[str, list[dict[str, float]]]:
     out = ROOT / "out"
     cmds = commands(paths, out)
+    envs = {name: common.thread_env() for name in cmds}
+    if baseline is not None:
+        for name in BASELINE:
+            cmds[f"{name}@baseline"] = cmds[name]
+            envs[f"{name}@baseline"] = {**common.thread_env(), "PYTHONPATH": str(baseline.absolute())}
     names = list(cmds)
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
-    env = common.thread_env()
     for rep in range(reps):
         order = names[rep % len(names):] + names[: rep % len(names)]
         order = order if rep % 2 == 0 else order[::-1]
         for name in order:
             shutil.rmtree(out, ignore_errors=True)
             os.sync()
-            runs[name].append(run(cmds[name], env))
+            runs[name].append(run(cmds[name], envs[name]))
             shutil.rmtree(out, ignore_errors=True)
         print(f"  [rep {rep + 1}/{reps}, load {os.getloadavg()[0]:.1f}] " + ", ".join(
             f"{n} {runs[n][-1]['wall_s']:.1f} s" for n in names), flush=True)  # fmt: skip
@@ -192,10 +202,21 @@ LABELS = {
 }
 
 
+# The floors whose work each vhctl command does (their CPU times add up to its CPU floor).
+CPU_FLOORS = {
+    "wrap-single": ("copy-single", "hash-single", "import"),
+    "wrap-sharded": ("copy-sharded", "hash-sharded", "import"),
+    "link-single": ("hash-single", "import"),
+    "link-sharded": ("hash-sharded", "import"),
+    "make-ref": ("copy-stored", "hash-single", "import"),
+}
+
+
 def report(runs: dict[str, list[dict[str, float]]], paths: dict[str, Path], info: dict[str, Any], args: Any) -> str:
     lines = [
         "# wrap and make-ref at GPT-2-large size (issue #17)", "",
-        f"Command: `python benchmarks/bench_wrap_large.py --reps {args.reps}` ({info['elapsed_s'] / 60:.1f} min). "
+        f"Command: `python benchmarks/bench_wrap_large.py --reps {args.reps}"
+        f"{f' --baseline {args.baseline}' if args.baseline else ''}` ({info['elapsed_s'] / 60:.1f} min). "
         f"Commit {info['commit']}; {info['cpu']}, {info['cores']} cores, {info['mem_gib']:.0f} GiB; "
         f"load average {info['load_start']:.1f} at the start, {info['load_end']:.1f} at the end "
         "(the machine is shared: the ratios below are taken within one run, the walls are not comparable "
@@ -203,12 +224,27 @@ def report(runs: dict[str, list[dict[str, float]]], paths: dict[str, Path], info
         f"Model: GPT-2-large shape ({info['params'] / 1e6:.0f}M parameters, float32, random weights), "
         f"`model.safetensors` {info['model_bytes'] / 1e9:.2f} GB, and the same tensors in 5 shards. "
         f"Whole processes, {args.reps} interleaved repetitions, medians (min-max).", "",
-        "| command | wall s | user+sys CPU s | peak RSS MiB |", "| --- | ---: | ---: | ---: |",
+        "| command | wall s | user+sys CPU s | cores used (CPU / wall) | peak RSS MiB |",
+        "| --- | ---: | ---: | ---: | ---: |",
     ]  # fmt: skip
-    for name, label in LABELS.items():
+    labels = dict(LABELS)
+    for name in BASELINE:
+        if f"{name}@baseline" in runs:
+            labels[f"{name}@baseline"] = f"{LABELS[name].split(' (')[0]}, **baseline** `{args.baseline}`"
+    for name, label in labels.items():
         walls = [r["wall_s"] for r in runs[name]]
+        cores = med(runs[name], "cpu_s") / med(runs[name])
         lines.append(f"| {label} | {med(runs[name]):.2f} ({min(walls):.2f}-{max(walls):.2f}) | "
-                     f"{med(runs[name], 'cpu_s'):.2f} | {med(runs[name], 'peak_mib'):.0f} |")  # fmt: skip
+                     f"{med(runs[name], 'cpu_s'):.2f} | {cores:.2f} | {med(runs[name], 'peak_mib'):.0f} |")  # fmt: skip
+    lines += ["", "## The work against the floors' work (CPU seconds, medians)", "",
+              "vhctl's processes do the floors' work at once: their CPU time is compared with the sum of the "
+              "floors' CPU times. The wall-time targets below assume that work spreads over 2 free cores.", "",
+              "| command | its CPU s | the floors' CPU s | |", "| --- | ---: | ---: | --- |"]
+    cpu = {name: med(runs[name], "cpu_s") for name in runs}
+    for name, parts in CPU_FLOORS.items():
+        total = sum(cpu[part] for part in parts)
+        lines.append(f"| {LABELS[name].split(',')[0].split(' (')[0]} ({name}) | {cpu[name]:.2f} | {total:.2f} | "
+                     f"{' + '.join(parts)} |")  # fmt: skip
     lines += ["", "## Targets (same run, medians)", "", "| target | measured | |", "| --- | --- | --- |"]
     found = targets(runs)
     for what, measured, ok, _ in found:
@@ -228,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--out", type=Path, default=common.BENCH / "RESULTS-wrap-large.md")
     parser.add_argument("--keep", action="store_true", help="keep the built models for the next run")
+    parser.add_argument("--baseline", type=Path, help="a folder holding another vhctl/ to run wrap and make-ref from")
     args = parser.parse_args(argv)
     ROOT.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(ROOT).free
@@ -242,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                 with open(path, "rb", buffering=0) as handle:
                     while handle.read(64 << 20):
                         pass
-        runs = measure(paths, args.reps)
+        runs = measure(paths, args.reps, args.baseline)
         machine = common.machine_info()
         params, nbytes = common.param_count_and_bytes(paths["single"])
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
