@@ -17,13 +17,17 @@ from vhctl.constants import ARCH_CAUSAL, ARCH_SEQ2SEQ, CONFIG_NAME
 from vhctl.errors import NotAModelError, UnsupportedModelError
 
 __all__ = [
+    "DEFAULT_DROPOUT",
     "auto_class_for",
     "detect_architecture",
+    "dropout_of",
     "hidden_size_of",
     "load_config",
     "quiet_transformers",
     "read_config_dict",
 ]
+
+DEFAULT_DROPOUT = 0.1
 
 
 @contextlib.contextmanager
@@ -147,3 +151,11 @@ def hidden_size_of(config: Any) -> int:
         hint="the config needs one of hidden_size, word_embed_proj_dim, text_config.hidden_size, "
         "decoder.hidden_size",
     )
+
+
+def dropout_of(config: Any, kwargs: dict[str, Any]) -> float:
+    """``config.summary_dropout_prob`` wins when the config has it (as in TRL), else the kwarg, else 0.1."""
+    if hasattr(config, "summary_dropout_prob"):
+        return float(config.summary_dropout_prob or 0.0)
+    value = kwargs.get("summary_dropout_prob", DEFAULT_DROPOUT)
+    return float(value) if value is not None else 0.0

@@ -238,7 +238,7 @@ def iter_tensor_bytes(
             yield data
 
 
-def tensors_sha256(items: Iterable[tuple[str, Iterable[bytes]]]) -> str:
+def tensors_sha256(items: Iterable[tuple[str, Iterable[bytes | memoryview]]]) -> str:
     """sha256 over ``name`` utf-8 bytes then raw tensor bytes, for each item (caller sorts by name)."""
     digest = hashlib.sha256()
     for name, chunks in items:

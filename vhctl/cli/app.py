@@ -6,6 +6,7 @@ Command modules import torch/transformers inside their functions, so ``vhctl --h
 
 from __future__ import annotations
 
+import gc
 from typing import Annotated
 
 import typer
@@ -63,4 +64,9 @@ for _name, _function, _short in _COMMANDS:
 
 def main() -> None:
     """Console-script entry point."""
-    app(prog_name="vhctl")
+    try:
+        app(prog_name="vhctl")
+    finally:
+        # The process ends here: spare its exit a collection of everything torch and transformers
+        # imported (over a second after transformers' modeling code), which would free nothing.
+        gc.freeze()

@@ -1,4 +1,7 @@
-"""File helpers: streaming sha256, atomic output folders, safe relative paths."""
+"""File helpers: atomic output folders, safe relative paths, modes like ``cp``.
+
+``sha256_file`` and ``BackgroundHasher`` live in :mod:`vhctl.io.hashing` and are importable from here too.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,6 @@ import contextlib
 import ctypes
 import errno
 import glob
-import hashlib
 import os
 import re
 import shutil
@@ -15,93 +17,25 @@ import sys
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
 
 from vhctl.constants import OLD_PREFIX, TMP_PREFIX
 from vhctl.errors import DestinationExistsError, NotAModelError, SourceNotFoundError, UsageError, VhctlError
+from vhctl.io.hashing import BackgroundHasher, sha256_file
 
-_CHUNK = 8 * 1024 * 1024
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, read in chunks so memory stays flat for multi-GB shards."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _signature(path: Path) -> tuple[int, int, int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-class BackgroundHasher:
-    """sha256 of files on a worker thread while the caller goes on (importing, copying).
-
-    Hashing multi-GB weights is a second full read after a copy; started early on the source
-    files, it overlaps with work that does not touch them (hashlib releases the GIL on large
-    updates). A digest is handed out only when the file's identity, size and mtime are still what
-    they were before it was read, so a file changed meanwhile is hashed again by the caller.
-
-    Example:
-        >>> with BackgroundHasher() as hasher:
-        ...     hasher.submit(src / "model.safetensors")
-        ...     shutil.copyfile(src / "model.safetensors", dst / "model.safetensors")
-        ...     digest = hasher.digest(src / "model.safetensors")  # None: hash it yourself
-    """
-
-    def __init__(self) -> None:
-        import threading
-        from concurrent.futures import ThreadPoolExecutor
-
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vhctl-sha256")
-        self._cancel = threading.Event()
-        self._jobs: dict[Path, tuple[tuple[int, int, int, int], Any]] = {}
-
-    def __enter__(self) -> BackgroundHasher:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def submit(self, path: str | os.PathLike[str]) -> None:
-        """Start hashing ``path`` (a file that is not there or already queued is ignored)."""
-        key = Path(path).absolute()
-        signature = _signature(key)
-        if key in self._jobs or signature is None:
-            return
-        self._jobs[key] = (signature, self._pool.submit(self._hash, key))
-
-    def digest(self, path: str | os.PathLike[str]) -> str | None:
-        """The hex sha256 of ``path`` if it was submitted and has not changed since; else None."""
-        job = self._jobs.get(Path(path).absolute())
-        if job is None:
-            return None
-        signature, future = job
-        result = future.result()
-        return result if result is not None and _signature(Path(path).absolute()) == signature else None
-
-    def close(self) -> None:
-        """Stop after the chunk in progress; digests not asked for are dropped."""
-        self._cancel.set()
-        self._pool.shutdown(wait=True)
-
-    def _hash(self, path: Path) -> str | None:
-        digest = hashlib.sha256()
-        try:
-            with open(path, "rb") as handle:
-                while chunk := handle.read(_CHUNK):
-                    if self._cancel.is_set():
-                        return None
-                    digest.update(chunk)
-        except OSError:
-            return None
-        return digest.hexdigest()
+__all__ = [
+    "BackgroundHasher",
+    "atomic_output_dir",
+    "clean_stale_siblings",
+    "current_umask",
+    "existing_folder",
+    "fsync_tree",
+    "link_or_copy",
+    "link_tree",
+    "safe_relpath",
+    "sha256_file",
+    "share_like_cp",
+    "temp_sibling",
+]
 
 
 def existing_folder(path: str | os.PathLike[str], *, hint: str = "pass the folder of a vhctl checkpoint") -> Path:

@@ -7,19 +7,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from vhctl.checkpoint.config import hidden_size_of
-
-DEFAULT_DROPOUT = 0.1
+from vhctl.checkpoint.config import DEFAULT_DROPOUT, dropout_of, hidden_size_of
 
 __all__ = ["DEFAULT_DROPOUT", "ValueHead", "dropout_of", "hidden_size_of"]
-
-
-def dropout_of(config: Any, kwargs: dict[str, Any]) -> float:
-    """``config.summary_dropout_prob`` wins when the config has it (as in TRL), else the kwarg, else 0.1."""
-    if hasattr(config, "summary_dropout_prob"):
-        return float(config.summary_dropout_prob or 0.0)
-    value = kwargs.get("summary_dropout_prob", DEFAULT_DROPOUT)
-    return float(value) if value is not None else 0.0
 
 
 class ValueHead(nn.Module):

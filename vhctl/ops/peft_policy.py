@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from vhctl.checkpoint.adapters import read_adapter_config, read_adapter_weights
-from vhctl.checkpoint.config import detect_architecture, hidden_size_of, load_config
+from vhctl.checkpoint.config import detect_architecture, dropout_of, hidden_size_of, load_config
 from vhctl.checkpoint.heads import check_head_state, find_head, write_head
 from vhctl.checkpoint.manifest import Manifest, ValueHeadInfo, finish_manifest
 from vhctl.checkpoint.tokenizer import copy_tokenizer_files
@@ -24,12 +24,7 @@ from vhctl.constants import (
     ADAPTER_CONFIG_NAME,
     ADAPTER_PT_NAME,
     ADAPTER_SAFE_NAME,
-    CONFIG_NAME,
     KIND_POLICY,
-    PT_WEIGHTS_INDEX_NAME,
-    PT_WEIGHTS_NAME,
-    SAFE_WEIGHTS_INDEX_NAME,
-    SAFE_WEIGHTS_NAME,
     V_HEAD_BIAS,
     V_HEAD_WEIGHT,
     VALUE_HEAD_NAME,
@@ -39,14 +34,12 @@ from vhctl.errors import HubError, NotAModelError, SourceNotFoundError, UnsafeLo
 from vhctl.formats import read_reward_head
 from vhctl.io.files import atomic_output_dir, link_or_copy
 from vhctl.io.resolve import ResolvedModel, resolve_model
-from vhctl.modeling.value_head import dropout_of
 
-__all__ = ["PEFT_LAYOUT", "PeftPolicyResult", "is_peft_policy_source", "wrap_peft_policy"]
+__all__ = ["PEFT_LAYOUT", "PeftPolicyResult", "wrap_peft_policy"]
 
 # ``head_from`` of a checkpoint converted from TRL's PEFT layout.
 PEFT_LAYOUT = "trl-peft"
 # Files next to an adapter that may hold a value head (TRL: the pickle; vhctl's TRL export: safetensors).
-_HEAD_FILES = (VALUE_HEAD_NAME, SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, PT_WEIGHTS_NAME, PT_WEIGHTS_INDEX_NAME)
 
 
 @dataclass
@@ -60,17 +53,6 @@ class PeftPolicyResult:
     head_from: str
     files: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-
-def is_peft_policy_source(folder: Path) -> bool:
-    """An adapter folder without a model config that keeps a value head next to the adapter.
-
-    Only file names are looked at (a pickle is not opened here), so a TRL folder is recognised
-    with or without ``--allow-pickle`` and then meets the usual pickle refusal.
-    """
-    if not (folder / ADAPTER_CONFIG_NAME).is_file() or (folder / CONFIG_NAME).is_file():
-        return False
-    return any((folder / name).is_file() for name in _HEAD_FILES)
 
 
 def _resolve_base(source: str, adapter_config: dict[str, Any], *, token: Any, allow_pickle: bool) -> ResolvedModel:
@@ -128,7 +110,7 @@ def wrap_peft_policy(
 
     Args:
         source: what the user named (for messages).
-        resolved: the adapter folder (see :func:`is_peft_policy_source`).
+        resolved: the adapter folder (see :func:`vhctl.checkpoint.layout.is_peft_policy_source`).
         out: the checkpoint folder; written atomically, replaced only with ``force``.
         dropout: the head's dropout (default 0.1; the base config's ``summary_dropout_prob`` wins).
         dtype: refused: the checkpoint stores no base weights to convert.

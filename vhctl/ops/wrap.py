@@ -1,8 +1,13 @@
 """``wrap``: turn a base model (or a TRL-style or foreign checkpoint) into a vhctl checkpoint.
 
-Works at the file level: base weights are copied (or hard-linked) byte for byte and hashed while
-that happens; they are deserialised only when they must change (see :mod:`vhctl.ops.base_files`).
+Works at the file level: base weights are copied (or hard-linked) byte for byte and hashed from the
+bytes written; they are deserialised only when they must change (see :mod:`vhctl.ops.base_files`).
 OpenRLHF, sequence-classification and DeepSpeed-Chat folders are converted by :mod:`vhctl.formats`.
+
+The copy starts first: this module imports neither torch nor transformers at import time, so the
+weights are being copied and hashed on worker threads while those are imported and the config is
+read (the output folder is opened early for that; a refusal to write it is still reported after
+the source has been checked, as before).
 """
 
 from __future__ import annotations
@@ -14,12 +19,10 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from vhctl.checkpoint.config import detect_architecture, hidden_size_of, load_config
-from vhctl.checkpoint.heads import FoundHead, check_head_state, find_head, write_head
+from vhctl.checkpoint.config import detect_architecture, dropout_of, hidden_size_of, load_config
+from vhctl.checkpoint.layout import is_peft_policy_source
 from vhctl.checkpoint.manifest import Manifest, ValueHeadInfo, finish_manifest
 from vhctl.checkpoint.tensors import has_pickle_weights, has_safetensors_weights, weight_files
 from vhctl.checkpoint.tokenizer import copy_tokenizer_files
@@ -36,19 +39,20 @@ from vhctl.constants import (
 )
 from vhctl.dtypes import canonical_dtype, dtype_name, torch_dtype
 from vhctl.errors import NotAModelError, UnsafeLoadError, UnsupportedModelError, UsageError
-from vhctl.formats import (
-    ForeignLayout,
-    ImportResult,
-    RewardHead,
-    detect_foreign_layout,
-    import_foreign,
-    read_reward_head,
-)
-from vhctl.io.files import BackgroundHasher, atomic_output_dir
 from vhctl.io.resolve import ResolvedModel, resolve_model
-from vhctl.modeling.value_head import dropout_of
-from vhctl.ops.base_files import convert_pickle_base, copy_safetensors_base
-from vhctl.ops.peft_policy import is_peft_policy_source, wrap_peft_policy
+from vhctl.io.transfer import FileTransfers
+from vhctl.ops.base_files import (
+    convert_pickle_base,
+    copy_safetensors_base,
+    open_output_early,
+    start_verbatim_copies,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+    from vhctl.checkpoint.heads import FoundHead
+    from vhctl.formats import ForeignLayout, ImportResult, RewardHead
 
 __all__ = ["INITS", "WrapResult", "init_head", "wrap_model"]
 
@@ -82,6 +86,8 @@ def init_head(hidden_size: int, *, init: str, std: float, seed: int | None) -> t
     ``random`` is PyTorch's default ``Linear`` init (uniform in +-1/sqrt(hidden) for weight and bias);
     ``normal`` draws the weight from N(0, std) and zeroes the bias (TRL's ``"normal"`` strategy).
     """
+    import torch
+
     generator = torch.Generator()
     if seed is None:
         generator.seed()
@@ -187,6 +193,9 @@ def _resolve(source: str | os.PathLike[str], out_path: Path, *, revision: str | 
 def _plan(source: str, resolved: ResolvedModel, *, dropout: float | None, trust_remote_code: bool,
           allow_pickle: bool, init_from_reward: Any, token: Any) -> _Plan:  # fmt: skip
     """Read the source's config and find its head (or the reward model's) without writing anything."""
+    from vhctl.checkpoint.heads import check_head_state, find_head
+    from vhctl.formats import detect_foreign_layout, read_reward_head
+
     src = resolved.path
     config = load_config(src, where=source, trust_remote_code=trust_remote_code)
     architecture = _detect(config, where=source, trust_remote_code=trust_remote_code)
@@ -206,15 +215,18 @@ def _plan(source: str, resolved: ResolvedModel, *, dropout: float | None, trust_
 
 def _write_base(plan: _Plan, tmp: Path, *, target: torch.dtype | None, dtype: str | None, link: bool,
                 allow_pickle: bool, trust_remote_code: bool,
-                hasher: BackgroundHasher | None) -> tuple[ImportResult | None, dict[str, str]]:  # fmt: skip
+                transfers: FileTransfers) -> tuple[ImportResult | None, dict[str, str]]:  # fmt: skip
     """The base model's files in ``tmp``; returns the import result (foreign formats) and known digests."""
     src = plan.resolved.path
     imported, known = None, {}
     if plan.foreign is not None:
+        from vhctl.formats import import_foreign
+
+        transfers.discard_all()  # converted, not copied
         imported = import_foreign(plan.foreign, tmp, config=plan.config, dtype=target)
     elif has_safetensors_weights(src):
         head_files = plan.found.base_files if plan.found else []
-        known = copy_safetensors_base(src, tmp, head_files=head_files, dtype=target, link=link, hasher=hasher)
+        known = copy_safetensors_base(src, tmp, head_files=head_files, dtype=target, link=link, transfers=transfers)
         config_data = json.loads((src / CONFIG_NAME).read_text(encoding="utf-8"))
         if target is not None:
             config_data["dtype"] = dtype
@@ -270,6 +282,12 @@ def _manifest(plan: _Plan, head_info: ValueHeadInfo, imported: ImportResult | No
     )  # fmt: skip
 
 
+def _write_head(tmp: Path, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    from vhctl.checkpoint.heads import write_head
+
+    write_head(tmp, weight, bias)
+
+
 def wrap_model(
     source: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -315,29 +333,29 @@ def wrap_model(
     out_path = Path(out).absolute()
     resolved = _resolve(source, out_path, revision=revision, token=token, allow_pickle=allow_pickle)
     if is_peft_policy_source(resolved.path):  # TRL's PEFT layout: adapter + head, no base weights
+        from vhctl.ops.peft_policy import wrap_peft_policy  # imports torch: only when it is needed
+
         done = wrap_peft_policy(str(source), resolved, out_path, dropout=dropout, dtype=dtype, link=link, force=force,
                                 token=token, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
                                 init_from_reward=init_from_reward, head_options_given=(init, std, seed) != (None,) * 3)
         return WrapResult(out=out_path, source=str(source), **asdict(done))
     src = resolved.path
+    verbatim = weight_files(src) if target is None and has_safetensors_weights(src) else []
     with contextlib.ExitStack() as stack:
-        hasher = None
-        if target is None and has_safetensors_weights(src):
-            # Hash the weights while transformers is imported and they are copied (neither reads
-            # them), instead of reading them a second time for the manifest at the end.
-            hasher = stack.enter_context(BackgroundHasher())
-            for rel in weight_files(src):
-                hasher.submit(src / rel)
+        tmp, refused = open_output_early(stack, out_path, force=force)
+        transfers = stack.enter_context(FileTransfers())
+        if tmp is not None:  # copy and hash the weights while transformers is imported and the config read
+            start_verbatim_copies(src, tmp, verbatim, transfers, link=link)
         plan = _plan(str(source), resolved, dropout=dropout, trust_remote_code=trust_remote_code,
                      allow_pickle=allow_pickle, init_from_reward=init_from_reward, token=token)  # fmt: skip
-        if plan.foreign is not None and hasher is not None:
-            hasher.close()  # converted, not copied: the source's digests are of no use
-        with atomic_output_dir(out_path, force=force) as tmp:
-            imported, known = _write_base(plan, tmp, target=target, dtype=dtype, link=link, allow_pickle=allow_pickle,
-                                          trust_remote_code=trust_remote_code, hasher=hasher)  # fmt: skip
-            weight, bias, head_info = _head(plan, imported, init=init, std=std, seed=seed)
-            write_head(tmp, weight, bias)
-            manifest = finish_manifest(tmp, _manifest(plan, head_info, imported, revision), known)
+        if refused is not None:
+            raise refused
+        assert tmp is not None
+        imported, known = _write_base(plan, tmp, target=target, dtype=dtype, link=link, allow_pickle=allow_pickle,
+                                      trust_remote_code=trust_remote_code, transfers=transfers)  # fmt: skip
+        weight, bias, head_info = _head(plan, imported, init=init, std=std, seed=seed)
+        _write_head(tmp, weight, bias)
+        manifest = finish_manifest(tmp, _manifest(plan, head_info, imported, revision), known)
     notes = list(imported.notes) if imported else []
     if head_info.init == "loaded" and plan.reward is None and (init, std, seed) != (None, None, None):
         notes.append("--init/--std/--seed did nothing: the source's own value head was kept")
