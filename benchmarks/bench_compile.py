@@ -63,7 +63,9 @@ def load(ckpt_dir: Path) -> tuple[Any, Any]:
     return load_checkpoint(str(ckpt_dir)).eval(), AutoTokenizer.from_pretrained(str(ckpt_dir))
 
 
-def compile_seconds(model: Any, tokenizer: Any, warm: list[bytes]) -> tuple[dict[str, float], dict[str, Engine]]:
+def compile_seconds(
+    model: Any, tokenizer: Any, warm: list[bytes]
+) -> tuple[dict[str, float], dict[str, Engine]]:
     """Seconds the compile adds to the first calls (each warm-up input of two rows, once compiled and
     once eager, the compiled one run again), and the engines."""
     eager, compiled = Engine(model, tokenizer, "off"), Engine(model, tokenizer, "on")
@@ -132,7 +134,9 @@ def interleaved(label: str, blocks: list[dict[str, Any]], engines: list[str], co
     rates: dict[str, list[float]] = {e: [] for e in engines}
     fractions: dict[str, list[float]] = {e: [] for e in engines}
     values: dict[str, list[float]] = {e: [] for e in engines}
-    cpu_rates: dict[str, list[float]] = {e: [] for e in engines}  # per process CPU second: less load-sensitive
+    cpu_rates: dict[str, list[float]] = {
+        e: [] for e in engines
+    }  # per process CPU second: less load-sensitive
     for i, block in enumerate(blocks):
         order = engines[i % len(engines) :] + engines[: i % len(engines)]
         seconds = {}
@@ -184,7 +188,12 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     blocks = []
     for lo, hi in bs._blocks(len(seqs), args.blocks):  # noqa: SLF001
         data = bs.jsonl_mixed(seqs[lo:hi])
-        blocks.append({"tokens": sum(real[lo:hi]), **{k: (lambda e=e, d=data: e.score_jsonl(d)) for k, e in engines.items()}})
+        blocks.append(
+            {
+                "tokens": sum(real[lo:hi]),
+                **{k: (lambda e=e, d=data: e.score_jsonl(d)) for k, e in engines.items()},
+            }
+        )
     mixed = interleaved(f"{name} mixed", blocks, ["eager", "compiled"], config, args.mm_tokens)
     mean_tokens = sum(real) / len(real)
     job_tokens = JOB_LINES * mean_tokens
@@ -282,9 +291,13 @@ def report(result: dict[str, Any], command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models", default="gpt2,llama")
-    parser.add_argument("--cache-models", default="gpt2", help="models whose first and second start are timed")
+    parser.add_argument(
+        "--cache-models", default="gpt2", help="models whose first and second start are timed"
+    )
     parser.add_argument("--texts", type=int, default=512)
     parser.add_argument("--prompts", type=int, default=64, help="best-of-8 prompts (0: skip best-of-8)")
     parser.add_argument("--blocks", type=int, default=4)

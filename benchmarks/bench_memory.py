@@ -24,8 +24,10 @@ MIB = 2**20
 
 
 def child(engine: str, shared: int, ckpt: Path, base: Path) -> dict[str, Any]:
-    res = common.run_timed([sys.executable, str(common.BENCH / "mem_child.py"), engine, str(shared), str(ckpt),
-                            str(base)], env=common.thread_env())
+    res = common.run_timed(
+        [sys.executable, str(common.BENCH / "mem_child.py"), engine, str(shared), str(ckpt), str(base)],
+        env=common.thread_env(),
+    )
     data = json.loads(res["stdout"].decode().strip().splitlines()[-1])
     data["wall_s"] = res["wall_s"]
     data["time_v_peak_mib"] = res["peak_mib"]
@@ -49,8 +51,10 @@ def check_reference_folder(ref: Path, policy: Path) -> dict[str, Any]:
             policy_names.update(handle.keys())
     weight_bytes = sum(p.stat().st_size for p in ref.glob("model*.safetensors"))
     return {
-        "stored_tensors": len(stored), "shared_tensors": len(shared),
-        "overlap": len(shared & set(stored)), "covers_policy": set(stored) | shared == policy_names,
+        "stored_tensors": len(stored),
+        "shared_tensors": len(shared),
+        "overlap": len(shared & set(stored)),
+        "covers_policy": set(stored) | shared == policy_names,
         "weight_file_bytes": weight_bytes,
     }
 
@@ -74,17 +78,37 @@ def main(argv: list[str] | None = None) -> int:
                     out = out_root / f"ref{n}"
                     shutil.rmtree(out, ignore_errors=True)
                     vhctl_bin = str(Path(sys.executable).with_name("vhctl"))
-                    res = common.run_timed([vhctl_bin, "-q", "make-ref", str(ckpt), "--shared", str(n), "--out",
-                                            str(out), "--force"], env=common.thread_env())
-                    runs["cli"].append({"wall_s": res["wall_s"], "peak_mib": res["peak_mib"],
-                                        "folder": check_reference_folder(out, ckpt)})
+                    res = common.run_timed(
+                        [
+                            vhctl_bin,
+                            "-q",
+                            "make-ref",
+                            str(ckpt),
+                            "--shared",
+                            str(n),
+                            "--out",
+                            str(out),
+                            "--force",
+                        ],
+                        env=common.thread_env(),
+                    )
+                    runs["cli"].append(
+                        {
+                            "wall_s": res["wall_s"],
+                            "peak_mib": res["peak_mib"],
+                            "folder": check_reference_folder(out, ckpt),
+                        }
+                    )
                 else:
                     runs[who].append(child(who, n, ckpt, base))
             last = runs["vhctl"][-1]
-            print(f"  [make-ref N={n} rep {rep + 1}/{args.reps}] vhctl lib peak "
-                  f"{(last['peak_total_kib'] - last['baseline_kib']) / 1024:.0f} MiB over baseline, TRL "
-                  f"{(runs['trl'][-1]['peak_total_kib'] - runs['trl'][-1]['baseline_kib']) / 1024:.0f} MiB, "
-                  f"CLI whole process {runs['cli'][-1]['peak_mib']:.0f} MiB", flush=True)
+            print(
+                f"  [make-ref N={n} rep {rep + 1}/{args.reps}] vhctl lib peak "
+                f"{(last['peak_total_kib'] - last['baseline_kib']) / 1024:.0f} MiB over baseline, TRL "
+                f"{(runs['trl'][-1]['peak_total_kib'] - runs['trl'][-1]['baseline_kib']) / 1024:.0f} MiB, "
+                f"CLI whole process {runs['cli'][-1]['peak_mib']:.0f} MiB",
+                flush=True,
+            )
         summary: dict[str, Any] = {}
         for who in ("vhctl", "trl"):
             rs = runs[who]
@@ -92,9 +116,14 @@ def main(argv: list[str] | None = None) -> int:
                 "baseline_mib": common.median_range([r["baseline_kib"] / 1024 for r in rs]),
                 "peak_mib": common.median_range([r["peak_total_kib"] / 1024 for r in rs]),
                 "over_baseline_mib": common.median_range(
-                    [(r["peak_total_kib"] - r["baseline_kib"]) / 1024 for r in rs]),
+                    [(r["peak_total_kib"] - r["baseline_kib"]) / 1024 for r in rs]
+                ),
                 "create_over_before_mib": common.median_range(
-                    [((r["peak_create_kib"] or r["peak_total_kib"]) - r["before_create_kib"]) / 1024 for r in rs]),
+                    [
+                        ((r["peak_create_kib"] or r["peak_total_kib"]) - r["before_create_kib"]) / 1024
+                        for r in rs
+                    ]
+                ),
                 "model_mib": rs[0]["model_bytes"] / MIB,
                 "unshared_mib": rs[0]["unshared_bytes"] / MIB,
                 "copied_mib": rs[0]["copied_bytes"] / MIB,

@@ -28,8 +28,9 @@ import common  # noqa: E402
 # ---------------------------------------------------------------------------------------------- data
 
 
-def mixed_workload(name: str, vocab: int, n: int, seed: int = 1234, low: int = 16,
-                   high: int = 256) -> list[list[int]]:
+def mixed_workload(
+    name: str, vocab: int, n: int, seed: int = 1234, low: int = 16, high: int = 256
+) -> list[list[int]]:
     """``n`` token sequences (special tokens included) whose lengths are uniform in ``low..high``."""
     spec = common.special_tokens(name)
     rng = random.Random(seed)
@@ -41,8 +42,9 @@ def mixed_workload(name: str, vocab: int, n: int, seed: int = 1234, low: int = 1
     return seqs
 
 
-def best_of_n_workload(name: str, vocab: int, prompts: int, per_prompt: int,
-                       seed: int = 4321) -> list[tuple[list[int], list[int]]]:
+def best_of_n_workload(
+    name: str, vocab: int, prompts: int, per_prompt: int, seed: int = 4321
+) -> list[tuple[list[int], list[int]]]:
     """``prompts`` prompts of 96..160 tokens, each followed by ``per_prompt`` responses of 16..64 tokens."""
     spec = common.special_tokens(name)
     rng = random.Random(seed)
@@ -57,7 +59,9 @@ def best_of_n_workload(name: str, vocab: int, prompts: int, per_prompt: int,
 
 
 def jsonl_mixed(seqs: list[list[int]]) -> bytes:
-    return b"".join(json.dumps({"id": i, "text": common.words(s)}).encode() + b"\n" for i, s in enumerate(seqs))
+    return b"".join(
+        json.dumps({"id": i, "text": common.words(s)}).encode() + b"\n" for i, s in enumerate(seqs)
+    )
 
 
 def jsonl_best_of_n(rows: list[tuple[list[int], list[int]]]) -> bytes:
@@ -74,8 +78,9 @@ class TrlEngine:
     """TRL's ``AutoModelForCausalLMWithValueHead`` used as its users write it: batches of 16 in input order,
     padded, ``model(input_ids, attention_mask)``, the value at each row's last real token."""
 
-    def __init__(self, base_dir: Path, ckpt_dir: Path, batch_size: int = 16, device: str = "cpu",
-                 dtype: Any = None) -> None:
+    def __init__(
+        self, base_dir: Path, ckpt_dir: Path, batch_size: int = 16, device: str = "cpu", dtype: Any = None
+    ) -> None:
         import torch
         from safetensors.torch import load_file
         from transformers import AutoTokenizer
@@ -161,8 +166,15 @@ def linear_shapes(config: Any) -> list[tuple[int, int]]:
     kv = getattr(config, "num_key_value_heads", heads) or heads
     head_dim = getattr(config, "head_dim", None) or h // heads
     inter = config.intermediate_size
-    return [(h, heads * head_dim), (h, kv * head_dim), (h, kv * head_dim), (heads * head_dim, h),
-            (h, inter), (h, inter), (inter, h)]
+    return [
+        (h, heads * head_dim),
+        (h, kv * head_dim),
+        (h, kv * head_dim),
+        (heads * head_dim, h),
+        (h, inter),
+        (h, inter),
+        (inter, h),
+    ]
 
 
 def flops_per_token(config: Any, mean_context: float) -> dict[str, float]:
@@ -178,7 +190,9 @@ def lm_head_flops(config: Any) -> float:
     return 2.0 * config.hidden_size * config.vocab_size
 
 
-def matmul_rate(config: Any, tokens: int = 2048, reps: int = 5, device: str = "cpu", dtype: Any = None) -> dict:
+def matmul_rate(
+    config: Any, tokens: int = 2048, reps: int = 5, device: str = "cpu", dtype: Any = None
+) -> dict:
     """Tokens/s of the model's linear layers alone: fp32 matmuls of its shapes, ``tokens`` rows at a time."""
     import torch
 
@@ -248,8 +262,9 @@ def _timed(fn: Any) -> tuple[float, Any]:
     return wall, value
 
 
-def run_blocks(label: str, blocks: list[dict[str, Any]], passes: int, *, config: Any = None,
-               mm_tokens: int = 2048) -> dict[str, Any]:
+def run_blocks(
+    label: str, blocks: list[dict[str, Any]], passes: int, *, config: Any = None, mm_tokens: int = 2048
+) -> dict[str, Any]:
     """Time TRL and vhctl on each block (a repetition), alternating which goes first; compare values."""
     t_trl, t_vh, diffs, mm, tok, loads = [], [], [], [], [], []
     cpu_trl: list[float] = []
@@ -271,9 +286,11 @@ def run_blocks(label: str, blocks: list[dict[str, Any]], passes: int, *, config:
         t_vh.append(dt_vh)
         tok.append(block["tokens"])
         diffs.append(max_abs_diff(ref, got))
-        line = (f"  [{label} rep {rep + 1}/{len(reps)}] {block['tokens']} tokens: "
-                f"trl {block['tokens'] / dt_trl:.0f} tok/s, vhctl {block['tokens'] / dt_vh:.0f} tok/s "
-                f"(x{dt_trl / dt_vh:.2f})")
+        line = (
+            f"  [{label} rep {rep + 1}/{len(reps)}] {block['tokens']} tokens: "
+            f"trl {block['tokens'] / dt_trl:.0f} tok/s, vhctl {block['tokens'] / dt_vh:.0f} tok/s "
+            f"(x{dt_trl / dt_vh:.2f})"
+        )
         if config is not None:
             mm.append(matmul_rate(config, tokens=mm_tokens, reps=3))
             line += f", matmul-bound {mm[-1]['tokens_per_s']:.0f} tok/s"
@@ -282,7 +299,9 @@ def run_blocks(label: str, blocks: list[dict[str, Any]], passes: int, *, config:
     tps_trl = [n / t for n, t in zip(tok, t_trl, strict=True)]
     tps_vh = [n / t for n, t in zip(tok, t_vh, strict=True)]
     out = {
-        "reps": len(reps), "blocks": len(blocks), "passes": passes,
+        "reps": len(reps),
+        "blocks": len(blocks),
+        "passes": passes,
         "tokens_per_rep": tok,
         "trl_tok_s": common.median_range(tps_trl),
         "vhctl_tok_s": common.median_range(tps_vh),
@@ -293,12 +312,16 @@ def run_blocks(label: str, blocks: list[dict[str, Any]], passes: int, *, config:
         # the same ratio in process CPU seconds: less sensitive to other processes taking the cores
         "speedup_cpu": common.median_range([a / b for a, b in zip(cpu_trl, cpu_vh, strict=True)]),
         "max_abs_diff": max(diffs),
-        "trl_s": sum(t_trl), "vhctl_s": sum(t_vh), "loadavg_1min": loads,
+        "trl_s": sum(t_trl),
+        "vhctl_s": sum(t_vh),
+        "loadavg_1min": loads,
     }
     if mm:
         out["matmul_tok_s"] = common.median_range([m["tokens_per_s"] for m in mm])
         out["matmul_gflops"] = common.median_range([m["gflops"] for m in mm])
-        out["of_matmul"] = common.median_range([v / m["tokens_per_s"] for v, m in zip(tps_vh, mm, strict=True)])
+        out["of_matmul"] = common.median_range(
+            [v / m["tokens_per_s"] for v, m in zip(tps_vh, mm, strict=True)]
+        )
     return out
 
 
@@ -321,28 +344,36 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         for lo, hi in _blocks(len(seqs), args.blocks):
             texts = [common.words(s) for s in seqs[lo:hi]]
             data = jsonl_mixed(seqs[lo:hi])
-            blocks.append({
-                "tokens": sum(real[lo:hi]),
-                "trl": lambda texts=texts: trl.score_texts(texts),
-                "vhctl": lambda data=data: vh.score_jsonl(data),
-            })
+            blocks.append(
+                {
+                    "tokens": sum(real[lo:hi]),
+                    "trl": lambda texts=texts: trl.score_texts(texts),
+                    "vhctl": lambda data=data: vh.score_jsonl(data),
+                }
+            )
         trl.score_texts([common.words(s) for s in seqs[:16]])  # warm-up, not timed
         vh.score_jsonl(jsonl_mixed(seqs[:16]))
         res = run_blocks(f"{name} W1", blocks, args.passes, config=config, mm_tokens=args.mm_tokens)
         padded = sum(
             len(real[i : min(i + 16, hi)]) * max(real[i : min(i + 16, hi)])
-            for lo, hi in _blocks(len(seqs), args.blocks) for i in range(lo, hi, 16)
+            for lo, hi in _blocks(len(seqs), args.blocks)
+            for i in range(lo, hi, 16)
         )
         mean_ctx = sum(n * (n + 1) / 2 for n in real) / sum(real)
         fpt = flops_per_token(config, mean_ctx)
         linear, head = fpt["linear"], lm_head_flops(config)
-        res.update({
-            "texts": len(seqs), "real_tokens": sum(real), "trl_padded_tokens": padded,
-            "flops_per_token": fpt, "lm_head_flops_per_token": head,
-            # TRL's matmul FLOPs (padded batches, backbone + LM head) over the least vhctl must compute
-            "flop_bound": padded * (linear + head) / (sum(real) * linear),
-            "vhctl_gflops": res["vhctl_tok_s"]["median"] * fpt["total"] / 1e9,
-        })
+        res.update(
+            {
+                "texts": len(seqs),
+                "real_tokens": sum(real),
+                "trl_padded_tokens": padded,
+                "flops_per_token": fpt,
+                "lm_head_flops_per_token": head,
+                # TRL's matmul FLOPs (padded batches, backbone + LM head) over the least vhctl must compute
+                "flop_bound": padded * (linear + head) / (sum(real) * linear),
+                "vhctl_gflops": res["vhctl_tok_s"]["median"] * fpt["total"] / 1e9,
+            }
+        )
         out["mixed"] = res
 
     if "2" in args.workloads:
@@ -352,11 +383,13 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
             part = rows[lo * args.per_prompt : hi * args.per_prompt]
             pairs = [(common.words(p), " " + common.words(r)) for p, r in part]
             data = jsonl_best_of_n(part)
-            blocks.append({
-                "tokens": sum(len(p) + len(r) + n_special for p, r in part),
-                "trl": lambda pairs=pairs: trl.score_pairs(pairs),
-                "vhctl": lambda data=data: vh.score_jsonl(data),
-            })
+            blocks.append(
+                {
+                    "tokens": sum(len(p) + len(r) + n_special for p, r in part),
+                    "trl": lambda pairs=pairs: trl.score_pairs(pairs),
+                    "vhctl": lambda data=data: vh.score_jsonl(data),
+                }
+            )
         warm = rows[: 2 * args.per_prompt]
         trl.score_pairs([(common.words(p), " " + common.words(r)) for p, r in warm])
         vh.score_jsonl(jsonl_best_of_n(warm))
@@ -369,15 +402,24 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
                 widths = [len(p) + len(r) + n_special for p, r in part[i : i + 16]]
                 trl_padded += len(widths) * max(widths)
         least = sum(len(p) + n_special for p, _ in rows[:: args.per_prompt]) + sum(len(r) for _, r in rows)
-        res.update({"trl_padded_tokens": trl_padded, "vhctl_least_tokens": least,
-                    "flop_bound": trl_padded * (linear + head) / (least * linear)})
+        res.update(
+            {
+                "trl_padded_tokens": trl_padded,
+                "vhctl_least_tokens": least,
+                "flop_bound": trl_padded * (linear + head) / (least * linear),
+            }
+        )
         stats = vh.last_stats
-        res.update({
-            "prompts": args.prompts, "per_prompt": args.per_prompt, "lines": len(rows),
-            "tokens": sum(len(p) + len(r) + n_special for p, r in rows),
-            "shared_prompts_last_block": getattr(stats, "shared_prompts", None),
-            "shared_tokens_last_block": getattr(stats, "shared_tokens", None),
-        })
+        res.update(
+            {
+                "prompts": args.prompts,
+                "per_prompt": args.per_prompt,
+                "lines": len(rows),
+                "tokens": sum(len(p) + len(r) + n_special for p, r in rows),
+                "shared_prompts_last_block": getattr(stats, "shared_prompts", None),
+                "shared_tokens_last_block": getattr(stats, "shared_tokens", None),
+            }
+        )
         out["best_of_n"] = res
     return out
 
@@ -389,15 +431,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--texts", type=int, default=512)
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--per-prompt", type=int, default=8)
-    parser.add_argument("--blocks", type=int, default=4,
-                        help="split each workload into this many blocks; each block is one timed repetition")
+    parser.add_argument(
+        "--blocks",
+        type=int,
+        default=4,
+        help="split each workload into this many blocks; each block is one timed repetition",
+    )
     parser.add_argument("--passes", type=int, default=1, help="times over the whole workload")
     parser.add_argument("--mm-tokens", type=int, default=2048)
     parser.add_argument("--section", default="scoring")
     args = parser.parse_args(argv)
     common.set_threads()
-    result: dict[str, Any] = {"args": vars(args), "loadavg_start": list(os.getloadavg()),
-                              "models": {}, "square_matmul_gflops_2048": square_matmul_gflops()}
+    result: dict[str, Any] = {
+        "args": vars(args),
+        "loadavg_start": list(os.getloadavg()),
+        "models": {},
+        "square_matmul_gflops_2048": square_matmul_gflops(),
+    }
     for name in args.models.split(","):
         print(f"scoring: {name}", flush=True)
         result["models"][name] = run_model(name, args)

@@ -52,8 +52,21 @@ def ensure_checkpoint(name: str) -> Path:
         if not (folder / "config.json").is_file():
             print(f"building {name} from its config", flush=True)
             common.build_model_dir(name, folder)
-        subprocess.run([str(Path(sys.executable).with_name("vhctl")), "-q", "wrap", str(folder), "--out", str(ckpt),
-                        "--seed", "0", "--force"], check=True, env=common.thread_env())
+        subprocess.run(
+            [
+                str(Path(sys.executable).with_name("vhctl")),
+                "-q",
+                "wrap",
+                str(folder),
+                "--out",
+                str(ckpt),
+                "--seed",
+                "0",
+                "--force",
+            ],
+            check=True,
+            env=common.thread_env(),
+        )
     return ckpt
 
 
@@ -72,8 +85,9 @@ def env() -> dict[str, str]:
 
 def start(cmd: list[str], ready: str) -> tuple[subprocess.Popen[str], str]:
     """Start a server; its URL from the first stderr line matching ``ready`` (its other lines are dropped)."""
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, env=env())
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env()
+    )
     assert proc.stderr is not None
     for line in proc.stderr:
         found = re.search(ready, line)
@@ -98,7 +112,9 @@ async def load(url: str, rows: list[tuple[str, str]], clients: int) -> dict[str,
     groups = [rows[i : i + PER_PROMPT] for i in range(0, len(rows), PER_PROMPT)]
     rewards: dict[int, float] = {}
     latencies: list[float] = []
-    limits = httpx.Limits(max_connections=clients * PER_PROMPT, max_keepalive_connections=clients * PER_PROMPT)
+    limits = httpx.Limits(
+        max_connections=clients * PER_PROMPT, max_keepalive_connections=clients * PER_PROMPT
+    )
 
     async with httpx.AsyncClient(timeout=600, limits=limits) as http:
 
@@ -127,9 +143,23 @@ def run_score(ckpt: Path, rows: list[tuple[str, str]], batch_size: int) -> dict[
     """``vhctl score`` on a JSONL file of the same records: values and its scoring time."""
     data = common.WORK / "serve-records.jsonl"
     data.write_text("".join(json.dumps({"prompt": p, "response": r}) + "\n" for p, r in rows))
-    done = subprocess.run([str(Path(sys.executable).with_name("vhctl")), "score", str(ckpt), "--input", str(data),
-                           "--device", "cpu", "-b", str(batch_size)],
-                          capture_output=True, text=True, env=env(), check=True)
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("vhctl")),
+            "score",
+            str(ckpt),
+            "--input",
+            str(data),
+            "--device",
+            "cpu",
+            "-b",
+            str(batch_size),
+        ],
+        capture_output=True,
+        text=True,
+        env=env(),
+        check=True,
+    )
     found = re.search(r"scored (\d+) line\(s\), (\d+) tokens in ([0-9.]+)s", done.stderr)
     assert found, done.stderr
     values = [json.loads(line)["value"] for line in done.stdout.splitlines()]
@@ -141,10 +171,13 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-def report(args: argparse.Namespace, reps: list[dict[str, Any]], tokens: int, records: int,
-           load_avg: list[float]) -> str:
+def report(
+    args: argparse.Namespace, reps: list[dict[str, Any]], tokens: int, records: int, load_avg: list[float]
+) -> str:
     """The markdown: medians over the repetitions (per-repetition ratios listed below the table)."""
-    wall = {key: statistics.median(rep[key]["wall_s"] for rep in reps) for key in ("score", "serve", "baseline")}
+    wall = {
+        key: statistics.median(rep[key]["wall_s"] for rep in reps) for key in ("score", "serve", "baseline")
+    }
     score_rate = tokens / wall["score"]
     lines = [
         "# `vhctl serve` benchmark",
@@ -172,11 +205,16 @@ def report(args: argparse.Namespace, reps: list[dict[str, Any]], tokens: int, re
         rate = tokens / wall[key]
         lat = [x * 1000 for rep in reps for x in rep[key]["latencies"]]
         diff = max(abs(a - b) for rep in reps for a, b in zip(rep[key]["rewards"], values, strict=True))
-        lines.append(f"| {label} | {wall[key]:.2f} | {rate:,.0f} | {rate / score_rate:.0%} | "
-                     f"{statistics.median(lat):,.0f} | {percentile(lat, 0.99):,.0f} | {diff:.1e} |")
+        lines.append(
+            f"| {label} | {wall[key]:.2f} | {rate:,.0f} | {rate / score_rate:.0%} | "
+            f"{statistics.median(lat):,.0f} | {percentile(lat, 0.99):,.0f} | {diff:.1e} |"
+        )
     ratio, speedup = wall["score"] / wall["serve"], wall["baseline"] / wall["serve"]
-    per_rep = ", ".join(f"{rep['score']['wall_s'] / rep['serve']['wall_s']:.0%} / "
-                        f"{rep['baseline']['wall_s'] / rep['serve']['wall_s']:.1f}x" for rep in reps)
+    per_rep = ", ".join(
+        f"{rep['score']['wall_s'] / rep['serve']['wall_s']:.0%} / "
+        f"{rep['baseline']['wall_s'] / rep['serve']['wall_s']:.1f}x"
+        for rep in reps
+    )
     lines += [
         "",
         f"- Target: throughput at least 80 % of `vhctl score`: **{ratio:.0%}**, {'met' if ratio >= 0.8 else 'missed'}.",
@@ -206,10 +244,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = workload(args.model, ckpt, args.clients * args.groups_per_client)
     vhctl = str(Path(sys.executable).with_name("vhctl"))
     procs = {
-        "serve": start([vhctl, "serve", str(ckpt), "--port", "0", "--device", "cpu", "-b", str(args.batch_size)],
-                       r"ready: .* on (http://[0-9.:]+)"),
-        "baseline": start([sys.executable, str(common.BENCH / "serve_baseline.py"), str(ckpt)],
-                          r"ready (http://[0-9.:]+)"),
+        "serve": start(
+            [vhctl, "serve", str(ckpt), "--port", "0", "--device", "cpu", "-b", str(args.batch_size)],
+            r"ready: .* on (http://[0-9.:]+)",
+        ),
+        "baseline": start(
+            [sys.executable, str(common.BENCH / "serve_baseline.py"), str(ckpt)], r"ready (http://[0-9.:]+)"
+        ),
     }  # both idle while the others run
     reps: list[dict[str, Any]] = []
     try:

@@ -38,10 +38,16 @@ def main(argv: list[str] | None = None) -> int:
             stamp.write_text(json.dumps(want))
         ckpt = common.WORK / "ckpt" / name
         vhctl_bin = str(Path(sys.executable).with_name("vhctl"))
-        subprocess.run([vhctl_bin, "-q", "wrap", str(folder), "--out", str(ckpt), "--seed", "0", "--force"],
-                       check=True, env=common.thread_env())
+        subprocess.run(
+            [vhctl_bin, "-q", "wrap", str(folder), "--out", str(ckpt), "--seed", "0", "--force"],
+            check=True,
+            env=common.thread_env(),
+        )
         params, nbytes = common.param_count_and_bytes(folder)
-        print(f"  {name}: {params / 1e6:.1f} M parameters, {nbytes / 2**20:.0f} MiB; checkpoint {ckpt}", flush=True)
+        print(
+            f"  {name}: {params / 1e6:.1f} M parameters, {nbytes / 2**20:.0f} MiB; checkpoint {ckpt}",
+            flush=True,
+        )
     return 0
 
 

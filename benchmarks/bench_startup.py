@@ -29,14 +29,18 @@ def until_first_line(cmd: list[str], timeout: float = 300) -> tuple[float, str]:
         proc.kill()
         _, err = proc.communicate()
     if not line:
-        raise RuntimeError(f"{' '.join(cmd)} printed nothing (exit {proc.returncode}):\n"
-                           f"{err.decode('utf-8', 'replace')[-2000:]}")
+        raise RuntimeError(
+            f"{' '.join(cmd)} printed nothing (exit {proc.returncode}):\n"
+            f"{err.decode('utf-8', 'replace')[-2000:]}"
+        )
     return elapsed, line.decode("utf-8", "replace").strip()
 
 
 def wall(cmd: list[str]) -> float:
     start = time.perf_counter()
-    subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=common.thread_env(), check=True)
+    subprocess.run(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=common.thread_env(), check=True
+    )
     return time.perf_counter() - start
 
 
@@ -65,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     floors = {  # what any scorer built on them pays before its first line
         "import torch": "import torch",
         "import torch + transformers' model code": "import torch, transformers.modeling_utils, "
-                                                    "transformers.models.gpt2.modeling_gpt2",
+        "transformers.models.gpt2.modeling_gpt2",
     }
     wall([vhctl_bin, "--help"])  # warm the page cache
     for _ in range(args.help_reps):
@@ -76,9 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(max(1, args.reps)):
         for label, code in floors.items():
             floor_s[label].append(wall([py, "-c", code]))
-    print("  [start-up] " + ", ".join(f"{k} {common.median_range(v)['median']:.3f} s" for k, v in helps.items())
-          + "; " + ", ".join(f"{k} {common.median_range(v)['median']:.2f} s" for k, v in floor_s.items()),
-          flush=True)
+    print(
+        "  [start-up] "
+        + ", ".join(f"{k} {common.median_range(v)['median']:.3f} s" for k, v in helps.items())
+        + "; "
+        + ", ".join(f"{k} {common.median_range(v)['median']:.2f} s" for k, v in floor_s.items()),
+        flush=True,
+    )
 
     cli_ok = True
     try:
@@ -99,21 +107,23 @@ def main(argv: list[str] | None = None) -> int:
             order = list(cmds) if rep % 2 == 0 else list(reversed(cmds))
             for name in order:
                 times[name].append(until_first_line(cmds[name])[0])
-        print(f"  [first line, {n} input line(s)] " + ", ".join(
-            f"{k} {common.median_range(v)['median']:.2f} s" for k, v in times.items()), flush=True)
+        print(
+            f"  [first line, {n} input line(s)] "
+            + ", ".join(f"{k} {common.median_range(v)['median']:.2f} s" for k, v in times.items()),
+            flush=True,
+        )
         first[str(n)] = times
     summary: dict[str, Any] = {
         "help": {k: common.median_range(v) for k, v in helps.items()},
         "cli_score_available": cli_ok,
         "import_floor": {k: common.median_range(v) for k, v in floor_s.items()},
-        "first_line": {
-            n: {k: common.median_range(v) for k, v in t.items()} for n, t in first.items()
-        },
+        "first_line": {n: {k: common.median_range(v) for k, v in t.items()} for n, t in first.items()},
     }
     for n, t in first.items():
         who = "vhctl score" if "vhctl score" in t else "vhctl-lib"
         summary["first_line"][n]["ratio"] = common.median_range(
-            [a / b for a, b in zip(t[who], t["trl"], strict=True)])
+            [a / b for a, b in zip(t[who], t["trl"], strict=True)]
+        )
         summary["first_line"][n]["ratio_of"] = who
     common.save_result("startup", {"model": args.model, "reps": args.reps, **summary})
     return 0

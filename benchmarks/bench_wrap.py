@@ -53,22 +53,30 @@ def main(argv: list[str] | None = None) -> int:
             runs[variant].append({"wall_s": res["wall_s"], "peak_mib": res["peak_mib"]})
             if variant == "vhctl-link":
                 linked = (out / "model.safetensors").stat().st_nlink > 1 and (
-                    (out / "model.safetensors").stat().st_ino == (src / "model.safetensors").stat().st_ino)
+                    (out / "model.safetensors").stat().st_ino == (src / "model.safetensors").stat().st_ino
+                )
             shutil.rmtree(out, ignore_errors=True)
-        print(f"  [wrap rep {rep + 1}/{args.reps}] " + ", ".join(
-            f"{v} {runs[v][-1]['wall_s']:.2f} s {runs[v][-1]['peak_mib']:.0f} MiB" for v in VARIANTS), flush=True)
+        print(
+            f"  [wrap rep {rep + 1}/{args.reps}] "
+            + ", ".join(
+                f"{v} {runs[v][-1]['wall_s']:.2f} s {runs[v][-1]['peak_mib']:.0f} MiB" for v in VARIANTS
+            ),
+            flush=True,
+        )
     shutil.rmtree(root, ignore_errors=True)
     # what the processes spend before touching a byte: their imports alone
     imports = {
         "copy (torch + safetensors)": "import torch, safetensors.torch",
         "vhctl wrap (its imports)": "import vhctl.cli.app, vhctl.ops.wrap, transformers; "
-                                    "from transformers import AutoConfig; AutoConfig.for_model('gpt2')",
+        "from transformers import AutoConfig; AutoConfig.for_model('gpt2')",
         "trl": "from trl.experimental.ppo import AutoModelForCausalLMWithValueHead",
     }
     import_s = {}
     for label, code in imports.items():
-        walls = [common.run_timed([sys.executable, "-c", code], env=common.thread_env())["wall_s"]
-                 for _ in range(max(1, args.reps))]
+        walls = [
+            common.run_timed([sys.executable, "-c", code], env=common.thread_env())["wall_s"]
+            for _ in range(max(1, args.reps))
+        ]
         import_s[label] = common.median_range(walls)
     copy_walls = [r["wall_s"] for r in runs["copy"]]
     summary = {
@@ -80,9 +88,17 @@ def main(argv: list[str] | None = None) -> int:
         for v, rs in runs.items()
     }
     _, model_bytes = common.param_count_and_bytes(src)
-    common.save_result("wrap", {"model": args.model, "reps": args.reps, "variants": summary,
-                                "model_mib": model_bytes / 2**20, "link_is_hardlink": linked,
-                                "import_s": import_s})
+    common.save_result(
+        "wrap",
+        {
+            "model": args.model,
+            "reps": args.reps,
+            "variants": summary,
+            "model_mib": model_bytes / 2**20,
+            "link_is_hardlink": linked,
+            "import_s": import_s,
+        },
+    )
     return 0
 
 

@@ -81,7 +81,10 @@ def build(root: Path) -> dict[str, Path]:
     want = {"config": large_model.CONFIG, "transformers": transformers.__version__, "seed": 0, "shards": 5}
     if not (stamp.is_file() and json.loads(stamp.read_text()) == want and paths["sharded"].is_dir()):
         shutil.rmtree(root, ignore_errors=True)
-        print("  building the GPT-2-large-shaped model (random weights, seed 0) and its 5-shard copy", flush=True)
+        print(
+            "  building the GPT-2-large-shaped model (random weights, seed 0) and its 5-shard copy",
+            flush=True,
+        )
         large_model.build_single(paths["single"])
         large_model.build_sharded(paths["single"], paths["sharded"], shards=5)
         stamp.write_text(json.dumps(want))
@@ -129,7 +132,7 @@ def measure(paths: dict[str, Path], reps: int, baseline: Path | None) -> dict[st
     names = list(cmds)
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     for rep in range(reps):
-        order = names[rep % len(names):] + names[: rep % len(names)]
+        order = names[rep % len(names) :] + names[: rep % len(names)]
         order = order if rep % 2 == 0 else order[::-1]
         for name in order:
             shutil.rmtree(out, ignore_errors=True)
@@ -194,7 +197,9 @@ def profile(name: str, paths: dict[str, Path]) -> str:
     shutil.rmtree(out, ignore_errors=True)
     os.sync()
     load = os.getloadavg()[0]
-    proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, env=common.thread_env())
+    proc = subprocess.run(
+        [sys.executable, script, *args], capture_output=True, text=True, env=common.thread_env()
+    )
     shutil.rmtree(out, ignore_errors=True)
     return f"load average {load:.1f} when it started\n" + (proc.stdout or proc.stderr[-2000:])
 
@@ -224,7 +229,9 @@ CPU_FLOORS = {
 }
 
 
-def report(runs: dict[str, list[dict[str, float]]], paths: dict[str, Path], info: dict[str, Any], args: Any) -> str:
+def report(
+    runs: dict[str, list[dict[str, float]]], paths: dict[str, Path], info: dict[str, Any], args: Any
+) -> str:
     lines = [
         "# wrap and make-ref at GPT-2-large size (issue #17)", "",
         f"Command: `python benchmarks/bench_wrap_large.py --reps {args.reps}"
@@ -248,16 +255,28 @@ def report(runs: dict[str, list[dict[str, float]]], paths: dict[str, Path], info
         cores = med(runs[name], "cpu_s") / med(runs[name])
         lines.append(f"| {label} | {med(runs[name]):.2f} ({min(walls):.2f}-{max(walls):.2f}) | "
                      f"{med(runs[name], 'cpu_s'):.2f} | {cores:.2f} | {med(runs[name], 'peak_mib'):.0f} |")  # fmt: skip
-    lines += ["", "## The work against the floors' work (CPU seconds, medians)", "",
-              "vhctl's processes do the floors' work at once: their CPU time is compared with the sum of the "
-              "floors' CPU times. The wall-time targets below assume that work spreads over 2 free cores.", "",
-              "| command | its CPU s | the floors' CPU s | |", "| --- | ---: | ---: | --- |"]
+    lines += [
+        "",
+        "## The work against the floors' work (CPU seconds, medians)",
+        "",
+        "vhctl's processes do the floors' work at once: their CPU time is compared with the sum of the "
+        "floors' CPU times. The wall-time targets below assume that work spreads over 2 free cores.",
+        "",
+        "| command | its CPU s | the floors' CPU s | |",
+        "| --- | ---: | ---: | --- |",
+    ]
     cpu = {name: med(runs[name], "cpu_s") for name in runs}
     for name, parts in CPU_FLOORS.items():
         total = sum(cpu[part] for part in parts)
         lines.append(f"| {LABELS[name].split(',')[0].split(' (')[0]} ({name}) | {cpu[name]:.2f} | {total:.2f} | "
                      f"{' + '.join(parts)} |")  # fmt: skip
-    lines += ["", "## Targets (same run, medians)", "", "| target | measured | | why |", "| --- | --- | --- | --- |"]
+    lines += [
+        "",
+        "## Targets (same run, medians)",
+        "",
+        "| target | measured | | why |",
+        "| --- | --- | --- | --- |",
+    ]
     found = targets(runs)
     for what, measured, ok, why, _ in found:
         lines.append(f"| {what} | {measured} | {'met' if ok else '**missed**'} | {why} |")
@@ -272,16 +291,23 @@ def report(runs: dict[str, list[dict[str, float]]], paths: dict[str, Path], info
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--out", type=Path, default=common.BENCH / "RESULTS-wrap-large.md")
     parser.add_argument("--keep", action="store_true", help="keep the built models for the next run")
-    parser.add_argument("--baseline", type=Path, help="a folder holding another vhctl/ to run wrap and make-ref from")
+    parser.add_argument(
+        "--baseline", type=Path, help="a folder holding another vhctl/ to run wrap and make-ref from"
+    )
     args = parser.parse_args(argv)
     ROOT.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(ROOT).free
     if free < MIN_FREE and not (ROOT / "sharded").is_dir():
-        print(f"bench_wrap_large: {free / 2**30:.0f} GiB free under {ROOT}, need {MIN_FREE / 2**30:.0f}", file=sys.stderr)
+        print(
+            f"bench_wrap_large: {free / 2**30:.0f} GiB free under {ROOT}, need {MIN_FREE / 2**30:.0f}",
+            file=sys.stderr,
+        )
         return 2
     start, load_start = time.time(), os.getloadavg()[0]
     try:

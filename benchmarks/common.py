@@ -89,9 +89,22 @@ def model_config(name: str) -> Any:
 def special_tokens(name: str) -> dict[str, Any]:
     """Special tokens of each model's tokenizer: GPT-2 adds none; the Llama-style one puts a BOS in front."""
     if name == "llama":
-        return {"unk": "<unk>", "bos": "<s>", "eos": "</s>", "pad": "<unk>", "prefix": ["<s>"], "first_word": 3}
-    return {"unk": "<|endoftext|>", "bos": "<|endoftext|>", "eos": "<|endoftext|>", "pad": "<|endoftext|>",
-            "prefix": [], "first_word": 1}
+        return {
+            "unk": "<unk>",
+            "bos": "<s>",
+            "eos": "</s>",
+            "pad": "<unk>",
+            "prefix": ["<s>"],
+            "first_word": 3,
+        }
+    return {
+        "unk": "<|endoftext|>",
+        "bos": "<|endoftext|>",
+        "eos": "<|endoftext|>",
+        "pad": "<|endoftext|>",
+        "prefix": [],
+        "first_word": 1,
+    }
 
 
 def build_tokenizer(name: str, vocab_size: int) -> Any:
@@ -112,8 +125,12 @@ def build_tokenizer(name: str, vocab_size: int) -> Any:
             single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, vocab[bos])]
         )
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token=spec["unk"], bos_token=spec["bos"], eos_token=spec["eos"],
-        pad_token=spec["pad"], padding_side="right",
+        tokenizer_object=tok,
+        unk_token=spec["unk"],
+        bos_token=spec["bos"],
+        eos_token=spec["eos"],
+        pad_token=spec["pad"],
+        padding_side="right",
     )
 
 
@@ -204,8 +221,14 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def run_timed(cmd: Sequence[str], *, env: dict[str, str] | None = None, cwd: Path | None = None,
-              stdin: bytes | None = None, timeout: float = 600) -> dict[str, Any]:
+def run_timed(
+    cmd: Sequence[str],
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    stdin: bytes | None = None,
+    timeout: float = 600,
+) -> dict[str, Any]:
     """Run a whole process under ``/usr/bin/time -v``: wall seconds and peak RSS (MiB), output kept."""
     time_bin = "/usr/bin/time"
     full = [time_bin, "-v", *cmd] if os.path.exists(time_bin) else list(cmd)

@@ -98,8 +98,11 @@ BASELINE_BATCH = 16
 PER_PROMPT = 8
 # Dense bf16 tensor-core peaks, FLOP/s, by a substring of torch.cuda.get_device_name().
 PEAKS = {
-    "H200": (989e12, "NVIDIA H200 datasheet, dense bf16 989 TFLOP/s (1,979 with sparsity); "
-                     "/work/.library/device/H200.md: 'dense bf16 about 990 TFLOP/s'"),
+    "H200": (
+        989e12,
+        "NVIDIA H200 datasheet, dense bf16 989 TFLOP/s (1,979 with sparsity); "
+        "/work/.library/device/H200.md: 'dense bf16 about 990 TFLOP/s'",
+    ),
     "H100 80GB HBM3": (989e12, "NVIDIA H100 SXM datasheet, dense bf16 989 TFLOP/s"),
     "A100": (312e12, "NVIDIA A100 datasheet, dense bf16 312 TFLOP/s"),
 }
@@ -133,7 +136,12 @@ class Baseline:
     wrap: Callable[[Any], Any]
 
     def facts(self) -> dict[str, Any]:
-        return {"label": self.label, "is_trl": self.is_trl, "trl_version": self.trl_version, "source": self.source}
+        return {
+            "label": self.label,
+            "is_trl": self.is_trl,
+            "trl_version": self.trl_version,
+            "source": self.source,
+        }
 
 
 class TrlStyleForward:
@@ -155,7 +163,9 @@ class TrlStyleForward:
         return self
 
     def __call__(self, input_ids: Any, attention_mask: Any) -> tuple[Any, None, Any]:
-        out = self.pretrained_model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        out = self.pretrained_model(
+            input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True
+        )
         last = out.hidden_states[-1]
         weight = self.v_head.summary.weight
         values = self.v_head.summary(last.to(weight.dtype)).squeeze(-1)
@@ -179,7 +189,8 @@ def _trl_class() -> tuple[Any, str]:
         sys.modules[spec.name] = module
         spec.loader.exec_module(module)
         return module.AutoModelForCausalLMWithValueHead, (
-            f"{path} loaded on its own (trl.experimental.ppo did not import: {exc!r})")
+            f"{path} loaded on its own (trl.experimental.ppo did not import: {exc!r})"
+        )
 
 
 def honest(baseline: Baseline) -> bool:
@@ -207,7 +218,10 @@ def load_baseline(allow_equivalent: bool) -> Baseline:
         else:
             cls, source = _trl_class()
             trl_dir = Path(trl.__file__).resolve().parent
-            if not cls.__module__.startswith("trl.") or trl_dir not in Path(inspect.getfile(cls)).resolve().parents:
+            if (
+                not cls.__module__.startswith("trl.")
+                or trl_dir not in Path(inspect.getfile(cls)).resolve().parents
+            ):
                 why = f"{cls.__module__} is not part of the trl package at {trl_dir}"
             else:
                 return Baseline(f"TRL {version}", True, version, source, cls.from_pretrained)
@@ -217,7 +231,8 @@ def load_baseline(allow_equivalent: bool) -> Baseline:
         raise BaselineRefused(
             f"{why}: the baseline would not be TRL {TRL_VERSION}. Install the wheels from "
             "benchmarks/gpu_wheels.sh, or pass --allow-trl-equivalent for a baseline labelled "
-            f"'{NOT_TRL}'")
+            f"'{NOT_TRL}'"
+        )
     return Baseline(NOT_TRL, False, "not TRL", f"benchmarks/gpu.py TrlStyleForward ({why})", TrlStyleForward)
 
 
@@ -230,16 +245,44 @@ def model_config(key: str, tiny: bool) -> tuple[Any, str]:
 
     if key == "gpt2":
         if tiny:
-            return GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=512, vocab_size=1000, bos_token_id=0,
-                              eos_token_id=0), "gpt2"
+            return GPT2Config(
+                n_embd=64,
+                n_layer=2,
+                n_head=4,
+                n_positions=512,
+                vocab_size=1000,
+                bos_token_id=0,
+                eos_token_id=0,
+            ), "gpt2"
         return GPT2Config(), "gpt2"
     if key == "llama-1b":
-        shape = (dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                      intermediate_size=128, vocab_size=1000) if tiny else
-                 dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
-                      intermediate_size=8192, vocab_size=128256))
-        return LlamaConfig(**shape, tie_word_embeddings=True, max_position_embeddings=8192,
-                           bos_token_id=1, eos_token_id=2, pad_token_id=0), "llama"
+        shape = (
+            dict(
+                hidden_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                intermediate_size=128,
+                vocab_size=1000,
+            )
+            if tiny
+            else dict(
+                hidden_size=2048,
+                num_hidden_layers=16,
+                num_attention_heads=32,
+                num_key_value_heads=8,
+                intermediate_size=8192,
+                vocab_size=128256,
+            )
+        )
+        return LlamaConfig(
+            **shape,
+            tie_word_embeddings=True,
+            max_position_embeddings=8192,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+        ), "llama"
     raise SystemExit(f"unknown model {key!r}: use gpt2, llama-1b")
 
 
@@ -339,7 +382,9 @@ class Workload:
     def padded_batches(self, batch: int) -> list[tuple[int, int]]:
         """(rows, longest) of each baseline batch (input order)."""
         lengths = self.lengths()
-        return [(len(lengths[i : i + batch]), max(lengths[i : i + batch])) for i in range(0, len(lengths), batch)]
+        return [
+            (len(lengths[i : i + batch]), max(lengths[i : i + batch])) for i in range(0, len(lengths), batch)
+        ]
 
 
 def make_workload(kind: str, family: str, vocab: int, n: int, max_len: int) -> Workload:
@@ -366,7 +411,9 @@ def flops(segments: list[tuple[int, int]], n_params: int, layers: int, d_attn: i
     """Model FLOPs: 2 N per token, plus QK^T and AV (4 d_attn per layer per key) over the causal context."""
     total = 0.0
     for before, new in segments:
-        keys = new * before + new * (new + 1) / 2  # token i (1-based after `before`) attends to before + i keys
+        keys = (
+            new * before + new * (new + 1) / 2
+        )  # token i (1-based after `before`) attends to before + i keys
         total += 2.0 * n_params * new + 4.0 * layers * d_attn * keys
     return total
 
@@ -450,7 +497,10 @@ def calibrate(eng: Engines, wl: Workload, batches: list[int]) -> dict[str, dict[
                     raise
                 out[side][str(b)] = None
                 _free(eng.device)
-        log(f"  sweep {side}: " + ", ".join(f"b{b} {v:.0f}" if v else f"b{b} OOM" for b, v in out[side].items()))
+        log(
+            f"  sweep {side}: "
+            + ", ".join(f"b{b} {v:.0f}" if v else f"b{b} OOM" for b, v in out[side].items())
+        )
     return out
 
 
@@ -458,7 +508,9 @@ def make_slice(wl: Workload, n: int) -> Workload:
     if n >= wl.n:
         return wl
     lines = wl.jsonl.split(b"\n")[:n]
-    return Workload(wl.kind, wl.seqs[:n], wl.rows[:n], wl.n_special, wl.strings[:n], b"\n".join(lines) + b"\n")
+    return Workload(
+        wl.kind, wl.seqs[:n], wl.rows[:n], wl.n_special, wl.strings[:n], b"\n".join(lines) + b"\n"
+    )
 
 
 def best_batch(rates: dict[str, float | None]) -> int:
@@ -468,13 +520,16 @@ def best_batch(rates: dict[str, float | None]) -> int:
     return max(ok, key=lambda b: ok[b])
 
 
-def measure(sides: list[tuple[str, Callable[[], list[float]]]], tokens: int, expected: int,
-            min_s: float) -> dict[str, dict[str, Any]]:
+def measure(
+    sides: list[tuple[str, Callable[[], list[float]]]], tokens: int, expected: int, min_s: float
+) -> dict[str, dict[str, Any]]:
     """Whole passes, alternating the order each round, until every side has run ``min_s`` seconds."""
-    stats: dict[str, dict[str, Any]] = {name: {"times": [], "count_ok": True, "values": []} for name, _ in sides}
+    stats: dict[str, dict[str, Any]] = {
+        name: {"times": [], "count_ok": True, "values": []} for name, _ in sides
+    }
     rnd = 0
     while any(sum(stats[n]["times"]) < min_s for n, _ in sides) and rnd < 1000:
-        for name, fn in (sides if rnd % 2 == 0 else list(reversed(sides))):
+        for name, fn in sides if rnd % 2 == 0 else list(reversed(sides)):
             s = stats[name]
             if sum(s["times"]) >= min_s:
                 continue
@@ -487,9 +542,14 @@ def measure(sides: list[tuple[str, Callable[[], list[float]]]], tokens: int, exp
     out = {}
     for name, s in stats.items():
         secs = sum(s["times"])
-        out[name] = {"passes": len(s["times"]), "seconds": secs, "tok_s": tokens * len(s["times"]) / secs,
-                     "tok_s_per_pass": common.median_range([tokens / t for t in s["times"]]),
-                     "count_ok": s["count_ok"], "values": s["values"]}
+        out[name] = {
+            "passes": len(s["times"]),
+            "seconds": secs,
+            "tok_s": tokens * len(s["times"]) / secs,
+            "tok_s_per_pass": common.median_range([tokens / t for t in s["times"]]),
+            "count_ok": s["count_ok"],
+            "values": s["values"],
+        }
     return out
 
 
@@ -516,8 +576,12 @@ def fp32_refs(ctx: Ctx, m: Model, eng: Engines) -> dict[str, list[float]]:
         got = eng.vhctl(wl, BASELINE_BATCH)
         tol = 1e-4 * max(1.0, max(abs(v) for v in ref))
         d = maxdiff(ref, got)
-        check(ctx, f"{m.key} {kind} fp32: vhctl = baseline", d <= tol,
-              f"max |vhctl - baseline| = {d:.2e} <= {tol:.1e} on {wl.n} inputs (TF32 off)")
+        check(
+            ctx,
+            f"{m.key} {kind} fp32: vhctl = baseline",
+            d <= tol,
+            f"max |vhctl - baseline| = {d:.2e} <= {tol:.1e} on {wl.n} inputs (TF32 off)",
+        )
         refs[kind] = ref
     return refs
 
@@ -535,11 +599,22 @@ def bench_workload(ctx: Ctx, m: Model, eng: Engines, kind: str, ref32: list[floa
     base_bf, vh_bf = eng.baseline(checkset, BASELINE_BATCH), eng.vhctl(checkset, b_vh)
     e_trl, e_vh, d = maxdiff(base_bf, ref32), maxdiff(vh_bf, ref32), maxdiff(vh_bf, base_bf)
     ratio = d / e_trl if e_trl > 0 else (0.0 if d == 0 else math.inf)
-    noise = {"inputs": checkset.n, "baseline_bf16_err": e_trl, "vhctl_bf16_err": e_vh, "max_abs_diff": d,
-             "noise_ratio": ratio, "limit": NOISE_LIMIT, "ok": ratio <= NOISE_LIMIT}
-    check(ctx, f"{m.key} {kind} bf16: vhctl within bf16 noise of the baseline", noise["ok"],
-          f"max |vhctl - baseline| = {d:.2e} = {ratio:.2f} x the baseline's own bf16 error {e_trl:.2e} "
-          f"(limit {NOISE_LIMIT:g}x; vhctl's own error {e_vh:.2e})")
+    noise = {
+        "inputs": checkset.n,
+        "baseline_bf16_err": e_trl,
+        "vhctl_bf16_err": e_vh,
+        "max_abs_diff": d,
+        "noise_ratio": ratio,
+        "limit": NOISE_LIMIT,
+        "ok": ratio <= NOISE_LIMIT,
+    }
+    check(
+        ctx,
+        f"{m.key} {kind} bf16: vhctl within bf16 noise of the baseline",
+        noise["ok"],
+        f"max |vhctl - baseline| = {d:.2e} = {ratio:.2f} x the baseline's own bf16 error {e_trl:.2e} "
+        f"(limit {NOISE_LIMIT:g}x; vhctl's own error {e_vh:.2e})",
+    )
 
     tokens_c = sum(calib.lengths())
     measured = {"baseline": [BASELINE_BATCH, b_best], "vhctl": [b_vh]}
@@ -549,15 +624,21 @@ def bench_workload(ctx: Ctx, m: Model, eng: Engines, kind: str, ref32: list[floa
     n = int(min(a.max_inputs, max(calib.n, math.ceil(a.min_seconds / 2 / per_input_s))))
     wl = make_workload(kind, m.family, vocab, n, a.max_len)
     tokens = sum(wl.lengths())
-    log(f"  {m.key} {kind}: {n} inputs, {tokens} tokens per pass; baseline best batch {b_best}, vhctl batch {b_vh}")
+    log(
+        f"  {m.key} {kind}: {n} inputs, {tokens} tokens per pass; baseline best batch {b_best}, vhctl batch {b_vh}"
+    )
     sides = [(f"baseline@{BASELINE_BATCH}", lambda: eng.baseline(wl, BASELINE_BATCH))]
     if b_best != BASELINE_BATCH:
         sides.append((f"baseline@{b_best}", lambda: eng.baseline(wl, b_best)))
     sides.append(("vhctl", lambda: eng.vhctl(wl, b_vh)))
     runs = measure(sides, tokens, wl.n, a.min_seconds)
     for name, r in runs.items():
-        check(ctx, f"{m.key} {kind} {name}: one result per input, in order", r["count_ok"],
-              f"{r['passes']} pass(es) of {wl.n} inputs")
+        check(
+            ctx,
+            f"{m.key} {kind} {name}: one result per input, in order",
+            r["count_ok"],
+            f"{r['passes']} pass(es) of {wl.n} inputs",
+        )
     full_diff = maxdiff(runs["vhctl"].pop("values"), runs[f"baseline@{BASELINE_BATCH}"]["values"])
     for r in runs.values():
         r.pop("values", None)
@@ -570,24 +651,35 @@ def bench_workload(ctx: Ctx, m: Model, eng: Engines, kind: str, ref32: list[floa
     least_linear = 2.0 * m.n_nonembed * sum(new for _, new in wl.segments())
 
     def executed(batch: int) -> float:
-        return sum(rows * longest * 2.0 * (m.n_nonembed + lm_head) for rows, longest in wl.padded_batches(batch))
+        return sum(
+            rows * longest * 2.0 * (m.n_nonembed + lm_head) for rows, longest in wl.padded_batches(batch)
+        )
 
     for r in runs.values():
         r["mfu"] = model_flops * r["passes"] / r["seconds"] / ctx.peak
         r["of_matmul"] = model_flops * r["passes"] / r["seconds"] / ctx.matmul_peak
     vh, b16, bb = runs["vhctl"], runs[f"baseline@{BASELINE_BATCH}"], runs[f"baseline@{b_best}"]
-    log(f"  {m.key} {kind}: baseline@16 {b16['tok_s']:.0f} tok/s, baseline@{b_best} {bb['tok_s']:.0f}, "
+    log(
+        f"  {m.key} {kind}: baseline@16 {b16['tok_s']:.0f} tok/s, baseline@{b_best} {bb['tok_s']:.0f}, "
         f"vhctl@{b_vh} {vh['tok_s']:.0f} (x{vh['tok_s'] / b16['tok_s']:.2f} / x{vh['tok_s'] / bb['tok_s']:.2f}), "
-        f"MFU {vh['mfu']:.1%}")
+        f"MFU {vh['mfu']:.1%}"
+    )
     return {
-        "inputs": wl.n, "tokens_per_pass": tokens, "model_flops_per_pass": model_flops,
+        "inputs": wl.n,
+        "tokens_per_pass": tokens,
+        "model_flops_per_pass": model_flops,
         "calibration": {"inputs": calib.n, "tokens": tokens_c, "tok_s": sweep},
-        "baseline_best_batch": b_best, "vhctl_batch": b_vh, "sides": runs,
-        "speedup_vs_batch16": vh["tok_s"] / b16["tok_s"], "speedup_vs_best": vh["tok_s"] / bb["tok_s"],
-        "mfu": vh["mfu"], "of_matmul": vh["of_matmul"],
+        "baseline_best_batch": b_best,
+        "vhctl_batch": b_vh,
+        "sides": runs,
+        "speedup_vs_batch16": vh["tok_s"] / b16["tok_s"],
+        "speedup_vs_best": vh["tok_s"] / bb["tok_s"],
+        "mfu": vh["mfu"],
+        "of_matmul": vh["of_matmul"],
         "flop_bound_vs_batch16": executed(BASELINE_BATCH) / least_linear,
         "flop_bound_vs_best": executed(b_best) / least_linear,
-        "bf16_noise": noise, "full_max_abs_diff_vs_batch16": full_diff,
+        "bf16_noise": noise,
+        "full_max_abs_diff_vs_batch16": full_diff,
     }
 
 
@@ -608,32 +700,54 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
 
     def add(text: str, figure: str, ok: bool | None, reason: str) -> None:
         verdict = judge or ("met" if ok else "missed")
-        out.append({"target": text, "measured": figure, "ok": None if judge else ok, "verdict": verdict,
-                    "reason": "" if judge or ok else reason})
+        out.append(
+            {
+                "target": text,
+                "measured": figure,
+                "ok": None if judge else ok,
+                "verdict": verdict,
+                "reason": "" if judge or ok else reason,
+            }
+        )
 
     for kind, goal in TARGETS.items():
         w = (m or {}).get("workloads", {}).get(kind)
         for key, which in (("speedup_vs_batch16", f"batch {b16}"), ("speedup_vs_best", "its best batch")):
             text = f"{label}, {WORKLOAD_LABEL[kind]}: >= {goal:g}x {base['label']} at {which}"
             if not w or "sides" not in w:
-                out.append({"target": text, "measured": "n/a", "ok": None, "verdict": "not measured",
-                            "reason": (w or {}).get("skipped", "not run")})
+                out.append(
+                    {
+                        "target": text,
+                        "measured": "n/a",
+                        "ok": None,
+                        "verdict": "not measured",
+                        "reason": (w or {}).get("skipped", "not run"),
+                    }
+                )
                 continue
             s = w[key]
             bound = w["flop_bound_vs_batch16" if key == "speedup_vs_batch16" else "flop_bound_vs_best"]
             b = b16 if key == "speedup_vs_batch16" else w["baseline_best_batch"]
             base_mfu = w["sides"][f"baseline@{b}"]["mfu"]
-            add(text + ("" if key == "speedup_vs_batch16" else f" ({b})"), f"{s:.2f}x", s >= goal,
+            add(
+                text + ("" if key == "speedup_vs_batch16" else f" ({b})"),
+                f"{s:.2f}x",
+                s >= goal,
                 f"{s / goal:.0%} of the target; the baseline executes {bound:.2f}x the matmul FLOPs vhctl needs "
                 f"(padding + LM head), so skipping work alone gives about x{bound:.2f}; MFU vhctl {w['mfu']:.1%} "
-                f"vs the baseline's {base_mfu:.1%} on the same model FLOPs")
+                f"vs the baseline's {base_mfu:.1%} on the same model FLOPs",
+            )
     w = (m or {}).get("workloads", {}).get("mixed")
     text = f"{label}, {WORKLOAD_LABEL['mixed']}: MFU >= {MFU_TARGET:.0%}"
     if w and "sides" in w:
-        add(text, f"{w['mfu']:.1%}", w["mfu"] >= MFU_TARGET,
+        add(
+            text,
+            f"{w['mfu']:.1%}",
+            w["mfu"] >= MFU_TARGET,
             f"vhctl runs at {w['of_matmul']:.0%} of the bf16 matmul rate measured on this GPU "
             f"({res['peak']['measured_matmul_tflops']:.4g} TFLOP/s; peak {res['peak']['tflops']:.4g}), batch "
-            f"{w['vhctl_batch']}, inputs of {w['tokens_per_pass'] / w['inputs']:.0f} tokens on average")
+            f"{w['vhctl_batch']}, inputs of {w['tokens_per_pass'] / w['inputs']:.0f} tokens on average",
+        )
     else:
         out.append({"target": text, "measured": "n/a", "ok": None, "verdict": "not measured", "reason": ""})
     for kind in TARGETS:
@@ -641,10 +755,16 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
         text = f"{label}, {WORKLOAD_LABEL[kind]}: values within bf16 noise of {base['label']}'s"
         if w and "bf16_noise" in w:
             n = w["bf16_noise"]
-            add(text, f"{n['max_abs_diff']:.2e} = {n['noise_ratio']:.2f}x its own bf16 error", n["ok"],
-                f"over the {NOISE_LIMIT:g}x limit")
+            add(
+                text,
+                f"{n['max_abs_diff']:.2e} = {n['noise_ratio']:.2f}x its own bf16 error",
+                n["ok"],
+                f"over the {NOISE_LIMIT:g}x limit",
+            )
         else:
-            out.append({"target": text, "measured": "n/a", "ok": None, "verdict": "not measured", "reason": ""})
+            out.append(
+                {"target": text, "measured": "n/a", "ok": None, "verdict": "not measured", "reason": ""}
+            )
     return out
 
 
@@ -661,8 +781,9 @@ def code_fingerprint(root: Path = ROOT) -> str:
 
 def git_commit() -> str:
     try:
-        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10)
+        out = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
         if out.returncode == 0:
             return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
@@ -685,7 +806,8 @@ def render_body(res: dict[str, Any]) -> list[str]:
         f"Baseline: **{lab}** ({base['source']}); trl: {mach['trl']}. bf16 weights, fp32 value heads.",
         f"Batch sizes: the baseline at {b16_size} and at its best of {st['batches']} (sweep on the first "
         f"{st['calib_inputs']} inputs); vhctl at its best of the same sweep"
-        + (f" (fixed: {st['vhctl_batch']})" if st["vhctl_batch"] else "") + ". Each side ran whole passes "
+        + (f" (fixed: {st['vhctl_batch']})" if st["vhctl_batch"] else "")
+        + ". Each side ran whole passes "
         f"until >= {st['min_seconds']:g} s. Peak: {res['peak']['tflops']:.4g} TFLOP/s dense bf16 "
         f"({res['peak']['source']}); matmul rate measured here {res['peak']['measured_matmul_tflops']:.4g} TFLOP/s"
         f"{' (fp32, 256^3: a dry run)' if res['dry_run'] else ' (bf16, 8192^3)'}.",
@@ -698,8 +820,10 @@ def render_body(res: dict[str, Any]) -> list[str]:
     for m in res["models"].values():
         for kind, w in m["workloads"].items():
             if "sides" not in w:
-                lines.append(f"| {m['label']} | {WORKLOAD_LABEL[kind]} | not measured: {w.get('skipped', '?')} "
-                             "| | | | | | | | | |")
+                lines.append(
+                    f"| {m['label']} | {WORKLOAD_LABEL[kind]} | not measured: {w.get('skipped', '?')} "
+                    "| | | | | | | | | |"
+                )
                 continue
             s = w["sides"]
             b16, bb, vh = s[f"baseline@{b16_size}"], s[f"baseline@{w['baseline_best_batch']}"], s["vhctl"]
@@ -708,7 +832,8 @@ def render_body(res: dict[str, Any]) -> list[str]:
                 f"{b16['tok_s']:.0f} | {bb['tok_s']:.0f} ({w['baseline_best_batch']}) | {vh['tok_s']:.0f} "
                 f"({w['vhctl_batch']}) | {w['speedup_vs_batch16']:.2f}x | {w['speedup_vs_best']:.2f}x | "
                 f"{_pct(vh['mfu'])} | {_pct(b16['mfu'])} | {w['bf16_noise']['noise_ratio']:.2f} | "
-                f"{b16['passes']}/{bb['passes']}/{vh['passes']} |")
+                f"{b16['passes']}/{bb['passes']}/{vh['passes']} |"
+            )
     lines += [
         "",
         "tok/s: real tokens of all passes over their seconds, tokenization included. MFU: model FLOPs (2 x "
@@ -731,10 +856,14 @@ def render_body(res: dict[str, Any]) -> list[str]:
 def write_outputs(res: dict[str, Any], out: Path) -> None:
     res["elapsed_s"] = time.perf_counter() - START
     res["targets"] = targets(res)
-    json_path, md_path = (out.with_suffix(".json"), out) if out.suffix == ".md" else (out / "gpu.json", out / "gpu.md")
+    json_path, md_path = (
+        (out.with_suffix(".json"), out) if out.suffix == ".md" else (out / "gpu.json", out / "gpu.md")
+    )
     md_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(res, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    title = "# GPU scoring benchmark" + (" (DRY RUN: tiny models on the CPU, not results)" if res["dry_run"] else "")
+    title = "# GPU scoring benchmark" + (
+        " (DRY RUN: tiny models on the CPU, not results)" if res["dry_run"] else ""
+    )
     md_path.write_text("\n".join([title, "", *render_body(res)]) + "\n", encoding="utf-8")
 
 
@@ -745,19 +874,32 @@ def machine(device: str, baseline: Baseline) -> dict[str, Any]:
     import vhctl
 
     facts: dict[str, Any] = {
-        "device": device, "torch": torch.__version__, "cuda": torch.version.cuda or "none",
-        "transformers": transformers.__version__, "python": platform.python_version(),
-        "platform": platform.platform(), "cpus": os.cpu_count(), "vhctl": getattr(vhctl, "__version__", "?"),
+        "device": device,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda or "none",
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "vhctl": getattr(vhctl, "__version__", "?"),
         "trl": baseline.trl_version if baseline.is_trl else "not TRL",
     }
     if device.startswith("cuda"):
         props = torch.cuda.get_device_properties(0)
-        facts.update(gpu=torch.cuda.get_device_name(0), gpu_count=torch.cuda.device_count(),
-                     capability=f"{props.major}.{props.minor}", gpu_mem_gib=round(props.total_memory / 2**30, 1),
-                     cudnn=torch.backends.cudnn.version())
+        facts.update(
+            gpu=torch.cuda.get_device_name(0),
+            gpu_count=torch.cuda.device_count(),
+            capability=f"{props.major}.{props.minor}",
+            gpu_mem_gib=round(props.total_memory / 2**30, 1),
+            cudnn=torch.backends.cudnn.version(),
+        )
         try:
-            smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=20)
+            smi = subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            )
             facts["driver"] = smi.stdout.strip() or "?"
         except (OSError, subprocess.SubprocessError):
             facts["driver"] = "?"
@@ -786,33 +928,51 @@ def matmul_tflops(device: str, dry: bool) -> float:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=None,
-                   help="folder for gpu.json + gpu.md (default $OUT, else benchmarks/_work/gpu); a FILE.md "
-                        "path writes FILE.md and FILE.json")
-    p.add_argument("--dry-run", action="store_true", help="tiny models and sizes on the CPU (checks the code paths)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for gpu.json + gpu.md (default $OUT, else benchmarks/_work/gpu); a FILE.md "
+        "path writes FILE.md and FILE.json",
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="tiny models and sizes on the CPU (checks the code paths)"
+    )
     p.add_argument("--device", default=None, help="default: cuda when available (dry run: cpu)")
-    p.add_argument("--models", default="llama-1b,gpt2", help="comma-separated: llama-1b, gpt2 (in this order)")
+    p.add_argument(
+        "--models", default="llama-1b,gpt2", help="comma-separated: llama-1b, gpt2 (in this order)"
+    )
     p.add_argument("--workloads", default="12", help="1 = mixed lengths, 2 = best-of-8")
     p.add_argument("--batches", default="8,16,32,64,128", help="the sweep, for both sides")
     p.add_argument("--vhctl-batch", type=int, default=None, help="fix vhctl's batch size (default: its best)")
     p.add_argument("--min-seconds", type=float, default=10.0, help="each side runs at least this long")
-    p.add_argument("--max-len", type=int, default=256, help="workload 1's longest text, tokens (CPU benchmark: 256)")
+    p.add_argument(
+        "--max-len", type=int, default=256, help="workload 1's longest text, tokens (CPU benchmark: 256)"
+    )
     p.add_argument("--calib-inputs", type=int, default=256)
     p.add_argument("--check-inputs", type=int, default=128)
     p.add_argument("--max-inputs", type=int, default=50000, help="cap on a scaled workload")
-    p.add_argument("--budget-s", type=float, default=None,
-                   help="start no new model x workload past this many seconds (marked not measured)")
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="start no new model x workload past this many seconds (marked not measured)",
+    )
     p.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak, for a GPU not in PEAKS")
-    p.add_argument("--allow-trl-equivalent", action="store_true",
-                   help=f"without trl {TRL_VERSION}: run a forward labelled '{NOT_TRL}' (targets not judged)")
+    p.add_argument(
+        "--allow-trl-equivalent",
+        action="store_true",
+        help=f"without trl {TRL_VERSION}: run a forward labelled '{NOT_TRL}' (targets not judged)",
+    )
     args = p.parse_args(argv)
     if args.dry_run:
         args.batches, args.min_seconds, args.max_len = "2,4", min(args.min_seconds, 0.05), 48
         args.calib_inputs, args.check_inputs, args.max_inputs = 8, 8, 24
     args.batches = [int(b) for b in args.batches.split(",")]
     args.kinds = [{"1": "mixed", "2": "best_of_n"}[w] for w in args.workloads if w in "12"]
-    args.command = "python benchmarks/gpu.py" + "".join(" " + shlex.quote(a) for a in (argv if argv is not None
-                                                                                      else sys.argv[1:]))
+    args.command = "python benchmarks/gpu.py" + "".join(
+        " " + shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    )
     return args
 
 
@@ -846,23 +1006,51 @@ def main(argv: list[str] | None = None) -> int:
         peak, source = args.peak_tflops * 1e12, "--peak-tflops"
     if peak is None:
         peak, source = measured * 1e12, "no datasheet figure for this device: the matmul rate measured here"
-    log(f"{name}: torch {mach['torch']}, baseline {baseline.label} ({baseline.source}); peak {peak / 1e12:.4g} "
-        f"TFLOP/s, measured matmul {measured:.4g} TFLOP/s")
+    log(
+        f"{name}: torch {mach['torch']}, baseline {baseline.label} ({baseline.source}); peak {peak / 1e12:.4g} "
+        f"TFLOP/s, measured matmul {measured:.4g} TFLOP/s"
+    )
     ctx = Ctx(args, device, peak, measured * 1e12, [])
-    check(ctx, "baseline label is honest", honest(baseline), f"{baseline.label}: trl {mach['trl']}, {baseline.source}")
+    check(
+        ctx,
+        "baseline label is honest",
+        honest(baseline),
+        f"{baseline.label}: trl {mach['trl']}, {baseline.source}",
+    )
     res: dict[str, Any] = {
-        "schema": SCHEMA, "dry_run": args.dry_run, "status": "partial", "command": args.command,
-        "created": time.strftime("%Y-%m-%d %H:%M %Z"), "commit": git_commit(), "code_sha256": code_fingerprint(),
-        "machine": mach, "baseline": baseline.facts(),
+        "schema": SCHEMA,
+        "dry_run": args.dry_run,
+        "status": "partial",
+        "command": args.command,
+        "created": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "commit": git_commit(),
+        "code_sha256": code_fingerprint(),
+        "machine": mach,
+        "baseline": baseline.facts(),
         "peak": {"tflops": peak / 1e12, "source": source, "measured_matmul_tflops": measured},
-        "settings": {k: getattr(args, k) for k in ("batches", "vhctl_batch", "min_seconds", "max_len",
-                                                    "calib_inputs", "check_inputs", "max_inputs", "budget_s")}
+        "settings": {
+            k: getattr(args, k)
+            for k in (
+                "batches",
+                "vhctl_batch",
+                "min_seconds",
+                "max_len",
+                "calib_inputs",
+                "check_inputs",
+                "max_inputs",
+                "budget_s",
+            )
+        }
         | {"baseline_batch": BASELINE_BATCH, "dtype": "bfloat16", "per_prompt": PER_PROMPT},
-        "models": {}, "checks": ctx.checks,
+        "models": {},
+        "checks": ctx.checks,
     }
     for key in args.models.split(","):
         if over_budget(args):
-            res["models"][key] = {"label": key, "workloads": {k: {"skipped": "time budget reached"} for k in args.kinds}}
+            res["models"][key] = {
+                "label": key,
+                "workloads": {k: {"skipped": "time budget reached"} for k in args.kinds},
+            }
             log(f"{key}: skipped (time budget)")
             continue
         t0 = time.perf_counter()
@@ -872,19 +1060,36 @@ def main(argv: list[str] | None = None) -> int:
             refs = fp32_refs(ctx, m, eng)
         except Exception as exc:  # noqa: BLE001 - one GPU session: record it, go on with the next model
             traceback.print_exc()
-            res["models"][key] = {"label": key, "workloads": {k: {"skipped": f"error: {exc!r}"[:300]} for k in args.kinds}}
+            res["models"][key] = {
+                "label": key,
+                "workloads": {k: {"skipped": f"error: {exc!r}"[:300]} for k in args.kinds},
+            }
             check(ctx, f"{key}: built and checked in fp32", False, f"{exc!r}"[:300])
             _free(device)
             continue
         entry = res["models"][key] = {
-            "label": m.label, "params": m.params, "params_nonembedding": m.n_nonembed,
-            "config": {k: getattr(m.config, k, None) for k in ("hidden_size", "num_hidden_layers",
-                       "num_attention_heads", "num_key_value_heads", "intermediate_size", "vocab_size",
-                       "tie_word_embeddings")} | {"attn_implementation": m.hf.config._attn_implementation},
+            "label": m.label,
+            "params": m.params,
+            "params_nonembedding": m.n_nonembed,
+            "config": {
+                k: getattr(m.config, k, None)
+                for k in (
+                    "hidden_size",
+                    "num_hidden_layers",
+                    "num_attention_heads",
+                    "num_key_value_heads",
+                    "intermediate_size",
+                    "vocab_size",
+                    "tie_word_embeddings",
+                )
+            }
+            | {"attn_implementation": m.hf.config._attn_implementation},
             "workloads": {},
         }
-        log(f"{key}: {m.label}, {m.params / 1e6:.1f}M parameters ({m.n_nonembed / 1e6:.1f}M non-embedding), "
-            f"built and checked in fp32 in {time.perf_counter() - t0:.1f} s")
+        log(
+            f"{key}: {m.label}, {m.params / 1e6:.1f}M parameters ({m.n_nonembed / 1e6:.1f}M non-embedding), "
+            f"built and checked in fp32 in {time.perf_counter() - t0:.1f} s"
+        )
         m.hf.to(torch.bfloat16)
         for kind in args.kinds:
             if over_budget(args):

@@ -77,14 +77,29 @@ def main() -> int:
     # what the reference must hold on its own: every parameter/buffer of the model minus the shared ones
     unshared_bytes = model_bytes - shared_bytes
     ok_frozen = all(not p.requires_grad for p in ref.parameters())
-    print(json.dumps({
-        "engine": engine, "shared": shared, "baseline_kib": baseline, "after_load_kib": after_load,
-        "peak_load_kib": peak_load, "peak_reset": reset, "before_create_kib": before_create,
-        "peak_create_kib": peak_create, "after_create_kib": after_create, "model_bytes": model_bytes,
-        "unshared_bytes": unshared_bytes, "copied_bytes": copied_bytes, "shared_bytes": shared_bytes,
-        "load_s": load_s, "create_s": create_s, "ref_frozen": ok_frozen,
-        "peak_total_kib": common.rss_peak_kib() if not reset else max(peak_load, peak_create or 0),
-    }))
+    print(
+        json.dumps(
+            {
+                "engine": engine,
+                "shared": shared,
+                "baseline_kib": baseline,
+                "after_load_kib": after_load,
+                "peak_load_kib": peak_load,
+                "peak_reset": reset,
+                "before_create_kib": before_create,
+                "peak_create_kib": peak_create,
+                "after_create_kib": after_create,
+                "model_bytes": model_bytes,
+                "unshared_bytes": unshared_bytes,
+                "copied_bytes": copied_bytes,
+                "shared_bytes": shared_bytes,
+                "load_s": load_s,
+                "create_s": create_s,
+                "ref_frozen": ok_frozen,
+                "peak_total_kib": common.rss_peak_kib() if not reset else max(peak_load, peak_create or 0),
+            }
+        )
+    )
     return 0
 
 

@@ -21,13 +21,18 @@ GPU_HOWTO = (
     "`bash benchmarks/gpu_wheels.sh` here (trl 1.12.0 and what it needs, as wheels, into `.whl/`), then "
     "`bash benchmarks/gpu_check.sh` on a CUDA machine in one call (carrying `.whl`; its header says how), "
     "then commit the `gpu.json`, `gpu.md` and `gpu-check.json` it writes under `$OUT` to `benchmarks/results/` "
-    "and run `python benchmarks/report.py --gpu-only`")
+    "and run `python benchmarks/report.py --gpu-only`"
+)
 GPU_HISTORY = (
     "History: until issue #16 this section showed figures typed in by hand from one H200 run of GPT-2 124M "
     "only, made before the batching rewrite (commit 3d56ef7) and against vhctl's own TRL-style forward "
-    "(trl was not installed on that machine), not against TRL; they are not carried over.")
-GPU_TARGET = ("6. GPU, 1B model vs TRL 1.12.0: >= 3x on mixed lengths, >= 5x on best-of-8, MFU >= 40% on mixed, "
-              "values within bf16 noise")
+    "(trl was not installed on that machine), not against TRL; they are not carried over."
+)
+GPU_TARGET = (
+    "6. GPU, 1B model vs TRL 1.12.0: >= 3x on mixed lengths, >= 5x on best-of-8, MFU >= 40% on mixed, "
+    "values within bf16 noise"
+)
+
 
 def verdict(ok: bool | None, miss: str = "") -> str:
     if ok is None:
@@ -76,12 +81,14 @@ def section_scoring(res: dict[str, Any], targets: list[list[str]], lines: list[s
             lines.append(
                 f"| {label} | 1 mixed | {fmt_mr(r['trl_tok_s'])} | {fmt_mr(r['vhctl_tok_s'])} | "
                 f"{fmt_mr(r['speedup'], '{:.2f}', 'x')} | {_bound(r)} | {fmt_mr(r.get('matmul_tok_s'))} | "
-                f"{fmt_mr(r.get('of_matmul'), '{:.0%}')} | {r['max_abs_diff']:.1e} |")
+                f"{fmt_mr(r.get('of_matmul'), '{:.0%}')} | {r['max_abs_diff']:.1e} |"
+            )
         if "best_of_n" in m:
             r = m["best_of_n"]
             lines.append(
                 f"| {label} | 2 best-of-n | {fmt_mr(r['trl_tok_s'])} | {fmt_mr(r['vhctl_tok_s'])} | "
-                f"{fmt_mr(r['speedup'], '{:.2f}', 'x')} | {_bound(r)} | | | {r['max_abs_diff']:.1e} |")
+                f"{fmt_mr(r['speedup'], '{:.2f}', 'x')} | {_bound(r)} | | | {r['max_abs_diff']:.1e} |"
+            )
     lines.append("")
     for m in res["models"].values():
         if "mixed" in m:
@@ -91,11 +98,12 @@ def section_scoring(res: dict[str, Any], targets: list[list[str]], lines: list[s
                 f"- {m['label']}, workload 1: {r['real_tokens']} real tokens; TRL's padded batches compute "
                 f"{pad:.2f}x that, plus the LM head over the vocabulary at every position. Whole-pass rates: "
                 f"TRL {r['trl_tok_s_total']:.0f} tok/s, vhctl {r['vhctl_tok_s_total']:.0f} tok/s "
-                f"(x{r['speedup_total']:.2f})" + (
-                    f"; by process CPU time x{r['speedup_cpu']['median']:.2f}" if "speedup_cpu" in r else "")
+                f"(x{r['speedup_total']:.2f})"
+                + (f"; by process CPU time x{r['speedup_cpu']['median']:.2f}" if "speedup_cpu" in r else "")
                 + f". Backbone FLOPs/token {r['flops_per_token']['total'] / 1e6:.0f} M "
                 f"-> vhctl {r['vhctl_gflops']:.0f} GFLOP/s against {fmt_mr(r.get('matmul_gflops'))} GFLOP/s "
-                "for the matmuls alone.")
+                "for the matmuls alone."
+            )
         if "best_of_n" in m:
             r = m["best_of_n"]
             lines.append(
@@ -104,29 +112,51 @@ def section_scoring(res: dict[str, Any], targets: list[list[str]], lines: list[s
                 + (f"; by process CPU time x{r['speedup_cpu']['median']:.2f}" if "speedup_cpu" in r else "")
                 + "); the last block "
                 f"shared {r.get('shared_prompts_last_block')} prompt forwards "
-                f"({r.get('shared_tokens_last_block')} tokens not recomputed).")
+                f"({r.get('shared_tokens_last_block')} tokens not recomputed)."
+            )
     lines.append("")
     for m in res["models"].values():
         if "mixed" in m:
             r = m["mixed"]
             s = r["speedup"]["median"]
-            targets.append([f"1. mixed scoring, {m['label']}: >= 2.5x TRL tok/s", f"{s:.2f}x",
-                            verdict(s >= 2.5, f"{s / 2.5:.0%} of the target")])
+            targets.append(
+                [
+                    f"1. mixed scoring, {m['label']}: >= 2.5x TRL tok/s",
+                    f"{s:.2f}x",
+                    verdict(s >= 2.5, f"{s / 2.5:.0%} of the target"),
+                ]
+            )
             if "of_matmul" in r:
                 f = r["of_matmul"]["median"]
-                targets.append([f"1. mixed scoring, {m['label']}: >= 90% of the matmul-bound rate", f"{f:.0%}",
-                                verdict(f >= 0.9, f"{0.9 - f:.0%} short")])
+                targets.append(
+                    [
+                        f"1. mixed scoring, {m['label']}: >= 90% of the matmul-bound rate",
+                        f"{f:.0%}",
+                        verdict(f >= 0.9, f"{0.9 - f:.0%} short"),
+                    ]
+                )
             d = r["max_abs_diff"]
-            targets.append([f"1. mixed scoring, {m['label']}: values within 1e-5 of TRL's", f"{d:.1e}",
-                            verdict(d <= 1e-5)])
+            targets.append(
+                [
+                    f"1. mixed scoring, {m['label']}: values within 1e-5 of TRL's",
+                    f"{d:.1e}",
+                    verdict(d <= 1e-5),
+                ]
+            )
         if "best_of_n" in m:
             r = m["best_of_n"]
             s = r["speedup"]["median"]
-            targets.append([f"2. best-of-n, {m['label']}: >= 5x TRL tok/s", f"{s:.2f}x",
-                            verdict(s >= 5, f"{s / 5:.0%} of the target")])
+            targets.append(
+                [
+                    f"2. best-of-n, {m['label']}: >= 5x TRL tok/s",
+                    f"{s:.2f}x",
+                    verdict(s >= 5, f"{s / 5:.0%} of the target"),
+                ]
+            )
             d = r["max_abs_diff"]
-            targets.append([f"2. best-of-n, {m['label']}: values within 1e-4 of TRL's", f"{d:.1e}",
-                            verdict(d <= 1e-4)])
+            targets.append(
+                [f"2. best-of-n, {m['label']}: values within 1e-4 of TRL's", f"{d:.1e}", verdict(d <= 1e-4)]
+            )
 
 
 def section_memory(res: dict[str, Any], targets: list[list[str]], lines: list[str]) -> None:
@@ -155,20 +185,34 @@ def section_memory(res: dict[str, Any], targets: list[list[str]], lines: list[st
             f"| {n} | {v['unshared_mib']:.0f} | {v['limit_mib']:.0f} | {fmt_mr(v['over_baseline_mib'])} | "
             f"{fmt_mr(v['create_over_before_mib'])} | {fmt_mr(t['over_baseline_mib'])} | "
             f"{fmt_mr(t['create_over_before_mib'])} | {fmt_mr(t['peak_mib'])} | {fmt_mr(cli['peak_mib'])} | "
-            f"{folder['weight_file_bytes'] / 2**20:.0f} |")
+            f"{folder['weight_file_bytes'] / 2**20:.0f} |"
+        )
         over = v["over_baseline_mib"]["max"]
-        targets.append([f"3. make-ref (library), N={n}: peak <= baseline + 1.05 x (model + unshared) "
-                        f"= +{v['limit_mib']:.0f} MiB", f"+{over:.0f} MiB (TRL +{t['over_baseline_mib']['max']:.0f})",
-                        verdict(over <= v["limit_mib"], f"by {over - v['limit_mib']:.0f} MiB")])
+        targets.append(
+            [
+                f"3. make-ref (library), N={n}: peak <= baseline + 1.05 x (model + unshared) "
+                f"= +{v['limit_mib']:.0f} MiB",
+                f"+{over:.0f} MiB (TRL +{t['over_baseline_mib']['max']:.0f})",
+                verdict(over <= v["limit_mib"], f"by {over - v['limit_mib']:.0f} MiB"),
+            ]
+        )
         only = folder["overlap"] == 0 and folder["covers_policy"]
-        targets.append([f"3. make-ref (CLI), N={n}: reference folder holds only the unshared tensors",
-                        f"{folder['stored_tensors']} stored + {folder['shared_tensors']} shared, "
-                        f"{folder['weight_file_bytes'] / 2**20:.0f} MiB file; peak RSS {cli['peak_mib']['median']:.0f} MiB",
-                        verdict(only)])
+        targets.append(
+            [
+                f"3. make-ref (CLI), N={n}: reference folder holds only the unshared tensors",
+                f"{folder['stored_tensors']} stored + {folder['shared_tensors']} shared, "
+                f"{folder['weight_file_bytes'] / 2**20:.0f} MiB file; peak RSS {cli['peak_mib']['median']:.0f} MiB",
+                verdict(only),
+            ]
+        )
     first = next(iter(res["cases"].values()))
-    lines += ["", f"Baselines: vhctl {fmt_mr(first['vhctl']['baseline_mib'])} MiB, TRL "
-              f"{fmt_mr(first['trl']['baseline_mib'])} MiB (TRL's import is heavier). Model bytes "
-              f"{first['vhctl']['model_mib']:.0f} MiB.", ""]
+    lines += [
+        "",
+        f"Baselines: vhctl {fmt_mr(first['vhctl']['baseline_mib'])} MiB, TRL "
+        f"{fmt_mr(first['trl']['baseline_mib'])} MiB (TRL's import is heavier). Model bytes "
+        f"{first['vhctl']['model_mib']:.0f} MiB.",
+        "",
+    ]
 
 
 def section_wrap(res: dict[str, Any], targets: list[list[str]], lines: list[str]) -> None:
@@ -191,19 +235,40 @@ def section_wrap(res: dict[str, Any], targets: list[list[str]], lines: list[str]
     ]
     for key, label in names.items():
         r = v[key]
-        lines.append(f"| {label} | {fmt_mr(r['wall_s'], '{:.2f}')} | {fmt_mr(r['peak_mib'])} | "
-                     f"{fmt_mr(r['vs_copy'], '{:.2f}', 'x')} |")
-    lines += ["", "Imports alone (python -c, wall s): " + "; ".join(
-        f"{k} {fmt_mr(s, '{:.2f}')}" for k, s in res.get("import_s", {}).items()), ""]
+        lines.append(
+            f"| {label} | {fmt_mr(r['wall_s'], '{:.2f}')} | {fmt_mr(r['peak_mib'])} | "
+            f"{fmt_mr(r['vs_copy'], '{:.2f}', 'x')} |"
+        )
+    lines += [
+        "",
+        "Imports alone (python -c, wall s): "
+        + "; ".join(f"{k} {fmt_mr(s, '{:.2f}')}" for k, s in res.get("import_s", {}).items()),
+        "",
+    ]
     for key in ("vhctl", "vhctl-link"):
         ratio = v[key]["vs_copy"]["median"]
-        targets.append([f"4. `{names[key].strip('`')}` within 1.2x of the copy + head floor", f"{ratio:.2f}x",
-                        verdict(ratio <= 1.2, f"{ratio - 1.2:.2f}x over")])
+        targets.append(
+            [
+                f"4. `{names[key].strip('`')}` within 1.2x of the copy + head floor",
+                f"{ratio:.2f}x",
+                verdict(ratio <= 1.2, f"{ratio - 1.2:.2f}x over"),
+            ]
+        )
     peak = v["vhctl"]["peak_mib"]["median"]
-    targets.append(["4. wrap peak RSS well under the model's size", f"{peak:.0f} MiB vs {res['model_mib']:.0f} MiB "
-                    f"model (TRL {v['trl']['peak_mib']['median']:.0f})", verdict(peak < 0.75 * res["model_mib"])])
-    targets.append(["4. `--link` hard-links the base weights", str(res.get("link_is_hardlink")),
-                    verdict(bool(res.get("link_is_hardlink")))])
+    targets.append(
+        [
+            "4. wrap peak RSS well under the model's size",
+            f"{peak:.0f} MiB vs {res['model_mib']:.0f} MiB model (TRL {v['trl']['peak_mib']['median']:.0f})",
+            verdict(peak < 0.75 * res["model_mib"]),
+        ]
+    )
+    targets.append(
+        [
+            "4. `--link` hard-links the base weights",
+            str(res.get("link_is_hardlink")),
+            verdict(bool(res.get("link_is_hardlink"))),
+        ]
+    )
 
 
 def section_startup(res: dict[str, Any], targets: list[list[str]], lines: list[str]) -> None:
@@ -228,20 +293,29 @@ def section_startup(res: dict[str, Any], targets: list[list[str]], lines: list[s
     ]
     for n, t in res["first_line"].items():
         who = t["ratio_of"]
-        lines.append(f"| {n} | {fmt_mr(t['trl'], '{:.2f}')} | {fmt_mr(t[who], '{:.2f}')} ({who}) | "
-                     f"{fmt_mr(t['ratio'], '{:.2f}')} |")
+        lines.append(
+            f"| {n} | {fmt_mr(t['trl'], '{:.2f}')} | {fmt_mr(t[who], '{:.2f}')} ({who}) | "
+            f"{fmt_mr(t['ratio'], '{:.2f}')} |"
+        )
     if not res["cli_score_available"]:
-        lines += ["", "`vhctl score` did not run in this tree (its CLI module was not in place): the vhctl "
-                  "column is the same library path in a plain script (`first_line.py vhctl-lib`)."]
+        lines += [
+            "",
+            "`vhctl score` did not run in this tree (its CLI module was not in place): the vhctl "
+            "column is the same library path in a plain script (`first_line.py vhctl-lib`).",
+        ]
     lines.append("")
     h = res["help"]["vhctl --help"]["median"]
     targets.append(["5. `vhctl --help` under 0.3 s", f"{h:.3f} s", verdict(h < 0.3)])
     for n, t in res["first_line"].items():
         r = t["ratio"]["median"]
         who = "`vhctl score`" if t["ratio_of"] == "vhctl score" else "vhctl library path (CLI not available)"
-        targets.append([f"5. {who} to first output line < 0.5 x TRL load + first forward ({n} line(s))",
-                        f"{r:.2f}x ({t[t['ratio_of']]['median']:.2f} s vs {t['trl']['median']:.2f} s)",
-                        verdict(r < 0.5, f"{r / 0.5:.0%} of the allowed time")])
+        targets.append(
+            [
+                f"5. {who} to first output line < 0.5 x TRL load + first forward ({n} line(s))",
+                f"{r:.2f}x ({t[t['ratio_of']]['median']:.2f} s vs {t['trl']['median']:.2f} s)",
+                verdict(r < 0.5, f"{r / 0.5:.0%} of the allowed time"),
+            ]
+        )
 
 
 def section_why(lines: list[str]) -> None:
@@ -257,22 +331,30 @@ def section_why(lines: list[str]) -> None:
             b = r.get("flop_bound")
             if s < goal and b:
                 if b < goal:
-                    gap = (f"The target is above this bound: it needs vhctl's backbone to run {goal / b:.2f}x "
-                           "faster per FLOP than the same transformers backbone inside TRL's forward, i.e. a "
-                           "leaner forward than transformers' own (fused norms / rotary / activation, less "
-                           "memory traffic), not only less work.")
+                    gap = (
+                        f"The target is above this bound: it needs vhctl's backbone to run {goal / b:.2f}x "
+                        "faster per FLOP than the same transformers backbone inside TRL's forward, i.e. a "
+                        "leaner forward than transformers' own (fused norms / rotary / activation, less "
+                        "memory traffic), not only less work."
+                    )
                 else:
-                    gap = (f"The target is within this bound ({goal / b:.0%} of it); the rest is lost to the "
-                           "padding left in the batches (where one more pass costs more than the padding), "
-                           "the prompt packs' padding, a forward pass's fixed cost, and the per-FLOP speed of "
-                           "the smaller batches vhctl runs.")
+                    gap = (
+                        f"The target is within this bound ({goal / b:.0%} of it); the rest is lost to the "
+                        "padding left in the batches (where one more pass costs more than the padding), "
+                        "the prompt packs' padding, a forward pass's fixed cost, and the per-FLOP speed of "
+                        "the smaller batches vhctl runs."
+                    )
                 why.append(
                     f"- {m['label']}, {label}, x{s:.2f} < x{goal:g}: TRL computes {b:.2f}x the matmul FLOPs vhctl "
                     f"needs at least, so skipping work alone gives about x{b:.2f}; vhctl reaches {s / b:.0%} of "
-                    f"that. {gap}" + (
+                    f"that. {gap}"
+                    + (
                         f" The spread of the repetitions ({r['speedup']['min']:.2f}–{r['speedup']['max']:.2f}x) "
-                        "shows the machine's load at work." if r["speedup"]["max"] > 1.5 * r["speedup"]["min"]
-                        else ""))
+                        "shows the machine's load at work."
+                        if r["speedup"]["max"] > 1.5 * r["speedup"]["min"]
+                        else ""
+                    )
+                )
             if key == "mixed" and "of_matmul" in r and r["of_matmul"]["median"] < 0.9:
                 f = r["of_matmul"]
                 why.append(
@@ -281,7 +363,8 @@ def section_why(lines: list[str]) -> None:
                     "(layer norms / RMSNorm, rotary embeddings, GELU / SiLU-gate, attention softmax, KV "
                     "concatenation) is memory-bound work that the 2 shared cores do slowly, about a third "
                     "of the time in a CPU profile of the Llama path. The matmul reference itself moves with the "
-                    "machine's load (it is timed after each block).")
+                    "machine's load (it is timed after each block)."
+                )
     wr = common.load_result("wrap")
     if wr:
         v, imp = wr["variants"], wr.get("import_s", {})
@@ -300,7 +383,8 @@ def section_why(lines: list[str]) -> None:
                     "computed on a worker thread during the import and the copy, so it no longer adds a second "
                     "read. What is left is the transformers import: vhctl needs the config class to tell a "
                     "causal from a seq2seq model and to read the hidden size the way transformers does "
-                    "(defaults, attribute maps), and does not guess them from config.json.")
+                    "(defaults, attribute maps), and does not guess them from config.json."
+                )
     st = common.load_result("startup")
     if st:
         floor = st.get("import_floor", {}).get("import torch + transformers' model code", {}).get("median")
@@ -309,21 +393,27 @@ def section_why(lines: list[str]) -> None:
             if r >= 0.5:
                 who = t["ratio_of"]
                 trl_s, vh_s = t["trl"]["median"], t[who]["median"]
-                text = (f"- first line ({n} input line(s)), {vh_s:.2f} s vs TRL {trl_s:.2f} s: ")
+                text = f"- first line ({n} input line(s)), {vh_s:.2f} s vs TRL {trl_s:.2f} s: "
                 if floor:
-                    text += (f"importing torch and transformers' model code alone takes {floor:.2f} s "
-                             f"({floor / trl_s:.0%} of TRL's whole time), which any scorer that loads a "
-                             "transformers model pays; above that floor vhctl spends "
-                             + (f"{vh_s - floor:.2f} s" if vh_s - floor > 0.05 else "no measurable time")
-                             + f", TRL {trl_s - floor:.2f} s. ")
+                    text += (
+                        f"importing torch and transformers' model code alone takes {floor:.2f} s "
+                        f"({floor / trl_s:.0%} of TRL's whole time), which any scorer that loads a "
+                        "transformers model pays; above that floor vhctl spends "
+                        + (f"{vh_s - floor:.2f} s" if vh_s - floor > 0.05 else "no measurable time")
+                        + f", TRL {trl_s - floor:.2f} s. "
+                    )
                     if floor >= trl_s / 2:
-                        text += ("Half of TRL's time is below that floor: the target needs a start that does not "
-                                 "import transformers' modeling stack (which pulls in torch.distributed, dynamo "
-                                 "and kernel modules).")
+                        text += (
+                            "Half of TRL's time is below that floor: the target needs a start that does not "
+                            "import transformers' modeling stack (which pulls in torch.distributed, dynamo "
+                            "and kernel modules)."
+                        )
                     else:
-                        text += (f"To finish in half of TRL's time, vhctl's part above the floor would have to "
-                                 f"be under {trl_s / 2 - floor:.2f} s; it is mostly the forward of the first "
-                                 "window, which vhctl scores whole before its first line.")
+                        text += (
+                            f"To finish in half of TRL's time, vhctl's part above the floor would have to "
+                            f"be under {trl_s / 2 - floor:.2f} s; it is mostly the forward of the first "
+                            "window, which vhctl scores whole before its first line."
+                        )
                 why.append(text)
     if why:
         lines += ["## Why the missed targets are missed", "", *why, ""]
@@ -345,22 +435,35 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 def _check_steps(check: dict[str, Any] | None, lines: list[str]) -> None:
     """The steps of gpu_check.sh (pytest -m gpu, device map, torchrun...) with their status."""
     if check is None:
-        lines += ["No `benchmarks/results/gpu-check.json`: `pytest -m gpu`, `--device-map auto` and torchrun "
-                  "have no recorded GPU run.", ""]
+        lines += [
+            "No `benchmarks/results/gpu-check.json`: `pytest -m gpu`, `--device-map auto` and torchrun "
+            "have no recorded GPU run.",
+            "",
+        ]
         return
     m = check.get("machine", {})
-    lines += [f"`{check['command']}` on {check['created']} ({m.get('gpu', '?')}, torch {m.get('torch', '?')}, "
-              f"commit {check.get('commit', '?')[:12]}"
-              + ("; DRY RUN on the CPU, not a GPU result" if check.get("dry_run") else "") + "):", "",
-              "| step | status | s | detail |", "| --- | --- | ---: | --- |"]
+    lines += [
+        f"`{check['command']}` on {check['created']} ({m.get('gpu', '?')}, torch {m.get('torch', '?')}, "
+        f"commit {check.get('commit', '?')[:12]}"
+        + ("; DRY RUN on the CPU, not a GPU result" if check.get("dry_run") else "")
+        + "):",
+        "",
+        "| step | status | s | detail |",
+        "| --- | --- | ---: | --- |",
+    ]
     for step in check["steps"]:
         detail = step["detail"].replace("|", "\\|")  # a pipe would split the cell
         lines.append(f"| {step['name']} | {step['status']} | {step['seconds']:.0f} | {detail} |")
     lines.append("")
 
 
-def section_gpu(targets: list[list[str]], lines: list[str], results: Path = GPU_RESULTS,
-                check_results: Path = GPU_CHECK_RESULTS, dry_run: Path | None = None) -> None:
+def section_gpu(
+    targets: list[list[str]],
+    lines: list[str],
+    results: Path = GPU_RESULTS,
+    check_results: Path = GPU_CHECK_RESULTS,
+    dry_run: Path | None = None,
+) -> None:
     """Section 6 from the committed GPU results; says plainly when there are none for the current code."""
     res, check = _read_json(results), _read_json(check_results)
     lines += ["## 6. GPU (bf16)", ""]
@@ -368,23 +471,36 @@ def section_gpu(targets: list[list[str]], lines: list[str], results: Path = GPU_
     if res is not None and res.get("schema") != gpu.SCHEMA:
         raise SystemExit(f"{results}: schema {res.get('schema')!r}, expected {gpu.SCHEMA!r}")
     if res is None or res["dry_run"]:
-        what = ("is a dry run (tiny models on the CPU), not GPU results" if res is not None
-                else "does not exist")
-        lines += [f"No GPU run of the current code exists: `{_rel(results)}` {what}. "
-                  f"Produce one with {GPU_HOWTO}.", ""]
+        what = (
+            "is a dry run (tiny models on the CPU), not GPU results" if res is not None else "does not exist"
+        )
+        lines += [
+            f"No GPU run of the current code exists: `{_rel(results)}` {what}. Produce one with {GPU_HOWTO}.",
+            "",
+        ]
         targets.append([GPU_TARGET, "no GPU run of the current code", "not measured"])
         if res is not None:
-            lines += ["The dry run's own report follows, to show the layout only: its figures are tiny models "
-                      "on a CPU and mean nothing.", "", *[f"> {ln}" if ln else ">" for ln in gpu.render_body(res)],
-                      ""]
+            lines += [
+                "The dry run's own report follows, to show the layout only: its figures are tiny models "
+                "on a CPU and mean nothing.",
+                "",
+                *[f"> {ln}" if ln else ">" for ln in gpu.render_body(res)],
+                "",
+            ]
     else:
         stale = res["code_sha256"] != current
-        lines += [f"From `{res['command']}` (run by `bash benchmarks/gpu_check.sh`) on {res['created']}, commit "
-                  f"{res['commit'][:12]}, read from `{_rel(results)}`" + (
-                      "." if not stale else
-                      f". **vhctl's code has changed since** (fingerprint {res['code_sha256'][:12]}, now "
-                      f"{current[:12]}): these figures belong to that commit, and no GPU run of the current "
-                      f"code exists; produce one with {GPU_HOWTO}."), ""]
+        lines += [
+            f"From `{res['command']}` (run by `bash benchmarks/gpu_check.sh`) on {res['created']}, commit "
+            f"{res['commit'][:12]}, read from `{_rel(results)}`"
+            + (
+                "."
+                if not stale
+                else f". **vhctl's code has changed since** (fingerprint {res['code_sha256'][:12]}, now "
+                f"{current[:12]}): these figures belong to that commit, and no GPU run of the current "
+                f"code exists; produce one with {GPU_HOWTO}."
+            ),
+            "",
+        ]
         lines += gpu.render_body(res)
         lines.append("")
         for t in res["targets"]:
@@ -393,8 +509,11 @@ def section_gpu(targets: list[list[str]], lines: list[str], results: Path = GPU_
     _check_steps(check, lines)
     if dry_run is not None and dry_run.is_file():
         ok = all(c["ok"] for c in json.loads(dry_run.read_text(encoding="utf-8"))["checks"])
-        lines += [f"This CPU run also ran `gpu.py --dry-run` (tiny models, every code path): "
-                  f"{'its checks passed' if ok else 'a check FAILED (see benchmarks/_work/gpu-dry-run.log)'}.", ""]
+        lines += [
+            f"This CPU run also ran `gpu.py --dry-run` (tiny models, every code path): "
+            f"{'its checks passed' if ok else 'a check FAILED (see benchmarks/_work/gpu-dry-run.log)'}.",
+            "",
+        ]
     lines += [GPU_HISTORY, ""]
 
 
@@ -411,7 +530,9 @@ def replace_gpu(text: str, rows: list[list[str]], section: list[str]) -> str:
     lines[first:first] = [f"| {t} | {m} | {v} |" for t, m, v in rows]
     start = next((i for i, ln in enumerate(lines) if ln.startswith("## 6. ")), None)
     if start is None:
-        start = end = next((i for i, ln in enumerate(lines) if ln.startswith(("## 7. ", "## 8. "))), len(lines))
+        start = end = next(
+            (i for i, ln in enumerate(lines) if ln.startswith(("## 7. ", "## 8. "))), len(lines)
+        )
     else:
         end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
     body = list(section)
@@ -424,7 +545,9 @@ def replace_gpu(text: str, rows: list[list[str]], section: list[str]) -> str:
 def update_gpu_only(args: argparse.Namespace) -> int:
     """``--gpu-only``: section 6 of an existing RESULTS.md from the committed GPU results, nothing else."""
     if not args.out.is_file():
-        raise SystemExit(f"{args.out} does not exist: --gpu-only rewrites the GPU section of an existing file")
+        raise SystemExit(
+            f"{args.out} does not exist: --gpu-only rewrites the GPU section of an existing file"
+        )
     rows: list[list[str]] = []
     section: list[str] = []
     section_gpu(rows, section, args.gpu_json, args.gpu_check_json)
@@ -448,15 +571,25 @@ def section_data_parallel(targets: list[list[str]], lines: list[str]) -> None:
         cells = [c.strip() for c in row.strip("|").split("|")]
         if len(cells) == 7 and cells[1].startswith("2 processes"):
             ratios.append(f"{cells[0]} {cells[5]}")
-    targets.append(["7. data-parallel scoring: 2 processes x 1 thread vs 1 process x 2 threads",
-                    "; ".join(ratios) or "see section 7", "recorded (see section 7; no target ratio set)"])
+    targets.append(
+        [
+            "7. data-parallel scoring: 2 processes x 1 thread vs 1 process x 2 threads",
+            "; ".join(ratios) or "see section 7",
+            "recorded (see section 7; no target ratio set)",
+        ]
+    )
     body = text[1:]  # its title becomes this section's
     while body and not body[0].strip():
         body.pop(0)
-    lines += ["## 7. Data-parallel scoring (torchrun, CPU)", "",
-              "Measured by `benchmarks/bench_dp.py`, a separate command (10 to 20 min; not part "
-              "of `run.sh`); its report [`RESULTS-dp.md`](RESULTS-dp.md) is carried in here as recorded:", "",
-              *[f"> {row}" if row else ">" for row in body], ""]
+    lines += [
+        "## 7. Data-parallel scoring (torchrun, CPU)",
+        "",
+        "Measured by `benchmarks/bench_dp.py`, a separate command (10 to 20 min; not part "
+        "of `run.sh`); its report [`RESULTS-dp.md`](RESULTS-dp.md) is carried in here as recorded:",
+        "",
+        *[f"> {row}" if row else ">" for row in body],
+        "",
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -464,38 +597,55 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=common.BENCH / "RESULTS.md")
     parser.add_argument("--command", default="bash benchmarks/run.sh")
     parser.add_argument("--elapsed", type=float, default=None)
-    parser.add_argument("--gpu-json", type=Path, default=GPU_RESULTS, help="the committed GPU results (gpu.py)")
-    parser.add_argument("--gpu-check-json", type=Path, default=GPU_CHECK_RESULTS,
-                        help="the committed GPU check steps (gpu_check.sh)")
-    parser.add_argument("--gpu-only", action="store_true",
-                        help="rewrite only section 6 and its target rows of an existing --out file "
-                             "(the CPU sections need the full run's _work/results)")
+    parser.add_argument(
+        "--gpu-json", type=Path, default=GPU_RESULTS, help="the committed GPU results (gpu.py)"
+    )
+    parser.add_argument(
+        "--gpu-check-json",
+        type=Path,
+        default=GPU_CHECK_RESULTS,
+        help="the committed GPU check steps (gpu_check.sh)",
+    )
+    parser.add_argument(
+        "--gpu-only",
+        action="store_true",
+        help="rewrite only section 6 and its target rows of an existing --out file "
+        "(the CPU sections need the full run's _work/results)",
+    )
     args = parser.parse_args(argv)
     if args.gpu_only:
         return update_gpu_only(args)
     info = common.load_result("machine") or {}
     targets: list[list[str]] = []
     body: list[str] = []
-    for name, fn in (("scoring", section_scoring), ("memory", section_memory), ("wrap", section_wrap),
-                     ("startup", section_startup)):
+    for name, fn in (
+        ("scoring", section_scoring),
+        ("memory", section_memory),
+        ("wrap", section_wrap),
+        ("startup", section_startup),
+    ):
         res = common.load_result(name)
         if res is not None:
             fn(res, targets, body)
     section_why(body)
-    section_gpu(targets, body, args.gpu_json, args.gpu_check_json, dry_run=common.RESULTS_DIR / "gpu-dry-run.json")
+    section_gpu(
+        targets, body, args.gpu_json, args.gpu_check_json, dry_run=common.RESULTS_DIR / "gpu-dry-run.json"
+    )
     section_data_parallel(targets, body)
     head = [
         "# vhctl benchmarks",
         "",
         f"Produced by `{args.command}` on {time.strftime('%Y-%m-%d %H:%M %Z')}"
-        + (f" in {args.elapsed / 60:.1f} min" if args.elapsed else "") + ". Regenerate with the same command "
+        + (f" in {args.elapsed / 60:.1f} min" if args.elapsed else "")
+        + ". Regenerate with the same command "
         "(`bash benchmarks/run.sh --quick` for a smoke run; its numbers are not results).",
         "",
         f"Machine: {info.get('cpu', '?')} ({info.get('isa', '')}), {info.get('cores', '?')} cores, "
         f"{info.get('mem_gib', '?')} GiB; {info.get('threads', 2)} threads "
         "(`torch.set_num_threads(2)`, OMP/MKL 2). Versions: Python {python}, torch {torch}, transformers "
-        "{transformers}, TRL {trl} (benchmark environment only), vhctl {vhctl}.".format(**{
-            k: info.get(k, "?") for k in ("python", "torch", "transformers", "trl", "vhctl")}),
+        "{transformers}, TRL {trl} (benchmark environment only), vhctl {vhctl}.".format(
+            **{k: info.get(k, "?") for k in ("python", "torch", "transformers", "trl", "vhctl")}
+        ),
         f"Load average at start {tuple(round(x, 2) for x in info.get('loadavg', ()))}, at end "
         f"{tuple(round(x, 2) for x in (common.load_result('machine_end') or {}).get('loadavg', ()))}: the machine "
         "is shared with other engineers' test runs, so absolute rates are noisy; every comparison is measured "

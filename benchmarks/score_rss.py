@@ -42,9 +42,16 @@ def write_input(path: Path, n: int, seed: int = 0) -> None:
             if form == 0:
                 obj: dict[str, Any] = {"id": i, "text": text}
             elif form == 1:
-                obj = {"id": i, "prompt": f"question {i % 97}: {words[i % len(words)]}?", "response": " " + text}
+                obj = {
+                    "id": i,
+                    "prompt": f"question {i % 97}: {words[i % len(words)]}?",
+                    "response": " " + text,
+                }
             elif form == 2:
-                obj = {"id": i, "messages": [{"role": "user", "content": text}, {"role": "assistant", "content": "ok"}]}
+                obj = {
+                    "id": i,
+                    "messages": [{"role": "user", "content": text}, {"role": "assistant", "content": "ok"}],
+                }
             else:
                 obj = {"id": i, "text": text + " ünïcödé"}
             handle.write(json.dumps(obj, ensure_ascii=False) + "\n")
@@ -52,21 +59,44 @@ def write_input(path: Path, n: int, seed: int = 0) -> None:
 
 def make_checkpoint(folder: Path) -> Path:
     out = folder / "ck"
-    subprocess.run([sys.executable, "-m", "vhctl", "-q", "wrap", "vhctl:tiny", "--out", str(out), "--seed", "0"],
-                   check=True)
+    subprocess.run(
+        [sys.executable, "-m", "vhctl", "-q", "wrap", "vhctl:tiny", "--out", str(out), "--seed", "0"],
+        check=True,
+    )
     return out
 
 
-def run_score(ckpt: Path, input_path: Path, output_path: Path, batch_size: int, threads: int) -> dict[str, Any]:
+def run_score(
+    ckpt: Path, input_path: Path, output_path: Path, batch_size: int, threads: int
+) -> dict[str, Any]:
     """One ``vhctl score`` process; its own peak RSS from ``wait4`` (ru_maxrss is in KiB on Linux)."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-           "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+    }
     start = time.perf_counter()
     with open(output_path, "wb") as out, open(os.devnull, "wb") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "vhctl", "-q", "score", str(ckpt), "--input", str(input_path),
-             "--batch-size", str(batch_size), "--device", "cpu"],
-            stdout=out, stderr=err, env=env,
+            [
+                sys.executable,
+                "-m",
+                "vhctl",
+                "-q",
+                "score",
+                str(ckpt),
+                "--input",
+                str(input_path),
+                "--batch-size",
+                str(batch_size),
+                "--device",
+                "cpu",
+            ],
+            stdout=out,
+            stderr=err,
+            env=env,
         )
         _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
@@ -84,7 +114,9 @@ def check_output(output_path: Path, n: int) -> None:
         for expected_id, line in enumerate(handle):
             record = json.loads(line)
             if record.get("id") != expected_id or not isinstance(record.get("value"), float):
-                raise SystemExit(f"output line {expected_id + 1} is {record}, expected id {expected_id} with a value")
+                raise SystemExit(
+                    f"output line {expected_id + 1} is {record}, expected id {expected_id} with a value"
+                )
             count += 1
     if count != n:
         raise SystemExit(f"{count} output lines for {n} input lines")
@@ -93,7 +125,9 @@ def check_output(output_path: Path, n: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, nargs="+", default=[10_000, 100_000])
-    parser.add_argument("--ckpt", type=Path, default=None, help="checkpoint to score with (default: wrap vhctl:tiny)")
+    parser.add_argument(
+        "--ckpt", type=Path, default=None, help="checkpoint to score with (default: wrap vhctl:tiny)"
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--tolerance", type=float, default=0.10)
@@ -121,10 +155,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps({"runs": results, "tolerance": args.tolerance, "ok": ok}, indent=2))
     else:
-        print(f"{'lines':>9} {'input MiB':>10} {'peak RSS MiB':>13} {'vs first':>9} {'wall s':>8} {'lines/s':>9}")
+        print(
+            f"{'lines':>9} {'input MiB':>10} {'peak RSS MiB':>13} {'vs first':>9} {'wall s':>8} {'lines/s':>9}"
+        )
         for run in results:
-            print(f"{run['lines']:>9,} {run['input_bytes'] / MIB:>10.1f} {run['peak_rss_bytes'] / MIB:>13.1f} "
-                  f"{run['ratio_to_first']:>9.3f} {run['wall_s']:>8.1f} {run['lines'] / run['wall_s']:>9,.0f}")
+            print(
+                f"{run['lines']:>9,} {run['input_bytes'] / MIB:>10.1f} {run['peak_rss_bytes'] / MIB:>13.1f} "
+                f"{run['ratio_to_first']:>9.3f} {run['wall_s']:>8.1f} {run['lines'] / run['wall_s']:>9,.0f}"
+            )
         print(f"bounded memory (within {args.tolerance:.0%}): {'yes' if ok else 'NO'}")
     return 0 if ok else 1
 

@@ -37,10 +37,18 @@ def build(ckpt: str, max_len: int) -> Any:
     tokenizer.padding_side = "right"
 
     def rewards(queries: list[str]) -> list[float]:
-        batch = tokenizer(queries, return_tensors="pt", add_special_tokens=False, max_length=max_len,
-                          padding=True, truncation=True)
+        batch = tokenizer(
+            queries,
+            return_tensors="pt",
+            add_special_tokens=False,
+            max_length=max_len,
+            padding=True,
+            truncation=True,
+        )
         with torch.no_grad():
-            hidden = backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+            hidden = backbone(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).last_hidden_state
             values = model.v_head(hidden).squeeze(-1)
         last = batch["attention_mask"].sum(dim=1) - 1
         return values[torch.arange(values.shape[0]), last].float().tolist()

@@ -1,8 +1,8 @@
 """One whole-process "wrap" done another way (run by bench_wrap.py under /usr/bin/time -v).
 
-    python wrap_child.py trl SRC OUT          TRL: from_pretrained + save_pretrained
-    python wrap_child.py copy SRC OUT         the floor: copy the model folder, write a small head file
-    python wrap_child.py copy-fsync SRC OUT   the same, flushed to disk (vhctl wrap fsyncs what it writes)
+python wrap_child.py trl SRC OUT          TRL: from_pretrained + save_pretrained
+python wrap_child.py copy SRC OUT         the floor: copy the model folder, write a small head file
+python wrap_child.py copy-fsync SRC OUT   the same, flushed to disk (vhctl wrap fsyncs what it writes)
 """
 
 from __future__ import annotations
@@ -29,8 +29,11 @@ def main() -> int:
         if path.is_file():
             shutil.copyfile(path, out / path.name)
     hidden = 768
-    save_file({"v_head.summary.weight": torch.zeros(1, hidden), "v_head.summary.bias": torch.zeros(1)},
-              str(out / "value_head.safetensors"), metadata={"format": "pt"})
+    save_file(
+        {"v_head.summary.weight": torch.zeros(1, hidden), "v_head.summary.bias": torch.zeros(1)},
+        str(out / "value_head.safetensors"),
+        metadata={"format": "pt"},
+    )
     if how == "copy-fsync":
         for path in out.iterdir():
             fd = os.open(path, os.O_RDONLY)

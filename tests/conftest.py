@@ -50,6 +50,8 @@ def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory):
     from vhctl.cli.app import app
 
     out = tmp_path_factory.mktemp("tiny") / "ck"
-    result = CliRunner().invoke(app, ["wrap", "vhctl:tiny", "--out", str(out), "--init", "normal", "--seed", "0"])
+    result = CliRunner().invoke(
+        app, ["wrap", "vhctl:tiny", "--out", str(out), "--init", "normal", "--seed", "0"]
+    )
     assert result.exit_code == 0, result.output
     return out

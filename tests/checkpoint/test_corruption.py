@@ -233,27 +233,41 @@ def _nan_adapter(ck: Path, root: Path) -> None:
 
 
 def _head_hidden(ck: Path, root: Path) -> None:
-    save_file({V_HEAD_WEIGHT: torch.zeros(1, 64), "v_head.summary.bias": torch.zeros(1)},
-              str(ck / VALUE_HEAD_NAME), metadata={"format": "pt"})
+    save_file(
+        {V_HEAD_WEIGHT: torch.zeros(1, 64), "v_head.summary.bias": torch.zeros(1)},
+        str(ck / VALUE_HEAD_NAME),
+        metadata={"format": "pt"},
+    )
     refresh(ck)
 
 
 def _head_shape(ck: Path, root: Path) -> None:
-    save_file({V_HEAD_WEIGHT: torch.zeros(2, 32), "v_head.summary.bias": torch.zeros(2)},
-              str(ck / VALUE_HEAD_NAME), metadata={"format": "pt"})
+    save_file(
+        {V_HEAD_WEIGHT: torch.zeros(2, 32), "v_head.summary.bias": torch.zeros(2)},
+        str(ck / VALUE_HEAD_NAME),
+        metadata={"format": "pt"},
+    )
     refresh(ck)
 
 
 def _head_dtype(ck: Path, root: Path) -> None:
-    save_file({V_HEAD_WEIGHT: torch.zeros(1, 32, dtype=torch.int32), "v_head.summary.bias": torch.zeros(1)},
-              str(ck / VALUE_HEAD_NAME), metadata={"format": "pt"})
+    save_file(
+        {V_HEAD_WEIGHT: torch.zeros(1, 32, dtype=torch.int32), "v_head.summary.bias": torch.zeros(1)},
+        str(ck / VALUE_HEAD_NAME),
+        metadata={"format": "pt"},
+    )
     refresh(ck)
 
 
 def _head_half(ck: Path, root: Path) -> None:
-    save_file({V_HEAD_WEIGHT: torch.zeros(1, 32, dtype=torch.float16),
-               "v_head.summary.bias": torch.zeros(1, dtype=torch.float16)},
-              str(ck / VALUE_HEAD_NAME), metadata={"format": "pt"})
+    save_file(
+        {
+            V_HEAD_WEIGHT: torch.zeros(1, 32, dtype=torch.float16),
+            "v_head.summary.bias": torch.zeros(1, dtype=torch.float16),
+        },
+        str(ck / VALUE_HEAD_NAME),
+        metadata={"format": "pt"},
+    )
     refresh(ck)
 
 
@@ -334,8 +348,10 @@ def _extra_tensor(ck: Path, root: Path) -> None:
     tensors = load_file(str(path))
     tensors["transformer.h.9.extra.weight"] = torch.ones(3)
     save_file(tensors, str(path), metadata={"format": "pt"})
-    edit_json(ck / SAFE_WEIGHTS_INDEX_NAME,
-              lambda d: d["weight_map"].update({"transformer.h.9.extra.weight": shards(ck)[-1]}))
+    edit_json(
+        ck / SAFE_WEIGHTS_INDEX_NAME,
+        lambda d: d["weight_map"].update({"transformer.h.9.extra.weight": shards(ck)[-1]}),
+    )
     refresh(ck)
 
 
@@ -372,35 +388,74 @@ CASES: dict[str, tuple[Callable[[Path, Path], None], set[tuple[str, str]], set[s
     "flipped byte in the reference": (_flip_ref, {("hash-mismatch", f"{REF}/{SAFE_WEIGHTS_NAME}")}, set()),
     "changed weight index": (_flip_index, {("hash-mismatch", SAFE_WEIGHTS_INDEX_NAME)}, set()),
     # A truncated or missing shard also loses tensors, and with them the reference's shared ones.
-    "truncated shard": (_truncate_shard, {("size-mismatch", SHARD), ("corrupt-header", SHARD)},
-                        {"missing-tensor", "reference-policy-changed"}),
-    "truncated adapter": (_truncate_adapter, {("size-mismatch", ADAPTER), ("corrupt-header", ADAPTER)}, set()),
-    "truncated head": (_truncate_head, {("size-mismatch", VALUE_HEAD_NAME), ("corrupt-header", VALUE_HEAD_NAME)},
-                       set()),
-    "missing shard": (_missing_shard, {("file-missing", SHARD), ("missing-tensor", ANY)},
-                      {"reference-policy-changed"}),
-    "missing adapter weights": (_missing_adapter, {("file-missing", ADAPTER), ("adapter-missing", ADAPTER)},
-                                set()),
-    "missing head": (_missing_head, {("file-missing", VALUE_HEAD_NAME), ("head-missing", VALUE_HEAD_NAME)},
-                     set()),
-    "missing reference weights": (_missing_ref_weights, {("file-missing", f"{REF}/{SAFE_WEIGHTS_NAME}"),
-                                                          ("missing-tensor", REF)}, set()),
-    "no base weights at all": (_no_base_weights, {("weights-missing", ANY)},
-                               {"reference-policy-changed"}),
+    "truncated shard": (
+        _truncate_shard,
+        {("size-mismatch", SHARD), ("corrupt-header", SHARD)},
+        {"missing-tensor", "reference-policy-changed"},
+    ),
+    "truncated adapter": (
+        _truncate_adapter,
+        {("size-mismatch", ADAPTER), ("corrupt-header", ADAPTER)},
+        set(),
+    ),
+    "truncated head": (
+        _truncate_head,
+        {("size-mismatch", VALUE_HEAD_NAME), ("corrupt-header", VALUE_HEAD_NAME)},
+        set(),
+    ),
+    "missing shard": (
+        _missing_shard,
+        {("file-missing", SHARD), ("missing-tensor", ANY)},
+        {"reference-policy-changed"},
+    ),
+    "missing adapter weights": (
+        _missing_adapter,
+        {("file-missing", ADAPTER), ("adapter-missing", ADAPTER)},
+        set(),
+    ),
+    "missing head": (
+        _missing_head,
+        {("file-missing", VALUE_HEAD_NAME), ("head-missing", VALUE_HEAD_NAME)},
+        set(),
+    ),
+    "missing reference weights": (
+        _missing_ref_weights,
+        {("file-missing", f"{REF}/{SAFE_WEIGHTS_NAME}"), ("missing-tensor", REF)},
+        set(),
+    ),
+    "no base weights at all": (_no_base_weights, {("weights-missing", ANY)}, {"reference-policy-changed"}),
     "extra file (warning)": (_extra_file, {("unexpected-file", "notes.txt")}, set()),
-    "extra pickle in an adapter (warnings)": (_extra_adapter_file, {
-        ("unexpected-file", "adapters/reward_adapter/extra.bin"),
-        ("pickle-file", "adapters/reward_adapter/extra.bin")}, set()),
+    "extra pickle in an adapter (warnings)": (
+        _extra_adapter_file,
+        {
+            ("unexpected-file", "adapters/reward_adapter/extra.bin"),
+            ("pickle-file", "adapters/reward_adapter/extra.bin"),
+        },
+        set(),
+    ),
     "hand-edited manifest: a hash": (_manifest_hash_edited, {("hash-mismatch", VALUE_HEAD_NAME)}, set()),
     "hand-edited manifest: a size": (_manifest_size_edited, {("size-mismatch", "config.json")}, set()),
-    "hand-edited manifest: model type": (_manifest_model_type_edited,
-                                         {("manifest-config-mismatch", MANIFEST_NAME)}, set()),
-    "hand-edited manifest: hidden size": (_manifest_hidden_edited, {("head-hidden-size", MANIFEST_NAME)}, set()),
-    "hand-edited manifest: a file dropped": (_manifest_file_dropped, {("unexpected-file", "tokenizer.json")},
-                                             set()),
+    "hand-edited manifest: model type": (
+        _manifest_model_type_edited,
+        {("manifest-config-mismatch", MANIFEST_NAME)},
+        set(),
+    ),
+    "hand-edited manifest: hidden size": (
+        _manifest_hidden_edited,
+        {("head-hidden-size", MANIFEST_NAME)},
+        set(),
+    ),
+    "hand-edited manifest: a file dropped": (
+        _manifest_file_dropped,
+        {("unexpected-file", "tokenizer.json")},
+        set(),
+    ),
     "hand-edited manifest: broken JSON": (_manifest_not_json, {("manifest-invalid", MANIFEST_NAME)}, set()),
-    "hand-edited manifest: escaping path": (_manifest_escaping_path, {("manifest-invalid", MANIFEST_NAME)},
-                                            set()),
+    "hand-edited manifest: escaping path": (
+        _manifest_escaping_path,
+        {("manifest-invalid", MANIFEST_NAME)},
+        set(),
+    ),
     "hand-edited manifest: wrong type": (_manifest_wrong_type, {("manifest-invalid", MANIFEST_NAME)}, set()),
     "manifest deleted": (_manifest_deleted, {("manifest-missing", MANIFEST_NAME)}, set()),
     "config.json missing": (_config_missing, {("config-missing", "config.json")}, set()),
@@ -418,17 +473,32 @@ CASES: dict[str, tuple[Callable[[Path, Path], None], set[tuple[str, str]], set[s
     "base tensor not in the model": (_extra_tensor, {("unexpected-tensor", SHARD)}, set()),
     "base tensor shape vs config": (_base_shape, {("shape-mismatch", SHARD)}, set()),
     "base tensor dtype vs config": (_tensor_dtype, {("dtype-mismatch", SHARD)}, set()),
-    "index names the wrong shard": (_index_wrong_shard, {("index-invalid", SAFE_WEIGHTS_INDEX_NAME)},
-                                    {"missing-tensor", "reference-policy-changed", "reference-tensors"}),
-    "policy's shared tensors changed": (_policy_changed,
-                                        {("reference-policy-changed", f"{REF}/{MANIFEST_NAME}")}, set()),
-    "reference's policy gone": (_reference_without_policy,
-                                {("reference-policy-missing", f"{REF}/{MANIFEST_NAME}")}, set()),
-    "reference stores shared tensors": (_reference_stores_shared, {("reference-tensors", REF)},
-                                        {"unexpected-tensor", "missing-tensor"}),
+    "index names the wrong shard": (
+        _index_wrong_shard,
+        {("index-invalid", SAFE_WEIGHTS_INDEX_NAME)},
+        {"missing-tensor", "reference-policy-changed", "reference-tensors"},
+    ),
+    "policy's shared tensors changed": (
+        _policy_changed,
+        {("reference-policy-changed", f"{REF}/{MANIFEST_NAME}")},
+        set(),
+    ),
+    "reference's policy gone": (
+        _reference_without_policy,
+        {("reference-policy-missing", f"{REF}/{MANIFEST_NAME}")},
+        set(),
+    ),
+    "reference stores shared tensors": (
+        _reference_stores_shared,
+        {("reference-tensors", REF)},
+        {"unexpected-tensor", "missing-tensor"},
+    ),
     "reference moved away (warning)": (_reference_moved, {("reference-missing", MANIFEST_NAME)}, set()),
-    "adapter for another base": (_adapter_other_base, {("adapter-base-mismatch", ADAPTER)},
-                                 {"adapter-base-name"}),
+    "adapter for another base": (
+        _adapter_other_base,
+        {("adapter-base-mismatch", ADAPTER)},
+        {"adapter-base-name"},
+    ),
     "adapter config unreadable": (_adapter_config_broken, {("adapter-invalid", ADAPTER_CONFIG)}, set()),
     "symlink leading outside": (_symlink_out, {("symlink-outside", "tokenizer_config.json")}, set()),
 }
@@ -449,7 +519,10 @@ def test_corruption_is_caught(ckpt: Path, template: Path, name: str) -> None:
     for want_code, want_file in expected:
         assert any(c == want_code and f.startswith(want_file) for c, f in found), (name, found)
     # Nothing unrelated is reported: every problem is an expected code or a consequence of it.
-    assert {c for c, _ in expected} <= {c for c, _ in found} <= {c for c, _ in expected} | consequences, (name, found)
+    assert {c for c, _ in expected} <= {c for c, _ in found} <= {c for c, _ in expected} | consequences, (
+        name,
+        found,
+    )
     assert all(p["message"] for p in problems)
     if name in WARNING_ONLY:
         assert code == 0 and all(p["severity"] == "warning" for p in problems)
@@ -464,4 +537,5 @@ def test_every_problem_code_is_documented_and_distinct_cases_covered() -> None:
     assert used <= set(PROBLEM_CODES)
     # Every code but file-unreadable (needs an I/O error; root reads everything), nonfinite-* apart.
     assert set(PROBLEM_CODES) - used <= {"file-unreadable", "config-unsupported", "adapter-base-name"}, (
-        set(PROBLEM_CODES) - used)
+        set(PROBLEM_CODES) - used
+    )

@@ -24,8 +24,12 @@ from vhctl.errors import InputError, ManifestError, VhctlError
 from vhctl.io.records import Record, iter_records, parse_line
 
 # No example database: these tests do not depend on (or leave) state from earlier runs.
-SETTINGS = settings(max_examples=300, deadline=None, database=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(
+    max_examples=300,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20)
 json_values = st.recursive(
@@ -46,7 +50,12 @@ def valid_manifest() -> dict[str, Any]:
     data = manifest.to_dict()
     data["files"] = {"config.json": {"size": 10, "sha256": "0" * 64}}
     data["adapters"] = {"rm": {"path": "adapters/rm", "peft_type": "LORA", "hidden_size": 32}}
-    data["reference"] = {"policy": "..", "num_shared_layers": 1, "shared_tensors": ["a"], "shared_sha256": "0" * 64}
+    data["reference"] = {
+        "policy": "..",
+        "num_shared_layers": 1,
+        "shared_tensors": ["a"],
+        "shared_sha256": "0" * 64,
+    }
     return data
 
 
@@ -116,7 +125,9 @@ def test_manifest_read_any_bytes(tmp_path: Path, raw: bytes) -> None:
         pass
 
 
-@settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(near_valid_manifests())
 def test_validate_never_crashes_on_a_bad_manifest(tmp_path: Path, data: Any) -> None:
     """validate lists problems for any manifest; it raises only for a path that is not a folder."""
@@ -130,11 +141,13 @@ def test_validate_never_crashes_on_a_bad_manifest(tmp_path: Path, data: Any) -> 
 def safetensors_files(draw: st.DrawFn) -> bytes:
     """Header length + a JSON header (often plausible) + some data bytes."""
     # dtype: strings only here; a non-string dtype is test_header_with_non_string_dtype below.
-    entry = st.fixed_dictionaries({
-        "dtype": st.sampled_from(["F32", "F16", "BF16", "I64", "X9"]) | st.text(max_size=4),
-        "shape": st.lists(st.integers(-2, 5), max_size=3) | json_values,
-        "data_offsets": st.lists(st.integers(-4, 64), min_size=2, max_size=2) | json_values,
-    })
+    entry = st.fixed_dictionaries(
+        {
+            "dtype": st.sampled_from(["F32", "F16", "BF16", "I64", "X9"]) | st.text(max_size=4),
+            "shape": st.lists(st.integers(-2, 5), max_size=3) | json_values,
+            "data_offsets": st.lists(st.integers(-4, 64), min_size=2, max_size=2) | json_values,
+        }
+    )
     header = draw(st.dictionaries(st.text(max_size=8), entry | json_values, max_size=3))
     raw = json.dumps(header).encode()
     length = draw(st.sampled_from([len(raw), len(raw) + 1, 0, 2**63]) | st.integers(0, 2**64 - 1))
@@ -165,15 +178,29 @@ def test_header_with_non_string_dtype(tmp_path: Path) -> None:
 
 # -- scoring input -----------------------------------------------------------------------------------------
 fields = st.sampled_from(["text", "prompt", "response", "messages", "id", "role", "content", "x"])
-messages = st.lists(st.dictionaries(st.sampled_from(["role", "content", "x"]), json_values | st.text(), max_size=3),
-                    max_size=3)
+messages = st.lists(
+    st.dictionaries(st.sampled_from(["role", "content", "x"]), json_values | st.text(), max_size=3),
+    max_size=3,
+)
 json_lines = st.dictionaries(fields, json_values | messages | st.text(), max_size=4).map(
     lambda d: json.dumps(d, ensure_ascii=False).encode()
 )
-odd_lines = st.sampled_from([
-    b"{", b"{}", b"[1]", b'{"text": "\\ud800"}', b"\xff\xfe", b"\xef\xbb\xbf{\"text\": \"a\"}", b"{" * 5000,
-    b'{"text": 1e999}', b'{"id": ' + b"9" * 5000 + b', "text": "a"}', b"\r\n", b" \t ", b"\x00",
-])
+odd_lines = st.sampled_from(
+    [
+        b"{",
+        b"{}",
+        b"[1]",
+        b'{"text": "\\ud800"}',
+        b"\xff\xfe",
+        b'\xef\xbb\xbf{"text": "a"}',
+        b"{" * 5000,
+        b'{"text": 1e999}',
+        b'{"id": ' + b"9" * 5000 + b', "text": "a"}',
+        b"\r\n",
+        b" \t ",
+        b"\x00",
+    ]
+)
 lines = st.binary(max_size=80) | json_lines | odd_lines
 
 

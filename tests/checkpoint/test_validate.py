@@ -42,7 +42,6 @@ from vhctl.errors import NotAModelError, SourceNotFoundError
 torch.set_num_threads(1)
 
 
-
 def test_clean_checkpoint_has_no_problems(ckpt: Path) -> None:
     assert validate_checkpoint(ckpt) == []
     assert validate_checkpoint(ckpt, deep=True) == []

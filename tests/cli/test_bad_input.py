@@ -81,8 +81,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     torch.save(load_file(str(rm_pickle / "adapter_model.safetensors")), rm_pickle / "adapter_model.bin")
     (rm_pickle / "adapter_model.safetensors").unlink()
     bert = root / "bert"
-    BertForMaskedLM(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                               intermediate_size=64)).save_pretrained(bert)
+    BertForMaskedLM(
+        BertConfig(
+            vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+        )
+    ).save_pretrained(bert)
     pickle_model = root / "pickle_model"
     pickle_model.mkdir()
     shutil.copyfile(base / "config.json", pickle_model / "config.json")
@@ -103,8 +106,24 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     (unknown_type / "config.json").write_text(json.dumps(config))
     a_file = root / "a_file.txt"
     a_file.write_text("not a folder")
-    return World(root, base, ckpt, ckpt_ref, rm, rm_llama, root / "lora_no_score", rm_pickle, bert,
-                 pickle_model, not_model, rm, no_weights, bad_config, unknown_type, a_file)
+    return World(
+        root,
+        base,
+        ckpt,
+        ckpt_ref,
+        rm,
+        rm_llama,
+        root / "lora_no_score",
+        rm_pickle,
+        bert,
+        pickle_model,
+        not_model,
+        rm,
+        no_weights,
+        bad_config,
+        unknown_type,
+        a_file,
+    )
 
 
 def snapshot(folder: Path) -> dict[str, str]:
@@ -128,10 +147,16 @@ def mounts() -> Iterator[Callable[[Path, str], Path]]:
 
     def mount(path: Path, options: str) -> Path:
         if os.geteuid() != 0:
-            pytest.skip("needs root to mount a tmpfs (read-only or tiny); as a user these errors cannot be staged")
+            pytest.skip(
+                "needs root to mount a tmpfs (read-only or tiny); as a user these errors cannot be staged"
+            )
         path.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
-                              capture_output=True, text=True, check=False)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if done.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
         mounted.append(path)
@@ -217,79 +242,126 @@ CASES: dict[str, Case] = {
     # wrap: the source
     "wrap: nonexistent path": Case(lambda w, d: ["wrap", str(d / "nope"), "--out", str(d / "x")], 1, "nope"),
     "wrap: folder that is not a model": Case(
-        lambda w, d: ["wrap", str(w.not_model), "--out", str(d / "x")], 1, "config.json"),
+        lambda w, d: ["wrap", str(w.not_model), "--out", str(d / "x")], 1, "config.json"
+    ),
     "wrap: hub id offline, not cached": Case(
-        lambda w, d: ["wrap", "someone/no-such-model", "--out", str(d / "x")], 1, "someone/no-such-model"),
-    "wrap: encoder-only model": Case(lambda w, d: ["wrap", str(w.bert), "--out", str(d / "x")], 1, "encoder-only"),
+        lambda w, d: ["wrap", "someone/no-such-model", "--out", str(d / "x")], 1, "someone/no-such-model"
+    ),
+    "wrap: encoder-only model": Case(
+        lambda w, d: ["wrap", str(w.bert), "--out", str(d / "x")], 1, "encoder-only"
+    ),
     "wrap: PEFT adapter given as a model": Case(
-        lambda w, d: ["wrap", str(w.adapter_only), "--out", str(d / "x")], 1, "PEFT adapter"),
+        lambda w, d: ["wrap", str(w.adapter_only), "--out", str(d / "x")], 1, "PEFT adapter"
+    ),
     "wrap: config but no weights": Case(
-        lambda w, d: ["wrap", str(w.no_weights), "--out", str(d / "x")], 1, "no weights"),
+        lambda w, d: ["wrap", str(w.no_weights), "--out", str(d / "x")], 1, "no weights"
+    ),
     "wrap: pickle-only weights without --allow-pickle": Case(
-        lambda w, d: ["wrap", str(w.pickle_model), "--out", str(d / "x")], 1, "pickle"),
+        lambda w, d: ["wrap", str(w.pickle_model), "--out", str(d / "x")], 1, "pickle"
+    ),
     "wrap: config.json is not JSON": Case(
-        lambda w, d: ["wrap", str(w.bad_config), "--out", str(d / "x")], 1, "config.json"),
+        lambda w, d: ["wrap", str(w.bad_config), "--out", str(d / "x")], 1, "config.json"
+    ),
     "wrap: unknown model type": Case(
-        lambda w, d: ["wrap", str(w.unknown_type), "--out", str(d / "x")], 1, "no-such-model"),
+        lambda w, d: ["wrap", str(w.unknown_type), "--out", str(d / "x")], 1, "no-such-model"
+    ),
     # wrap: the options
     "wrap: unknown --init": Case(
-        lambda w, d: ["wrap", str(w.base), "--out", str(d / "x"), "--init", "xavier"], 2, "xavier"),
+        lambda w, d: ["wrap", str(w.base), "--out", str(d / "x"), "--init", "xavier"], 2, "xavier"
+    ),
     "wrap: negative --std": Case(
-        lambda w, d: ["wrap", str(w.base), "--out", str(d / "x"), "--init", "normal", "--std", "-0.5"], 2, "--std"),
+        lambda w, d: ["wrap", str(w.base), "--out", str(d / "x"), "--init", "normal", "--std", "-0.5"],
+        2,
+        "--std",
+    ),
     "wrap: NaN --std": Case(
-        lambda w, d: ["wrap", str(w.base), "--out", str(d / "x"), "--init", "normal", "--std", "nan"], 2, "--std"),
+        lambda w, d: ["wrap", str(w.base), "--out", str(d / "x"), "--init", "normal", "--std", "nan"],
+        2,
+        "--std",
+    ),
     "wrap: --std not a number": Case(
-        lambda w, d: ["wrap", str(w.base), "--out", str(d / "x"), "--std", "abc"], 2, "--std"),
+        lambda w, d: ["wrap", str(w.base), "--out", str(d / "x"), "--std", "abc"], 2, "--std"
+    ),
     "wrap: --dropout out of range": Case(
-        lambda w, d: ["wrap", str(w.base), "--out", str(d / "x"), "--dropout", "1.5"], 2, "--dropout"),
+        lambda w, d: ["wrap", str(w.base), "--out", str(d / "x"), "--dropout", "1.5"], 2, "--dropout"
+    ),
     "wrap: unknown --dtype": Case(
-        lambda w, d: ["wrap", str(w.base), "--out", str(d / "x"), "--dtype", "int8"], 2, "int8"),
+        lambda w, d: ["wrap", str(w.base), "--out", str(d / "x"), "--dtype", "int8"], 2, "int8"
+    ),
     "wrap: missing --out": Case(lambda w, d: ["wrap", str(w.base)], 2, "--out"),
     # wrap: the destination
     "wrap: --out is a file": Case(_file_as_out, 2, "out.txt"),
     "wrap: --out under a file": Case(_file_in_out_path, 1, "out.txt"),
-    "wrap: --out exists, no --force": Case(lambda w, d: ["wrap", str(w.base), "--out", _ck(w, d)], 1, "--force"),
+    "wrap: --out exists, no --force": Case(
+        lambda w, d: ["wrap", str(w.base), "--out", _ck(w, d)], 1, "--force"
+    ),
     "wrap: --out inside the source": Case(
-        lambda w, d: ["wrap", str(_copy(w.base, d, "m")), "--out", str(d / "m" / "ck")], 2, "inside the source"),
+        lambda w, d: ["wrap", str(_copy(w.base, d, "m")), "--out", str(d / "m" / "ck")],
+        2,
+        "inside the source",
+    ),
     "wrap: no write permission (read-only mount)": Case(_read_only, 1, "/ro"),
     "wrap: full disk": Case(_full_disk_wrap, 1, "no space left"),
     # make-ref
     "make-ref: nonexistent checkpoint": Case(lambda w, d: ["make-ref", str(d / "nope")], 1, "nope"),
-    "make-ref: folder that is not a checkpoint": Case(lambda w, d: ["make-ref", str(w.not_model)], 1, MANIFEST_NAME),
+    "make-ref: folder that is not a checkpoint": Case(
+        lambda w, d: ["make-ref", str(w.not_model)], 1, MANIFEST_NAME
+    ),
     "make-ref: --shared out of range": Case(lambda w, d: ["make-ref", _ck(w, d), "--shared", "7"], 2, "7"),
-    "make-ref: negative --shared": Case(lambda w, d: ["make-ref", _ck(w, d), "--shared", "-1"], 2, "--shared"),
+    "make-ref: negative --shared": Case(
+        lambda w, d: ["make-ref", _ck(w, d), "--shared", "-1"], 2, "--shared"
+    ),
     "make-ref: --pattern without --shared": Case(
-        lambda w, d: ["make-ref", _ck(w, d), "--pattern", "transformer.h.{layer}"], 2, "--pattern"),
+        lambda w, d: ["make-ref", _ck(w, d), "--pattern", "transformer.h.{layer}"], 2, "--pattern"
+    ),
     "make-ref: --pattern matching nothing": Case(
-        lambda w, d: ["make-ref", _ck(w, d), "--shared", "1", "--pattern", "blocks.{layer}"], 2, "blocks.{layer}"),
+        lambda w, d: ["make-ref", _ck(w, d), "--shared", "1", "--pattern", "blocks.{layer}"],
+        2,
+        "blocks.{layer}",
+    ),
     "make-ref: from a reference": Case(
-        lambda w, d: ["make-ref", str(_copy(w.ckpt_ref, d) / "ref")], 2, "reference"),
+        lambda w, d: ["make-ref", str(_copy(w.ckpt_ref, d) / "ref")], 2, "reference"
+    ),
     "make-ref: --out is a file": Case(
-        lambda w, d: ["make-ref", _ck(w, d), "--out", str(w.a_file)], 2, "a_file.txt"),
-    "make-ref: reference exists, no --force": Case(lambda w, d: ["make-ref", str(_copy(w.ckpt_ref, d))], 1, "--force"),
+        lambda w, d: ["make-ref", _ck(w, d), "--out", str(w.a_file)], 2, "a_file.txt"
+    ),
+    "make-ref: reference exists, no --force": Case(
+        lambda w, d: ["make-ref", str(_copy(w.ckpt_ref, d))], 1, "--force"
+    ),
     "make-ref: manifest from a newer vhctl": Case(_manifest_future, 1, "format_version"),
     "make-ref: no write permission (read-only mount)": Case(_read_only_make_ref, 1, "/ro"),
     "make-ref: full disk": Case(_full_disk_make_ref, 1, "no space left"),
     # attach-reward-adapter
     "attach: adapter for another base": Case(
-        lambda w, d: ["attach-reward-adapter", _ck(w, d), str(w.rm_llama)], 1, "rm_llama"),
-    "attach: nonexistent adapter": Case(lambda w, d: ["attach-reward-adapter", _ck(w, d), str(d / "nope")], 1, "nope"),
+        lambda w, d: ["attach-reward-adapter", _ck(w, d), str(w.rm_llama)], 1, "rm_llama"
+    ),
+    "attach: nonexistent adapter": Case(
+        lambda w, d: ["attach-reward-adapter", _ck(w, d), str(d / "nope")], 1, "nope"
+    ),
     "attach: folder that is not an adapter": Case(
-        lambda w, d: ["attach-reward-adapter", _ck(w, d), str(w.not_model)], 1, "not a PEFT adapter"),
+        lambda w, d: ["attach-reward-adapter", _ck(w, d), str(w.not_model)], 1, "not a PEFT adapter"
+    ),
     "attach: adapter without a score head": Case(
-        lambda w, d: ["attach-reward-adapter", _ck(w, d), str(w.lora_no_score)], 1, "score"),
+        lambda w, d: ["attach-reward-adapter", _ck(w, d), str(w.lora_no_score)], 1, "score"
+    ),
     "attach: pickle adapter without --allow-pickle": Case(
-        lambda w, d: ["attach-reward-adapter", _ck(w, d), str(w.rm_pickle)], 1, "pickle"),
+        lambda w, d: ["attach-reward-adapter", _ck(w, d), str(w.rm_pickle)], 1, "pickle"
+    ),
     "attach: adapter name escaping (..)": Case(
-        lambda w, d: ["attach-reward-adapter", _ck(w, d), str(w.rm), "--name", "../evil"], 1, "../evil"),
+        lambda w, d: ["attach-reward-adapter", _ck(w, d), str(w.rm), "--name", "../evil"], 1, "../evil"
+    ),
     "attach: adapter name absolute": Case(
-        lambda w, d: ["attach-reward-adapter", _ck(w, d), str(w.rm), "--name", "/tmp/evil"], 1, "/tmp/evil"),
+        lambda w, d: ["attach-reward-adapter", _ck(w, d), str(w.rm), "--name", "/tmp/evil"], 1, "/tmp/evil"
+    ),
     "attach: adapter name nested": Case(
-        lambda w, d: ["attach-reward-adapter", _ck(w, d), str(w.rm), "--name", "a/b"], 1, "a/b"),
+        lambda w, d: ["attach-reward-adapter", _ck(w, d), str(w.rm), "--name", "a/b"], 1, "a/b"
+    ),
     "attach: to a folder that is not a checkpoint": Case(
-        lambda w, d: ["attach-reward-adapter", str(w.not_model), str(w.rm)], 1, MANIFEST_NAME),
+        lambda w, d: ["attach-reward-adapter", str(w.not_model), str(w.rm)], 1, MANIFEST_NAME
+    ),
     "attach: to a reference": Case(
-        lambda w, d: ["attach-reward-adapter", str(_copy(w.ckpt_ref, d) / "ref"), str(w.rm)], 2, "reference"),
+        lambda w, d: ["attach-reward-adapter", str(_copy(w.ckpt_ref, d) / "ref"), str(w.rm)], 2, "reference"
+    ),
     # validate / info / push
     "validate: nonexistent path": Case(lambda w, d: ["validate", str(d / "nope")], 1, "nope"),
     "validate: a file": Case(lambda w, d: ["validate", str(w.a_file)], 1, "a_file.txt"),
@@ -297,46 +369,75 @@ CASES: dict[str, Case] = {
     "info: manifest is not UTF-8 JSON": Case(_corrupt_manifest, 1, MANIFEST_NAME),
     # push prints progress ("validating ...") on stderr before it fails; -q keeps only the error.
     "push: invalid repo id": Case(
-        lambda w, d: ["-q", "push", _ck(w, d), "not a repo id!", "--dry-run"], 2, "not a repo id!"),
+        lambda w, d: ["-q", "push", _ck(w, d), "not a repo id!", "--dry-run"], 2, "not a repo id!"
+    ),
     "push: folder that is not a checkpoint": Case(
-        lambda w, d: ["-q", "push", str(w.not_model), "user/repo", "--dry-run"], 1, "not_model"),
+        lambda w, d: ["-q", "push", str(w.not_model), "user/repo", "--dry-run"], 1, "not_model"
+    ),
     "unknown command": Case(lambda w, d: ["frobnicate"], 2, "frobnicate"),
     # score: the input
     "score: malformed JSON on line 3": Case(
-        lambda w, d: ["score", str(w.ckpt)], 1, "line 3", stdin=b'hello\n{"text": "a"}\n{bad json\nmore\n'),
+        lambda w, d: ["score", str(w.ckpt)], 1, "line 3", stdin=b'hello\n{"text": "a"}\n{bad json\nmore\n'
+    ),
     "score: non-UTF-8 bytes on stdin": Case(
-        lambda w, d: ["score", str(w.ckpt)], 1, "line 2", stdin=b"fine\n\xff\xfe\xfd caf\xe9\n"),
+        lambda w, d: ["score", str(w.ckpt)], 1, "line 2", stdin=b"fine\n\xff\xfe\xfd caf\xe9\n"
+    ),
     "score: JSON line without the expected field": Case(
-        lambda w, d: ["score", str(w.ckpt)], 1, "line 1", stdin=b'{"txt": "typo"}\n'),
+        lambda w, d: ["score", str(w.ckpt)], 1, "line 1", stdin=b'{"txt": "typo"}\n'
+    ),
     "score: response without prompt": Case(
-        lambda w, d: ["score", str(w.ckpt)], 1, "prompt", stdin=b'{"response": "hi"}\n'),
+        lambda w, d: ["score", str(w.ckpt)], 1, "prompt", stdin=b'{"response": "hi"}\n'
+    ),
     "score: lone surrogate escape": Case(
-        lambda w, d: ["score", str(w.ckpt)], 1, "line 1", stdin=b'{"text": "\\ud800"}\n'),
+        lambda w, d: ["score", str(w.ckpt)], 1, "line 1", stdin=b'{"text": "\\ud800"}\n'
+    ),
     "score: messages not a list": Case(
-        lambda w, d: ["score", str(w.ckpt)], 1, "messages", stdin=b'{"messages": "hi"}\n'),
+        lambda w, d: ["score", str(w.ckpt)], 1, "messages", stdin=b'{"messages": "hi"}\n'
+    ),
     "score: a 1 MB line of broken JSON": Case(
-        lambda w, d: ["score", str(w.ckpt)], 1, "line 1", stdin=b'{"text": "' + b"a" * 1_000_000 + b"\n"),
+        lambda w, d: ["score", str(w.ckpt)], 1, "line 1", stdin=b'{"text": "' + b"a" * 1_000_000 + b"\n"
+    ),
     "score: bad line in --input FILE": Case(
-        lambda w, d: ["score", str(w.ckpt), "--input", str(_write(d / "in.jsonl", b'{"text": "a"}\n{"text": 3}\n'))],
-        1, "line 2"),
+        lambda w, d: [
+            "score",
+            str(w.ckpt),
+            "--input",
+            str(_write(d / "in.jsonl", b'{"text": "a"}\n{"text": 3}\n')),
+        ],
+        1,
+        "line 2",
+    ),
     # score: the options and the checkpoint
     "score: --input does not exist": Case(
-        lambda w, d: ["score", str(w.ckpt), "--input", str(d / "nope.jsonl")], 2, "nope.jsonl", stdin=b""),
+        lambda w, d: ["score", str(w.ckpt), "--input", str(d / "nope.jsonl")], 2, "nope.jsonl", stdin=b""
+    ),
     "score: nonexistent checkpoint": Case(lambda w, d: ["score", str(d / "nope")], 1, "nope", stdin=b"hi\n"),
     "score: folder that is not a model": Case(
-        lambda w, d: ["score", str(w.not_model)], 1, "not_model", stdin=b"hi\n"),
+        lambda w, d: ["score", str(w.not_model)], 1, "not_model", stdin=b"hi\n"
+    ),
     "score: --reward-adapter NAME not attached": Case(
-        lambda w, d: ["score", str(w.ckpt), "--reward-adapter", "judge"], 2, "reward", stdin=b"hi\n"),
-    "score: --batch-size 0": Case(lambda w, d: ["score", str(w.ckpt), "--batch-size", "0"], 2, "--batch-size"),
-    "score: --max-length 0": Case(lambda w, d: ["score", str(w.ckpt), "--max-length", "0"], 2, "--max-length"),
+        lambda w, d: ["score", str(w.ckpt), "--reward-adapter", "judge"], 2, "reward", stdin=b"hi\n"
+    ),
+    "score: --batch-size 0": Case(
+        lambda w, d: ["score", str(w.ckpt), "--batch-size", "0"], 2, "--batch-size"
+    ),
+    "score: --max-length 0": Case(
+        lambda w, d: ["score", str(w.ckpt), "--max-length", "0"], 2, "--max-length"
+    ),
     "score: --max-length over the model's limit": Case(
-        lambda w, d: ["score", str(w.ckpt), "--max-length", "100000"], 2, "100000", stdin=b"hi\n"),
-    "score: unknown --dtype": Case(lambda w, d: ["score", str(w.ckpt), "--dtype", "int8"], 2, "int8", stdin=b""),
-    "score: unknown --device": Case(lambda w, d: ["score", str(w.ckpt), "--device", "tpu"], 2, "tpu", stdin=b""),
+        lambda w, d: ["score", str(w.ckpt), "--max-length", "100000"], 2, "100000", stdin=b"hi\n"
+    ),
+    "score: unknown --dtype": Case(
+        lambda w, d: ["score", str(w.ckpt), "--dtype", "int8"], 2, "int8", stdin=b""
+    ),
+    "score: unknown --device": Case(
+        lambda w, d: ["score", str(w.ckpt), "--device", "tpu"], 2, "tpu", stdin=b""
+    ),
 }
 if not torch.cuda.is_available():
     CASES["score: --device cuda without CUDA"] = Case(
-        lambda w, d: ["score", str(w.ckpt), "--device", "cuda"], 2, "cuda", stdin=b"hi\n")
+        lambda w, d: ["score", str(w.ckpt), "--device", "cuda"], 2, "cuda", stdin=b"hi\n"
+    )
 
 
 def check_error(result, code: int, needle: str) -> str:

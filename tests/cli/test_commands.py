@@ -38,8 +38,21 @@ def test_version_and_help() -> None:
 
 def test_wrap_json_report_and_options(tmp_path) -> None:
     out = tmp_path / "w"
-    result = run("wrap", "vhctl:tiny", "--out", str(out), "--init", "normal", "--std", "0.05", "--dropout", "0.2",
-                 "--seed", "3", "--json")
+    result = run(
+        "wrap",
+        "vhctl:tiny",
+        "--out",
+        str(out),
+        "--init",
+        "normal",
+        "--std",
+        "0.05",
+        "--dropout",
+        "0.2",
+        "--seed",
+        "3",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["head_init"] == "normal" and report["model_type"] == "gpt2"
@@ -47,7 +60,12 @@ def test_wrap_json_report_and_options(tmp_path) -> None:
     manifest = json.loads((out / MANIFEST_NAME).read_text())
     assert manifest["value_head"]["std"] == 0.05 and manifest["value_head"]["dropout"] == 0.2
     again = tmp_path / "w2"
-    assert run("wrap", "vhctl:tiny", "--out", str(again), "--init", "normal", "--std", "0.05", "--seed", "3").exit_code == 0
+    assert (
+        run(
+            "wrap", "vhctl:tiny", "--out", str(again), "--init", "normal", "--std", "0.05", "--seed", "3"
+        ).exit_code
+        == 0
+    )
     assert (out / VALUE_HEAD_NAME).read_bytes() == (again / VALUE_HEAD_NAME).read_bytes()
 
 
@@ -105,7 +123,9 @@ def test_make_ref_validate_info(ckpt) -> None:
     assert (ckpt / "ref" / MANIFEST_NAME).is_file()
     result = run("make-ref", str(ckpt), "--shared", "7")
     assert result.exit_code == 2 and "layers" in result.stderr
-    result = run("make-ref", str(ckpt), "--shared", "1", "--pattern", "blocks.{layer}", "--out", str(ckpt.parent / "r"))
+    result = run(
+        "make-ref", str(ckpt), "--shared", "1", "--pattern", "blocks.{layer}", "--out", str(ckpt.parent / "r")
+    )
     assert result.exit_code == 2 and "pattern" in result.stderr
 
     result = run("validate", str(ckpt), "--deep", "--json")

@@ -30,7 +30,12 @@ def test_completion_scripts_are_up_to_date(shell: str) -> None:
 
 
 def test_completion_answers_command_and_option_names() -> None:
-    env = {**os.environ, "_VHCTL_COMPLETE": "complete_bash", "COMP_WORDS": "vhctl make-ref --sh", "COMP_CWORD": "2"}
+    env = {
+        **os.environ,
+        "_VHCTL_COMPLETE": "complete_bash",
+        "COMP_WORDS": "vhctl make-ref --sh",
+        "COMP_CWORD": "2",
+    }
     code = "from vhctl.cli.app import app; app(prog_name='vhctl')"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
     assert "--shared" in done.stdout.split()

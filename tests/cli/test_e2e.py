@@ -45,13 +45,14 @@ def _expected_values(ckpt: Path) -> list[float]:
         if line.startswith("{"):
             record = json.loads(line)
             if "prompt" in record:
-                ids = tok(record["prompt"], add_special_tokens=False)["input_ids"] + tok(
-                    record["response"], add_special_tokens=False
-                )["input_ids"]
+                ids = (
+                    tok(record["prompt"], add_special_tokens=False)["input_ids"]
+                    + tok(record["response"], add_special_tokens=False)["input_ids"]
+                )
             elif "messages" in record:
-                ids = tok(tok.apply_chat_template(record["messages"], tokenize=False), add_special_tokens=False)[
-                    "input_ids"
-                ]
+                ids = tok(
+                    tok.apply_chat_template(record["messages"], tokenize=False), add_special_tokens=False
+                )["input_ids"]
             else:
                 ids = tok(record["text"])["input_ids"]
         else:
@@ -68,7 +69,8 @@ def test_shell_pipeline_wrap_make_ref_score_validate(tmp_path) -> None:
         f"set -euo pipefail\n"
         f"'{vhctl}' wrap vhctl:tiny --out '{ckpt}' --init normal --seed 0\n"
         f"'{vhctl}' make-ref '{ckpt}' --shared 2\n"
-        f"printf '%s\\n' " + " ".join("'" + line.replace("'", "'\\''") + "'" for line in LINES)
+        f"printf '%s\\n' "
+        + " ".join("'" + line.replace("'", "'\\''") + "'" for line in LINES)
         + f" | '{vhctl}' score '{ckpt}' --batch-size 2 | cat > '{tmp_path}/out.jsonl'\n"
         f"'{vhctl}' validate '{ckpt}' --deep\n"
     )

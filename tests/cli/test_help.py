@@ -126,7 +126,12 @@ def folders(tmp_path_factory: pytest.TempPathFactory):
     """A tiny checkpoint with a reference, one with a reward adapter, a TRL PEFT folder, a plain model."""
     tmp = tmp_path_factory.mktemp("plain")
     ref = tmp / "withref"
-    assert runner.invoke(app, ["wrap", "vhctl:tiny", "--out", str(ref), "--init", "normal", "--seed", "0"]).exit_code == 0
+    assert (
+        runner.invoke(
+            app, ["wrap", "vhctl:tiny", "--out", str(ref), "--init", "normal", "--seed", "0"]
+        ).exit_code
+        == 0
+    )
     assert runner.invoke(app, ["make-ref", str(ref), "--shared", "1"]).exit_code == 0
     base = save_tiny_model("gpt2", tmp / "base")
     adapter = tmp / "withad"
@@ -157,7 +162,9 @@ def test_info_rows_for_adapters_trl_folders_and_plain_models(folders) -> None:
     trl = _info(folders["trl"])
     assert trl["layout"] == "peft-adapter" and trl["adapters.adapter.present"] == "yes"
     plain = _info(folders["base"])
-    assert plain["layout"] == "transformers" and plain["pickle_weights"] == "no" and plain["value_head"] == "-"
+    assert (
+        plain["layout"] == "transformers" and plain["pickle_weights"] == "no" and plain["value_head"] == "-"
+    )
 
 
 @pytest.mark.parametrize("name", ["withref", "withad", "trl", "base"])

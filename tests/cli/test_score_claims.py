@@ -62,7 +62,9 @@ def test_non_finite_values_are_written_as_null(tiny_ckpt: Path, tmp_path: Path, 
         set_head(ckpt, weight=weight, bias=0.0)
     else:
         set_head(ckpt, bias=math.nan)
-    result = runner.invoke(app, ["score", str(ckpt), "--per-token"], input="".join(f"{line}\n" for line in LINES))
+    result = runner.invoke(
+        app, ["score", str(ckpt), "--per-token"], input="".join(f"{line}\n" for line in LINES)
+    )
     assert result.exit_code == 0, result.output
     rows = [_strict(line) for line in result.stdout.splitlines()]
     assert len(rows) == len(LINES)
@@ -92,7 +94,9 @@ def _produce(proc: subprocess.Popen, pause: float, stop: threading.Event) -> Non
     i = 0
     try:
         while not stop.is_set():
-            proc.stdin.write(json.dumps({"id": i, "text": f"sample number {i} " * (1 + i % 7)}).encode() + b"\n")
+            proc.stdin.write(
+                json.dumps({"id": i, "text": f"sample number {i} " * (1 + i % 7)}).encode() + b"\n"
+            )
             i += 1
             time.sleep(pause)
     except (BrokenPipeError, ValueError, OSError):

@@ -17,7 +17,12 @@ INPUT = 'one line\n{"id": 2, "prompt": "Q", "response": " A"}\n'
 @pytest.fixture
 def ckpt(tmp_path):
     out = tmp_path / "ck"
-    assert runner.invoke(app, ["wrap", "vhctl:tiny", "--out", str(out), "--init", "normal", "--seed", "0"]).exit_code == 0
+    assert (
+        runner.invoke(
+            app, ["wrap", "vhctl:tiny", "--out", str(out), "--init", "normal", "--seed", "0"]
+        ).exit_code
+        == 0
+    )
     return out
 
 

@@ -59,7 +59,11 @@ def test_export_errors_are_one_line_with_exit_codes(ckpt, tmp_path) -> None:
         (["export", str(ckpt), "-f", "seqcls", "-o", str(out), "--bias", "mean"], 2, "--bias mean"),
         (["export", str(ckpt), "-f", "trl", "-o", str(out), "--bias", "config"], 2, "--bias"),
         (["export", str(ckpt), "-f", "seqcls", "-o", str(out), "--keep-shards"], 2, "--keep-shards"),
-        (["export", str(ckpt), "-f", "trl", "-o", str(out), "--value-head-prefix", "score"], 2, "openrlhf only"),
+        (
+            ["export", str(ckpt), "-f", "trl", "-o", str(out), "--value-head-prefix", "score"],
+            2,
+            "openrlhf only",
+        ),
         (["export", str(tmp_path / "trl"), "-f", "trl", "-o", str(out)], 1, "not a vhctl checkpoint"),
         (["export", str(ckpt), "-f", "trl", "-o", str(ckpt / "inside")], 2, "inside"),
     ]
@@ -79,14 +83,23 @@ def test_export_refuses_a_bias_it_cannot_keep_and_leaves_nothing(tmp_path) -> No
     assert run("wrap", str(tmp_path / "trl"), "-o", str(tmp_path / "ck")).exit_code == 0
     result = run("export", str(tmp_path / "ck"), "-f", "openrlhf", "-o", str(tmp_path / "o"))
     assert result.exit_code == 1 and "--bias mean" in result.stderr and "--bias config" in result.stderr
-    assert not (tmp_path / "o").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".vhctl")]
+    assert not (tmp_path / "o").exists() and not [
+        p for p in tmp_path.iterdir() if p.name.startswith(".vhctl")
+    ]
 
 
 def test_wrap_init_from_reward_seqcls_and_peft_adapter(tmp_path) -> None:
     base = save_tiny_model("gpt2", tmp_path / "base")
     rm = make_seqcls("gpt2", tmp_path / "rm", seed=5)
-    result = run("wrap", str(base), "-o", str(tmp_path / "critic"), "--init-from-reward", str(tmp_path / "rm"),
-                 "--json")
+    result = run(
+        "wrap",
+        str(base),
+        "-o",
+        str(tmp_path / "critic"),
+        "--init-from-reward",
+        str(tmp_path / "rm"),
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["head_from"] == "reward:seqcls"
     head = head_of(tmp_path / "critic")

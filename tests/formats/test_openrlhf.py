@@ -27,8 +27,16 @@ from vhctl.formats.keymaps import VHCTL_EXPORT_FIELD
 from vhctl.ops.wrap import wrap_model
 
 
-def make_openrlhf(arch: str, folder, *, prefix: str = "score", mean: float | None = None,
-                  std: float | None = None, normalize_reward: bool = False, seed: int = 0) -> dict:
+def make_openrlhf(
+    arch: str,
+    folder,
+    *,
+    prefix: str = "score",
+    mean: float | None = None,
+    std: float | None = None,
+    normalize_reward: bool = False,
+    seed: int = 0,
+) -> dict:
     """An OpenRLHF reward model as its trainer saves one: backbone under base_model_prefix, a
     bias-free head under ``prefix``, and the config fields OpenRLHF sets."""
     from safetensors.torch import save_file

@@ -75,9 +75,20 @@ def test_opt_fold_needs_a_final_norm_without_projection(tmp_path) -> None:
     # An OPT with a final norm and no projection folds exactly.
     from transformers import AutoModelForCausalLM, OPTConfig
 
-    config = OPTConfig(vocab_size=1024, hidden_size=32, word_embed_proj_dim=32, num_hidden_layers=2, ffn_dim=64,
-                       num_attention_heads=2, max_position_embeddings=128, do_layer_norm_before=True,
-                       dropout=0.0, pad_token_id=0, bos_token_id=0, eos_token_id=0)
+    config = OPTConfig(
+        vocab_size=1024,
+        hidden_size=32,
+        word_embed_proj_dim=32,
+        num_hidden_layers=2,
+        ffn_dim=64,
+        num_attention_heads=2,
+        max_position_embeddings=128,
+        do_layer_norm_before=True,
+        dropout=0.0,
+        pad_token_id=0,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "opt")
     wrap_model(str(tmp_path / "opt"), tmp_path / "ck2", init="normal", std=0.5, seed=0)
@@ -85,8 +96,9 @@ def test_opt_fold_needs_a_final_norm_without_projection(tmp_path) -> None:
     result = export_checkpoint(tmp_path / "ck2", "seqcls", tmp_path / "rm2")
     assert result.norm_bias_key == "model.decoder.final_layer_norm.bias"
     ids = input_ids()
-    assert torch.allclose(seqcls_scores(tmp_path / "rm2", ids), vhctl_values(tmp_path / "ck2", ids)[:, -1],
-                          atol=TOL, rtol=0)
+    assert torch.allclose(
+        seqcls_scores(tmp_path / "rm2", ids), vhctl_values(tmp_path / "ck2", ids)[:, -1], atol=TOL, rtol=0
+    )
 
 
 def test_llama_zero_bias_is_exact_and_nonzero_bias_needs_config_mode(tmp_path) -> None:
@@ -109,7 +121,9 @@ def test_llama_zero_bias_is_exact_and_nonzero_bias_needs_config_mode(tmp_path) -
 
     set_head(ck, bias=0.0)
     assert export_checkpoint(ck, "seqcls", tmp_path / "zero").bias == "zero"
-    assert torch.allclose(seqcls_scores(tmp_path / "zero", ids), vhctl_values(ck, ids)[:, -1], atol=TOL, rtol=0)
+    assert torch.allclose(
+        seqcls_scores(tmp_path / "zero", ids), vhctl_values(ck, ids)[:, -1], atol=TOL, rtol=0
+    )
 
 
 def test_retrained_export_reimports_as_the_model_scores(tmp_path) -> None:
@@ -139,8 +153,9 @@ def test_sharded_checkpoint_keeps_its_shards(tmp_path) -> None:
     result = export_checkpoint(tmp_path / "ck", "seqcls", tmp_path / "rm")
     assert "model.safetensors.index.json" in result.files
     ids = input_ids()
-    assert torch.allclose(seqcls_scores(tmp_path / "rm", ids), vhctl_values(tmp_path / "ck", ids)[:, -1],
-                          atol=TOL, rtol=0)
+    assert torch.allclose(
+        seqcls_scores(tmp_path / "rm", ids), vhctl_values(tmp_path / "ck", ids)[:, -1], atol=TOL, rtol=0
+    )
 
 
 def test_formats_without_a_score_head_are_refused(tmp_path) -> None:

@@ -65,7 +65,10 @@ def test_sharded_checkpoint_exports_to_one_file_by_default_and_keeps_shards_on_r
     assert (ck / SAFE_WEIGHTS_INDEX_NAME).is_file()
 
     single = export_checkpoint(ck, "trl", tmp_path / "one")
-    assert single.files.count(SAFE_WEIGHTS_NAME) == 1 and not (tmp_path / "one" / SAFE_WEIGHTS_INDEX_NAME).exists()
+    assert (
+        single.files.count(SAFE_WEIGHTS_NAME) == 1
+        and not (tmp_path / "one" / SAFE_WEIGHTS_INDEX_NAME).exists()
+    )
     trl_model = _trl_class("gpt2").from_pretrained(str(tmp_path / "one"))
     assert torch.equal(trl_model.v_head.summary.weight, head_of(ck)[V_HEAD_WEIGHT])
 
@@ -115,6 +118,8 @@ def test_reference_with_shared_layers_exports_complete(tmp_path) -> None:
     export_checkpoint(ck / "ref", "trl", out)
     trl_model = _trl_class("gpt2").from_pretrained(str(out))
     ids = input_ids()
-    assert torch.allclose(_trl_values(trl_model, "gpt2", ids), vhctl_values(ck / "ref", ids), atol=TOL, rtol=0)
+    assert torch.allclose(
+        _trl_values(trl_model, "gpt2", ids), vhctl_values(ck / "ref", ids), atol=TOL, rtol=0
+    )
     exported, policy = folder_tensors(out), folder_tensors(ck)
     assert all(torch.equal(exported[k], v) for k, v in policy.items())

@@ -39,8 +39,13 @@ def test_foldable_key_needs_the_norm_and_no_projection() -> None:
 
 
 def _manifest(extra: dict) -> Manifest:
-    return Manifest(kind="policy", architecture="causal-lm", model_type="gpt2",
-                    value_head=ValueHeadInfo(file="value_head.safetensors", hidden_size=32), extra=extra)
+    return Manifest(
+        kind="policy",
+        architecture="causal-lm",
+        model_type="gpt2",
+        value_head=ValueHeadInfo(file="value_head.safetensors", hidden_size=32),
+        extra=extra,
+    )
 
 
 def test_normalization_of() -> None:

@@ -2,6 +2,7 @@
 
 Each builder writes what vhctl would (or a broken variant of it), without going through vhctl.
 """
+
 from __future__ import annotations
 
 import shutil

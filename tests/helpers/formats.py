@@ -84,8 +84,13 @@ def config_of(folder: Path) -> dict[str, Any]:
     return json.loads((folder / CONFIG_NAME).read_text())
 
 
-def openrlhf_model(folder: Path, *, kind: str = "reward", normalize_reward: bool | None = None,
-                   value_head_prefix: str = "score") -> Any:
+def openrlhf_model(
+    folder: Path,
+    *,
+    kind: str = "reward",
+    normalize_reward: bool | None = None,
+    value_head_prefix: str = "score",
+) -> Any:
     """OpenRLHF's model class, rebuilt after its documented structure, loaded from ``folder``.
 
     Returns a callable ``(input_ids, attention_mask) -> rewards (batch,)`` for ``kind="reward"``,

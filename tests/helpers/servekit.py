@@ -39,10 +39,21 @@ TIMEOUT = 60.0  # seconds any wait in these tests may take before it fails
 
 
 @contextmanager
-def served(loaded: LoadedModel | None, *, scoring: ScoringOptions | None = None, log: list[str] | None = None,
-           **options: Any) -> Iterator[HttpServer]:
+def served(
+    loaded: LoadedModel | None,
+    *,
+    scoring: ScoringOptions | None = None,
+    log: list[str] | None = None,
+    **options: Any,
+) -> Iterator[HttpServer]:
     """An :class:`HttpServer` on 127.0.0.1 with an ephemeral port, serving ``loaded`` (None: still loading)."""
-    opts = ServeOptions(model=ScoreOptions(ckpt="tiny"), scoring=scoring or ScoringOptions(), host="127.0.0.1", port=0, **options)
+    opts = ServeOptions(
+        model=ScoreOptions(ckpt="tiny"),
+        scoring=scoring or ScoringOptions(),
+        host="127.0.0.1",
+        port=0,
+        **options,
+    )
     server = HttpServer(opts, log=log.append if log is not None else None)
     server.start()
     try:
@@ -100,7 +111,9 @@ class Gate:
             self.released.wait(TIMEOUT)
             return True
 
-        server.worker.submit(Job([Record(line=1, text="gate")], False, lambda outcome: None, cancelled=cancelled))
+        server.worker.submit(
+            Job([Record(line=1, text="gate")], False, lambda outcome: None, cancelled=cancelled)
+        )
         assert self.taken.wait(TIMEOUT), "the worker never took the gate job"
 
     def open(self) -> None:
@@ -113,14 +126,31 @@ class ServeProcess:
     def __init__(self, ckpt: Path, *args: str, quiet: bool = False) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
         port = free_port() if quiet else 0  # -q prints no URL: give the port
-        command = [sys.executable, "-m", "vhctl", *(["-q"] if quiet else []), "serve", str(ckpt),
-                   "--port", str(port), "--device", "cpu",
-                   *(() if "--compile" in args else ("--compile", "off")), *args]  # a compile takes minutes here
+        command = [
+            sys.executable,
+            "-m",
+            "vhctl",
+            *(["-q"] if quiet else []),
+            "serve",
+            str(ckpt),
+            "--port",
+            str(port),
+            "--device",
+            "cpu",
+            *(() if "--compile" in args else ("--compile", "off")),
+            *args,
+        ]  # a compile takes minutes here
         self.stderr_lines: list[str] = []
         self.url: str | None = f"http://127.0.0.1:{port}" if quiet else None
         self._ready = threading.Event()
-        self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, env=env)
+        self.proc = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 

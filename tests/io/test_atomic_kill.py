@@ -140,7 +140,9 @@ def prepare(job: Job, index: int, base: Path, s: Sources) -> Job:
         force = job.command == "export-force"
         job.start_from = s.export_seqcls if force else None
         job.watch = job.folder
-        job.args = ["export", str(s.policy), "--format", "trl", "--out", str(job.dest)] + (["--force"] if force else [])
+        job.args = ["export", str(s.policy), "--format", "trl", "--out", str(job.dest)] + (
+            ["--force"] if force else []
+        )
     else:
         force = job.command == "attach-force"
         job.start_from = s.policy_rm if force else s.policy
@@ -201,16 +203,22 @@ def check_after_kill(job: Job, s: Sources) -> str:
         # Only the fallback path (no atomic exchange) can leave an existing destination moved aside;
         # the next run puts it back first thing.
         if job.before:
-            assert any(n.startswith(OLD_PREFIX) for n in leftovers(dest.parent)), f"{job.command}: old checkpoint lost"
+            assert any(n.startswith(OLD_PREFIX) for n in leftovers(dest.parent)), (
+                f"{job.command}: old checkpoint lost"
+            )
             clean_stale_siblings(dest)
             assert tree(dest) == job.before
             return "restored"
         return "absent"
     if job.command.startswith("export"):  # not a vhctl checkpoint: it must be the old or the whole new one
         now = tree(dest)
-        assert now in (job.before, tree(s.export_trl)), f"{job.command} {job.mode} {job.wait}: {dest} is broken"
+        assert now in (job.before, tree(s.export_trl)), (
+            f"{job.command} {job.mode} {job.wait}: {dest} is broken"
+        )
         return "unchanged" if now == job.before else "complete"
-    assert validate_checkpoint(dest, deep=True) == [], f"{job.command} {job.mode} {job.wait}: {dest} is broken"
+    assert validate_checkpoint(dest, deep=True) == [], (
+        f"{job.command} {job.mode} {job.wait}: {dest} is broken"
+    )
     ref = dest / "ref"
     if job.command.startswith("make-ref") and (ref / MANIFEST_NAME).exists():
         assert validate_checkpoint(ref, deep=True) == []
@@ -250,8 +258,16 @@ def kill_plan() -> list[Job]:
               "export": (0.8, 3.0, 2.0)}  # fmt: skip
     jobs: list[Job] = []
     for family, (first, second, forced) in delays.items():
-        jobs += [Job(family, "delay", first), Job(family, "delay", second), Job(f"{family}-force", "delay", forced)]
-        jobs += [Job(family, "trigger", 0.0), Job(family, "trigger", 0.02), Job(f"{family}-force", "trigger", 0.005)]
+        jobs += [
+            Job(family, "delay", first),
+            Job(family, "delay", second),
+            Job(f"{family}-force", "delay", forced),
+        ]
+        jobs += [
+            Job(family, "trigger", 0.0),
+            Job(family, "trigger", 0.02),
+            Job(f"{family}-force", "trigger", 0.005),
+        ]
     jobs += [Job("attach-force", "trigger", 0.5), Job("attach", "trigger", 1.0)]
     return jobs
 
@@ -280,8 +296,9 @@ def _dead_pid() -> int:
     return proc.pid
 
 
-def test_failure_before_swap_keeps_old_checkpoint(tmp_path: Path, sources: Sources,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failure_before_swap_keeps_old_checkpoint(
+    tmp_path: Path, sources: Sources, monkeypatch: pytest.MonkeyPatch
+) -> None:
     dest = tmp_path / "ck"
     shutil.copytree(sources.policy, dest)
     before = tree(dest)
@@ -295,8 +312,9 @@ def test_failure_before_swap_keeps_old_checkpoint(tmp_path: Path, sources: Sourc
     assert tree(dest) == before and leftovers(tmp_path) == []
 
 
-def test_failed_attach_and_make_ref_change_nothing(tmp_path: Path, sources: Sources,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_attach_and_make_ref_change_nothing(
+    tmp_path: Path, sources: Sources, monkeypatch: pytest.MonkeyPatch
+) -> None:
     dest = tmp_path / "ck"
     shutil.copytree(sources.policy_rm, dest)
     before = tree(dest)

@@ -67,8 +67,9 @@ def test_close_stops_a_long_hash(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("link", [False, True])
-def test_wrap_takes_the_weights_digest_from_the_hasher(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                       link: bool) -> None:
+def test_wrap_takes_the_weights_digest_from_the_hasher(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, link: bool
+) -> None:
     src = save_tiny_model("gpt2", tmp_path / "base")
     read: list[str] = []
     real = manifest_module.sha256_file
@@ -86,8 +87,9 @@ def test_wrap_takes_the_weights_digest_from_the_hasher(tmp_path: Path, monkeypat
     assert "value_head.safetensors" in read  # written here: hashed at the end as before
 
 
-def test_wrap_hashes_again_when_the_source_digest_is_unusable(tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_wrap_hashes_again_when_the_source_digest_is_unusable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     src = save_tiny_model("gpt2", tmp_path / "base")
     monkeypatch.setattr(BackgroundHasher, "digest", lambda self, path: None)
     out = tmp_path / "ckpt"

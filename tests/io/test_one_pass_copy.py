@@ -34,7 +34,9 @@ def _small_chunks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, int]]
     monkeypatch.setattr(hashing, "STEP", SMALL)
     monkeypatch.setattr(hashing, "_WRITEBACK", 2 * SMALL)
     real = hashing._start_writeback
-    monkeypatch.setattr(hashing, "_start_writeback", lambda fd, o, n: (calls.append((fd, o, n)), real(fd, o, n)))
+    monkeypatch.setattr(
+        hashing, "_start_writeback", lambda fd, o, n: (calls.append((fd, o, n)), real(fd, o, n))
+    )
     return calls
 
 
@@ -51,6 +53,7 @@ def _sha(data: bytes) -> str:
 def test_copy_digest_is_that_of_the_file_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int,
                                                  kernel: bool) -> None:  # fmt: skip
     if not kernel:  # a filesystem pair without copy_file_range: through a buffer
+
         def refuse(*_a: object) -> int:
             raise OSError(errno.EXDEV, "cross-device")
 
@@ -62,7 +65,9 @@ def test_copy_digest_is_that_of_the_file_written(tmp_path: Path, monkeypatch: py
     assert digest == _sha((tmp_path / "dst").read_bytes())
 
 
-def test_writeback_is_started_as_the_file_grows(tmp_path: Path, _small_chunks: list[tuple[int, int, int]]) -> None:
+def test_writeback_is_started_as_the_file_grows(
+    tmp_path: Path, _small_chunks: list[tuple[int, int, int]]
+) -> None:
     (tmp_path / "src").write_bytes(_data(7 * SMALL))
     copy_hashing(tmp_path / "src", tmp_path / "dst")
     ranges = [(offset, n) for _, offset, n in _small_chunks]
@@ -70,7 +75,9 @@ def test_writeback_is_started_as_the_file_grows(tmp_path: Path, _small_chunks: l
     assert all(a + n == b for (a, n), (b, _) in zip(ranges, ranges[1:], strict=False))  # back to back, no gap
 
 
-def test_the_digest_follows_the_bytes_written_not_the_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_digest_follows_the_bytes_written_not_the_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A source rewritten in the middle of the copy: the digest is still that of the new file."""
     src = tmp_path / "src"
     src.write_bytes(_data(4 * SMALL, seed=1))
@@ -209,7 +216,9 @@ def test_discard_and_errors(tmp_path: Path) -> None:
 
 
 # -- wrap: sharded bases are hashed in parallel, from the bytes copied ------------------------------
-def test_wrap_hashes_shards_in_parallel_while_copying(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_wrap_hashes_shards_in_parallel_while_copying(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     src = save_tiny_model("gpt2", tmp_path / "base", max_shard_size=SMALL_SHARD)
     shards = sorted(set(json.loads((src / SAFE_WEIGHTS_INDEX_NAME).read_text())["weight_map"].values()))
     assert len(shards) >= 3
@@ -250,7 +259,9 @@ def test_the_source_s_errors_come_before_the_output_s(tmp_path: Path, force: boo
         assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]
 
 
-def test_the_hash_reads_when_the_new_file_cannot_be_mapped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_hash_reads_when_the_new_file_cannot_be_mapped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def refuse(*_a: object, **_k: object) -> None:
         raise OSError(errno.ENODEV, "no mmap on this filesystem")
 

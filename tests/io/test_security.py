@@ -94,7 +94,9 @@ def test_pickle_payload_really_runs_when_unpickled_unsafely(tmp_path: Path, mark
 
 @pytest.mark.parametrize("allow", [False, True])
 @pytest.mark.parametrize("legacy", [False, True])
-def test_wrap_never_runs_a_pickle(tmp_path: Path, evil_model: Path, marker: Path, allow: bool, legacy: bool) -> None:
+def test_wrap_never_runs_a_pickle(
+    tmp_path: Path, evil_model: Path, marker: Path, allow: bool, legacy: bool
+) -> None:
     if legacy:
         write_evil_pickle(evil_model / PT_WEIGHTS_NAME, marker, legacy=True)
     out = tmp_path / "out"
@@ -133,7 +135,9 @@ def test_trl_bin_layout_with_evil_head(tmp_path: Path, marker: Path) -> None:
     for allow in (False, True):
         with pytest.raises((UnsafeLoadError, CheckpointError)):
             AutoModelForCausalLMWithValueHead.from_pretrained(str(folder), allow_pickle=allow)
-        result = cli("wrap", str(folder), "--out", str(tmp_path / "out"), *(["--allow-pickle"] if allow else []))
+        result = cli(
+            "wrap", str(folder), "--out", str(tmp_path / "out"), *(["--allow-pickle"] if allow else [])
+        )
         assert result.exit_code == 1
     assert not marker.exists() and not (tmp_path / "out").exists()
 
@@ -163,8 +167,9 @@ def test_attach_never_runs_a_pickle(evil_adapter: tuple[Path, Path], marker: Pat
 
 
 @pytest.mark.parametrize("allow", [False, True])
-def test_peft_folder_and_reward_adapter_never_run_a_pickle(evil_adapter: tuple[Path, Path], marker: Path,
-                                                           allow: bool) -> None:
+def test_peft_folder_and_reward_adapter_never_run_a_pickle(
+    evil_adapter: tuple[Path, Path], marker: Path, allow: bool
+) -> None:
     ckpt, adapter = evil_adapter
     with pytest.raises(VhctlError):
         AutoModelForCausalLMWithValueHead.from_pretrained(str(adapter), allow_pickle=allow)
@@ -172,8 +177,10 @@ def test_peft_folder_and_reward_adapter_never_run_a_pickle(evil_adapter: tuple[P
 
     with pytest.raises(VhctlError):
         AutoModelForCausalLMWithValueHead.from_pretrained(
-            str(ckpt), peft_config=LoraConfig(r=2, target_modules=["c_attn"], fan_in_fan_out=True),
-            reward_adapter=str(adapter), allow_pickle=allow,
+            str(ckpt),
+            peft_config=LoraConfig(r=2, target_modules=["c_attn"], fan_in_fan_out=True),
+            reward_adapter=str(adapter),
+            allow_pickle=allow,
         )
     assert not marker.exists()
 
@@ -195,17 +202,21 @@ def remote_code_model(folder: Path, marker: Path, model_type: str) -> Path:
     save_tiny_model("gpt2", folder)
     config = json.loads((folder / "config.json").read_text())
     config["model_type"] = model_type
-    config["auto_map"] = {"AutoConfig": "configuration_evil.EvilConfig",
-                          "AutoModelForCausalLM": "modeling_evil.EvilModel"}
+    config["auto_map"] = {
+        "AutoConfig": "configuration_evil.EvilConfig",
+        "AutoModelForCausalLM": "modeling_evil.EvilModel",
+    }
     (folder / "config.json").write_text(json.dumps(config))
     payload = f"import pathlib\npathlib.Path({str(marker)!r}).write_text('pwned')\n"
     (folder / "configuration_evil.py").write_text(
         payload + "from transformers import GPT2Config\n\n"
-        f"class EvilConfig(GPT2Config):\n    model_type = {model_type!r}\n")
+        f"class EvilConfig(GPT2Config):\n    model_type = {model_type!r}\n"
+    )
     (folder / "modeling_evil.py").write_text(
         payload + "from transformers import GPT2LMHeadModel\n\n"
         "from .configuration_evil import EvilConfig\n\n"
-        "class EvilModel(GPT2LMHeadModel):\n    config_class = EvilConfig\n")
+        "class EvilModel(GPT2LMHeadModel):\n    config_class = EvilConfig\n"
+    )
     return folder
 
 
@@ -232,9 +243,18 @@ def test_trust_remote_code_is_the_only_gate(tmp_path: Path, marker: Path) -> Non
     """With --trust-remote-code the folder's code does run (in a subprocess: it imports modules)."""
     folder = remote_code_model(tmp_path / "m", marker, "evil-gpt")
     out = tmp_path / "out"
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_MODULES_CACHE": str(tmp_path / "hf" / "modules")}
-    done = subprocess.run([sys.executable, "-m", "vhctl", "wrap", str(folder), "--out", str(out),
-                           "--trust-remote-code"], capture_output=True, text=True, env=env, check=False)
+    env = {
+        **os.environ,
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_MODULES_CACHE": str(tmp_path / "hf" / "modules"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "vhctl", "wrap", str(folder), "--out", str(out), "--trust-remote-code"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert marker.read_text() == "pwned"
     assert (out / "configuration_evil.py").is_file() and (out / "modeling_evil.py").is_file()
@@ -270,8 +290,13 @@ def test_token_is_never_printed_logged_or_written(tmp_path: Path, caplog: pytest
         ["info", str(ck)],
         ["info", str(ck), "--json"],
         ["make-ref", str(ck), "--shared", "1"],
-        ["attach-reward-adapter", str(ck), str(make_reward_adapter("gpt2", tmp_path / "rm", base)),
-         "--token", FAKE_TOKEN],
+        [
+            "attach-reward-adapter",
+            str(ck),
+            str(make_reward_adapter("gpt2", tmp_path / "rm", base)),
+            "--token",
+            FAKE_TOKEN,
+        ],
         ["push", str(ck), "user/repo", "--dry-run", "--token", FAKE_TOKEN],
         ["score", str(ck), "--token", FAKE_TOKEN],
         ["push", str(ck), "user/repo", "--dry-run", "--json"],
@@ -331,7 +356,17 @@ def test_symlink_inside_the_checkpoint_is_fine(ckpt: Path) -> None:
 
 
 # -- paths that try to escape ----------------------------------------------------------------------------
-ESCAPES = ["../evil", "..", "a/../../evil", "/etc/passwd", "\\\\server\\share", "C:\\evil", "a\\..\\..\\b", "", "x\x00y"]
+ESCAPES = [
+    "../evil",
+    "..",
+    "a/../../evil",
+    "/etc/passwd",
+    "\\\\server\\share",
+    "C:\\evil",
+    "a\\..\\..\\b",
+    "",
+    "x\x00y",
+]
 
 
 @pytest.mark.parametrize("name", ESCAPES)
@@ -380,7 +415,9 @@ def test_value_head_file_cannot_escape(ckpt: Path) -> None:
     assert "manifest-invalid" in {p.code for p in problems}
 
 
-@pytest.mark.parametrize("shard", ["../outside.safetensors", "/tmp/outside.safetensors", "a/../../x.safetensors"])
+@pytest.mark.parametrize(
+    "shard", ["../outside.safetensors", "/tmp/outside.safetensors", "a/../../x.safetensors"]
+)
 def test_weight_index_cannot_point_outside(tmp_path: Path, shard: str) -> None:
     """A TRL-sharded model whose index names a shard outside the folder is refused, never read."""
     folder = tmp_path / "trl"

@@ -16,7 +16,9 @@ pytestmark = [
 
 def test_device_map_puts_head_where_last_hidden_state_lands(tmp_path) -> None:
     src = save_tiny_model("llama", tmp_path / "base")
-    model = AutoModelForCausalLMWithValueHead.from_pretrained(str(src), device_map="auto", dtype=torch.bfloat16)
+    model = AutoModelForCausalLMWithValueHead.from_pretrained(
+        str(src), device_map="auto", dtype=torch.bfloat16
+    )
     assert model.v_head.summary.weight.device.type == "cuda"
     ids = torch.randint(1, 500, (2, 9), device="cuda")
     logits, _, value = model(ids, attention_mask=torch.ones_like(ids))
@@ -25,8 +27,9 @@ def test_device_map_puts_head_where_last_hidden_state_lands(tmp_path) -> None:
 
 
 def test_cuda_values_match_cpu() -> None:
-    cpu = AutoModelForCausalLMWithValueHead.from_pretrained(make_tiny_model("gpt2"), summary_dropout_prob=0.0,
-                                                            v_head_init_strategy="normal")
+    cpu = AutoModelForCausalLMWithValueHead.from_pretrained(
+        make_tiny_model("gpt2"), summary_dropout_prob=0.0, v_head_init_strategy="normal"
+    )
     cpu.eval()
     gpu = AutoModelForCausalLMWithValueHead.from_pretrained(make_tiny_model("gpt2"), summary_dropout_prob=0.0)
     gpu.v_head.load_state_dict(cpu.v_head.state_dict())
@@ -45,7 +48,10 @@ def test_reference_shares_cuda_storage() -> None:
     grown = torch.cuda.memory_allocated() - before
     total = sum(p.numel() * p.element_size() for p in model.parameters())
     assert grown < total, "the shared layers are not copied"
-    assert ref.pretrained_model.transformer.wte.weight.data_ptr() == model.pretrained_model.transformer.wte.weight.data_ptr()
+    assert (
+        ref.pretrained_model.transformer.wte.weight.data_ptr()
+        == model.pretrained_model.transformer.wte.weight.data_ptr()
+    )
 
 
 def test_scorer_on_cuda_matches_cpu(tmp_path) -> None:
@@ -55,8 +61,17 @@ def test_scorer_on_cuda_matches_cpu(tmp_path) -> None:
     from vhctl.scoring import Scorer
 
     wrap_model("vhctl:tiny", tmp_path / "ck", init="normal", seed=0)
-    lines = b"\n".join([b"hello there", b'{"prompt": "Q: hi", "response": " yes"}',
-                        b'{"prompt": "Q: hi", "response": " no way"}', b"a longer line of text to score"]) + b"\n"
+    lines = (
+        b"\n".join(
+            [
+                b"hello there",
+                b'{"prompt": "Q: hi", "response": " yes"}',
+                b'{"prompt": "Q: hi", "response": " no way"}',
+                b"a longer line of text to score",
+            ]
+        )
+        + b"\n"
+    )
     import io
 
     from transformers import AutoTokenizer

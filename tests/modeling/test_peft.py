@@ -33,8 +33,9 @@ def test_reward_score_equals_the_adapter_model_run_directly(arch: str, tmp_path)
     scores = model.compute_reward_score(ids, attention_mask=mask)
     assert model.pretrained_model.active_adapter == "default", "switched back to the policy adapter"
 
-    direct = PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(base, num_labels=1),
-                                       str(adapter))
+    direct = PeftModel.from_pretrained(
+        AutoModelForSequenceClassification.from_pretrained(base, num_labels=1), str(adapter)
+    )
     direct.eval()
     with torch.no_grad():
         out = direct(input_ids=ids, attention_mask=mask, output_hidden_states=True)

@@ -68,7 +68,11 @@ def offline_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def hashed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Names of the files whose bytes wrap hashed (while copying, or afterwards for the manifest)."""
     names: list[str] = []
-    for module, name in ((transfer, "copy_hashing"), (transfer, "hash_stable"), (manifest_module, "sha256_file")):
+    for module, name in (
+        (transfer, "copy_hashing"),
+        (transfer, "hash_stable"),
+        (manifest_module, "sha256_file"),
+    ):
         real = getattr(module, name)
 
         def spy(path: Path, *args: object, _real=real, **kwargs: object) -> object:  # type: ignore[no-untyped-def]
@@ -141,7 +145,10 @@ def test_only_a_blob_of_the_snapshot_s_own_repo_counts(tmp_path: Path) -> None:
     model = save_tiny_model("gpt2", tmp_path / "model", with_tokenizer=False)
     snapshot = _cache_repo(tmp_path / "cache", model)
     size = (snapshot / SAFE_WEIGHTS_NAME).stat().st_size
-    assert cached_blob_digest(snapshot / SAFE_WEIGHTS_NAME, size) == (snapshot / SAFE_WEIGHTS_NAME).resolve().name
+    assert (
+        cached_blob_digest(snapshot / SAFE_WEIGHTS_NAME, size)
+        == (snapshot / SAFE_WEIGHTS_NAME).resolve().name
+    )
     assert cached_blob_digest(snapshot / SAFE_WEIGHTS_NAME, size + 1) is None
     assert cached_blob_digest(model.parent / "plain.safetensors", size) is None  # not a symlink
     elsewhere = tmp_path / "elsewhere"

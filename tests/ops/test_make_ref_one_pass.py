@@ -41,7 +41,9 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
     """Files read again for the manifest, and the name lists the shared digest was started on."""
     calls: dict[str, list] = {"manifest": [], "shared": []}
     real_sha, real_shared = manifest_module.sha256_file, make_ref_module._shared_digest
-    monkeypatch.setattr(manifest_module, "sha256_file", lambda p: (calls["manifest"].append(Path(p).name), real_sha(p))[1])
+    monkeypatch.setattr(
+        manifest_module, "sha256_file", lambda p: (calls["manifest"].append(Path(p).name), real_sha(p))[1]
+    )
 
     def shared(index: dict, names: list[str], cancel: object) -> str:
         calls["shared"].append(list(names))
@@ -59,7 +61,10 @@ def test_stored_tensors_are_hashed_as_written(policy: Path, counted: dict[str, l
     result = make_reference(policy, num_shared_layers=1)
     ref = result.out
     reference = json.loads((ref / MANIFEST_NAME).read_text())["reference"]
-    assert _files(ref)[SAFE_WEIGHTS_NAME]["sha256"] == hashlib.sha256((ref / SAFE_WEIGHTS_NAME).read_bytes()).hexdigest()
+    assert (
+        _files(ref)[SAFE_WEIGHTS_NAME]["sha256"]
+        == hashlib.sha256((ref / SAFE_WEIGHTS_NAME).read_bytes()).hexdigest()
+    )
     assert SAFE_WEIGHTS_NAME not in counted["manifest"]  # not read again
     assert reference["shared_sha256"] == shared_tensors_sha256(policy, reference["shared_tensors"])
     assert counted["shared"] == [reference["shared_tensors"]]  # the guess was right: hashed once

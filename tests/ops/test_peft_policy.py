@@ -128,7 +128,9 @@ def test_the_trl_export_of_a_peft_policy_wraps_again_without_a_pickle(tmp_path: 
     src = tmp_path / "trl"
     expected = make_trl_checkpoint("gpt2", src, "peft")
     assert _cli("wrap", str(src), "--out", str(tmp_path / "ck"), "--allow-pickle").exit_code == 0
-    assert _cli("export", str(tmp_path / "ck"), "--format", "trl", "--out", str(tmp_path / "out")).exit_code == 0
+    assert (
+        _cli("export", str(tmp_path / "ck"), "--format", "trl", "--out", str(tmp_path / "out")).exit_code == 0
+    )
     again = _cli("wrap", str(tmp_path / "out"), "--out", str(tmp_path / "again"))  # head in model.safetensors
     assert again.exit_code == 0, again.output
     assert torch.equal(head_of(tmp_path / "again")[V_HEAD_WEIGHT], expected.weight)
@@ -194,7 +196,10 @@ def test_converted_files_get_the_modes_cp_gives(tmp_path: Path, mask: int) -> No
     old = os.umask(mask)
     try:
         assert _cli("wrap", str(src), "--out", str(tmp_path / "ck"), "--allow-pickle").exit_code == 0
-        assert _cli("export", str(tmp_path / "ck"), "--format", "trl", "--out", str(tmp_path / "out")).exit_code == 0
+        assert (
+            _cli("export", str(tmp_path / "ck"), "--format", "trl", "--out", str(tmp_path / "out")).exit_code
+            == 0
+        )
     finally:
         os.umask(old)
     assert_like_cp(tmp_path / "ck", mask)

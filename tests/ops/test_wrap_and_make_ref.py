@@ -42,8 +42,13 @@ def test_wrap_copies_base_bytes_and_same_seed_gives_same_head(tmp_path) -> None:
     assert a.head_init == "normal" and (tmp_path / "a" / "tokenizer.json").is_file()
     manifest = json.loads((tmp_path / "a" / MANIFEST_NAME).read_text())
     assert manifest["value_head"] == {
-        "dropout": 0.1, "dtype": "float32", "file": VALUE_HEAD_NAME, "hidden_size": 32, "init": "normal",
-        "seed": 7, "std": 0.1,
+        "dropout": 0.1,
+        "dtype": "float32",
+        "file": VALUE_HEAD_NAME,
+        "hidden_size": 32,
+        "init": "normal",
+        "seed": 7,
+        "std": 0.1,
     }
     model = load_checkpoint(tmp_path / "a")
     with safe_open(str(tmp_path / "a" / VALUE_HEAD_NAME), "pt") as f:
@@ -100,8 +105,11 @@ def test_wrap_errors(tmp_path) -> None:
         wrap_model(str(src), tmp_path / "x", init="normal", std=-1)
     with pytest.raises(UsageError):
         wrap_model(str(src), src / "inside")
-    bert = BertForMaskedLM(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                      intermediate_size=32, vocab_size=50))
+    bert = BertForMaskedLM(
+        BertConfig(
+            hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, vocab_size=50
+        )
+    )
     bert.save_pretrained(tmp_path / "bert")
     with pytest.raises(UnsupportedModelError, match="encoder-only"):
         wrap_model(str(tmp_path / "bert"), tmp_path / "y")
@@ -113,7 +121,9 @@ def test_wrap_errors(tmp_path) -> None:
 def test_wrap_tiny_model_by_name(tmp_path) -> None:
     result = wrap_model(TINY_MODEL_NAME, tmp_path / "ck", init="normal", seed=0)
     assert result.model_type == "gpt2"
-    assert json.loads((tmp_path / "ck" / MANIFEST_NAME).read_text())["base_model"]["source"] == TINY_MODEL_NAME
+    assert (
+        json.loads((tmp_path / "ck" / MANIFEST_NAME).read_text())["base_model"]["source"] == TINY_MODEL_NAME
+    )
 
 
 @pytest.mark.parametrize("shared", [None, 0, 1])

@@ -49,8 +49,12 @@ def test_dry_run_passes_its_checks_and_labels_trl_honestly(dry, gpu) -> None:
     assert rc == 0, [c for c in res["checks"] if not c["ok"]]
     assert res["schema"] == gpu.SCHEMA and res["dry_run"] is True and res["status"] == "complete"
     assert trl.__version__ == "1.12.0"
-    assert res["baseline"] == {"label": "TRL 1.12.0", "is_trl": True, "trl_version": "1.12.0",
-                               "source": res["baseline"]["source"]}
+    assert res["baseline"] == {
+        "label": "TRL 1.12.0",
+        "is_trl": True,
+        "trl_version": "1.12.0",
+        "source": res["baseline"]["source"],
+    }
     assert res["machine"]["trl"] == "1.12.0"
     assert "trl.experimental.ppo" in res["baseline"]["source"]
     assert res["checks"] and all(c["ok"] for c in res["checks"])
@@ -86,8 +90,11 @@ def test_dry_run_figures_are_consistent(dry, gpu) -> None:
             assert side["count_ok"] and side["passes"] >= 1 and side["seconds"] >= 0.05
             assert side["tok_s"] == pytest.approx(w["tokens_per_pass"] * side["passes"] / side["seconds"])
             assert side["mfu"] == pytest.approx(
-                w["model_flops_per_pass"] * side["passes"] / side["seconds"] / (res["peak"]["tflops"] * 1e12))
-        assert w["speedup_vs_batch16"] == pytest.approx(sides["vhctl"]["tok_s"] / sides["baseline@16"]["tok_s"])
+                w["model_flops_per_pass"] * side["passes"] / side["seconds"] / (res["peak"]["tflops"] * 1e12)
+            )
+        assert w["speedup_vs_batch16"] == pytest.approx(
+            sides["vhctl"]["tok_s"] / sides["baseline@16"]["tok_s"]
+        )
         best = sides[f"baseline@{w['baseline_best_batch']}"]
         assert w["speedup_vs_best"] == pytest.approx(sides["vhctl"]["tok_s"] / best["tok_s"])
         noise = w["bf16_noise"]
@@ -101,8 +108,10 @@ def test_dry_run_figures_are_consistent(dry, gpu) -> None:
     assert m["model_flops_per_pass"] > 2 * model["params_nonembedding"] * m["tokens_per_pass"]
     # every target of the issue is listed, none judged on a dry run
     assert len(res["targets"]) == 7
-    assert all(t["verdict"] == "not judged: dry run (tiny models on the CPU)" and t["ok"] is None
-               for t in res["targets"])
+    assert all(
+        t["verdict"] == "not judged: dry run (tiny models on the CPU)" and t["ok"] is None
+        for t in res["targets"]
+    )
 
 
 def test_flops_count(gpu) -> None:
@@ -153,8 +162,18 @@ def test_class_from_outside_trl_is_refused(gpu, monkeypatch) -> None:
 
 def test_trl_style_stand_in_is_never_called_trl(gpu, monkeypatch, tmp_path) -> None:
     _fake_trl(monkeypatch, "0.0.1")
-    rc = gpu.main(["--dry-run", "--allow-trl-equivalent", "--models", "gpt2", "--workloads", "1",
-                   "--out", str(tmp_path)])
+    rc = gpu.main(
+        [
+            "--dry-run",
+            "--allow-trl-equivalent",
+            "--models",
+            "gpt2",
+            "--workloads",
+            "1",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     res = json.loads((tmp_path / "gpu.json").read_text())
     md = (tmp_path / "gpu.md").read_text()
     assert rc == 0
@@ -177,14 +196,29 @@ def _results_md(tmp_path: Path) -> Path:
 
 def test_report_without_results_says_so(report, tmp_path) -> None:
     path = _results_md(tmp_path)
-    assert report.main(["--gpu-only", "--out", str(path), "--gpu-json", str(tmp_path / "none.json"),
-                        "--gpu-check-json", str(tmp_path / "none-check.json")]) == 0
+    assert (
+        report.main(
+            [
+                "--gpu-only",
+                "--out",
+                str(path),
+                "--gpu-json",
+                str(tmp_path / "none.json"),
+                "--gpu-check-json",
+                str(tmp_path / "none-check.json"),
+            ]
+        )
+        == 0
+    )
     text = path.read_text()
-    section = text[text.index("## 6. GPU"):text.index("## 7.")]
+    section = text[text.index("## 6. GPU") : text.index("## 7.")]
     assert "No GPU run of the current code exists" in section and "gpu_check.sh" in section
     assert "not against TRL" in section  # the history line
     assert "2.60x" not in text and "2.40x" not in text  # no hand-typed figures
-    assert "| 6. GPU, 1B model vs TRL 1.12.0" in text and "| no GPU run of the current code | not measured |" in text
+    assert (
+        "| 6. GPU, 1B model vs TRL 1.12.0" in text
+        and "| no GPU run of the current code | not measured |" in text
+    )
     assert "## 1–2." in text and "## 7." in text  # the other sections stay
 
 
@@ -192,8 +226,17 @@ def test_report_reads_the_results_file(report, gpu, dry, tmp_path) -> None:
     _, res, _, out = dry
     path = _results_md(tmp_path)
     # the dry run's file: said to be a dry run, not presented as results
-    report.main(["--gpu-only", "--out", str(path), "--gpu-json", str(out / "gpu.json"),
-                 "--gpu-check-json", str(tmp_path / "none.json")])
+    report.main(
+        [
+            "--gpu-only",
+            "--out",
+            str(path),
+            "--gpu-json",
+            str(out / "gpu.json"),
+            "--gpu-check-json",
+            str(tmp_path / "none.json"),
+        ]
+    )
     text = path.read_text()
     assert "is a dry run (tiny models on the CPU), not GPU results" in text
     assert "| no GPU run of the current code | not measured |" in text
@@ -203,14 +246,28 @@ def test_report_reads_the_results_file(report, gpu, dry, tmp_path) -> None:
     run["targets"] = gpu.targets(run)
     real = tmp_path / "gpu.json"
     real.write_text(json.dumps(run))
-    check = {"command": "bash benchmarks/gpu_check.sh", "created": "now", "commit": "abc", "dry_run": False,
-             "machine": {"gpu": "NVIDIA H200"}, "steps": [
-                 {"name": "pytest-gpu", "status": "pass", "seconds": 12.0, "detail": "5 ran"}]}
+    check = {
+        "command": "bash benchmarks/gpu_check.sh",
+        "created": "now",
+        "commit": "abc",
+        "dry_run": False,
+        "machine": {"gpu": "NVIDIA H200"},
+        "steps": [{"name": "pytest-gpu", "status": "pass", "seconds": 12.0, "detail": "5 ran"}],
+    }
     (tmp_path / "check.json").write_text(json.dumps(check))
-    report.main(["--gpu-only", "--out", str(path), "--gpu-json", str(real),
-                 "--gpu-check-json", str(tmp_path / "check.json")])
+    report.main(
+        [
+            "--gpu-only",
+            "--out",
+            str(path),
+            "--gpu-json",
+            str(real),
+            "--gpu-check-json",
+            str(tmp_path / "check.json"),
+        ]
+    )
     text = path.read_text()
-    section = text[text.index("## 6. GPU"):text.index("## 7.")]
+    section = text[text.index("## 6. GPU") : text.index("## 7.")]
     assert "No GPU run" not in section and "has changed since" not in section
     w = run["models"]["llama-1b"]["workloads"]["mixed"]
     assert f"{w['speedup_vs_batch16']:.2f}x" in section  # the figures come from the file
@@ -220,8 +277,17 @@ def test_report_reads_the_results_file(report, gpu, dry, tmp_path) -> None:
     # the same file after vhctl's code changed: stale, and said so
     run["code_sha256"] = "0" * 64
     real.write_text(json.dumps(run))
-    report.main(["--gpu-only", "--out", str(path), "--gpu-json", str(real),
-                 "--gpu-check-json", str(tmp_path / "check.json")])
+    report.main(
+        [
+            "--gpu-only",
+            "--out",
+            str(path),
+            "--gpu-json",
+            str(real),
+            "--gpu-check-json",
+            str(tmp_path / "check.json"),
+        ]
+    )
     text = path.read_text()
     assert "vhctl's code has changed since" in text and "no GPU run of the current code exists" in text
     assert all("(older code)" in ln for ln in text.splitlines() if ln.startswith("| 6. "))

@@ -65,7 +65,10 @@ def test_plan_is_optimal_and_within_the_budget(widths: list[int], budget: int, o
 
 def test_cheap_passes_cut_at_length_jumps_and_dear_ones_fill_the_budget() -> None:
     widths = [10] * 4 + [50] * 4
-    assert plan_batches(widths, max_rows=lambda w: 1000 // w, overhead=8) == [4, 4]  # 40 tokens of padding > 8
+    assert plan_batches(widths, max_rows=lambda w: 1000 // w, overhead=8) == [
+        4,
+        4,
+    ]  # 40 tokens of padding > 8
     assert plan_batches(widths, max_rows=lambda w: 1000 // w, overhead=4096) == [8]  # one pass is cheaper
     assert plan_batches(widths, max_rows=lambda w: 100 // w, overhead=4096) == [4, 2, 2]  # the budget wins
 

@@ -236,9 +236,7 @@ def test_sharded_scorer_with_rewards_and_a_bad_line(tmp_path) -> None:
     stream = [line + "\n" for line in lines]
     expected, failure = single(model, tok, iter_records(stream), batch_size=3, window=16)
     assert failure is not None and "line 45" in failure and len(expected) == len(good)
-    outcome, _ = run_sharded(
-        [build(), build()], tok, lambda: iter_records(stream), batch_size=3, window=16
-    )
+    outcome, _ = run_sharded([build(), build()], tok, lambda: iter_records(stream), batch_size=3, window=16)
     for out, rank_failure in outcome:
         assert as_bytes(out) == as_bytes(expected) and rank_failure == failure
 

@@ -57,7 +57,9 @@ def test_a_model_without_a_value_head_is_refused() -> None:
 
 
 @pytest.mark.parametrize("change", ["bytes", "swap"])
-def test_a_head_the_manifest_does_not_vouch_for_is_refused(tiny_ckpt: Path, tmp_path: Path, change: str) -> None:
+def test_a_head_the_manifest_does_not_vouch_for_is_refused(
+    tiny_ckpt: Path, tmp_path: Path, change: str
+) -> None:
     from safetensors.torch import load_file, save_file
 
     ck = tmp_path / "ck"

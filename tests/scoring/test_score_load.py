@@ -43,7 +43,13 @@ def make_input(n: int, seed: int = 0) -> tuple[bytes, list[dict[str, Any]]]:
     rng = random.Random(seed)
     lines: list[bytes] = []
     expected: list[dict[str, Any]] = []
-    ids: list[Any] = [lambda i: i, lambda i: f"s{i}", lambda i: {"k": i, "v": [i, None]}, lambda i: [i], lambda i: None]
+    ids: list[Any] = [
+        lambda i: i,
+        lambda i: f"s{i}",
+        lambda i: {"k": i, "v": [i, None]},
+        lambda i: [i],
+        lambda i: None,
+    ]
     for i in range(n):
         if rng.random() < 0.03:
             lines.append(rng.choice([b"", b"   ", b"\t"]))  # blank lines: skipped, no output
@@ -58,11 +64,15 @@ def make_input(n: int, seed: int = 0) -> tuple[bytes, list[dict[str, Any]]]:
         the_id = ids[i % len(ids)](i)
         form = i % 4
         if form == 0:
-            obj: dict[str, Any] = {"text": f"line {i}: " + " ".join(rng.choice("abcdefgh") for _ in range(rng.randint(1, 30)))}
+            obj: dict[str, Any] = {
+                "text": f"line {i}: " + " ".join(rng.choice("abcdefgh") for _ in range(rng.randint(1, 30)))
+            }
         elif form == 1:
             obj = {"prompt": f"question {i % 37}?", "response": f" answer {i}"}
         elif form == 2:
-            obj = {"messages": [{"role": "user", "content": f"hi {i}"}, {"role": "assistant", "content": "ok"}]}
+            obj = {
+                "messages": [{"role": "user", "content": f"hi {i}"}, {"role": "assistant", "content": "ok"}]
+            }
         else:
             lines.append(f"plain line {i} ünïcödé".encode())
             expected.append({})
@@ -77,7 +87,9 @@ def test_order_count_and_ids_kept_over_5k_lines(ckpt: Path, tmp_path: Path) -> N
     data, expected = make_input(N_LINES)
     path = tmp_path / "in.jsonl"
     path.write_bytes(data)
-    result = CliRunner().invoke(app, ["score", str(ckpt), "--input", str(path), "--skip-bad", "--batch-size", "64"])
+    result = CliRunner().invoke(
+        app, ["score", str(ckpt), "--input", str(path), "--skip-bad", "--batch-size", "64"]
+    )
     assert result.exit_code == 0, result.output[-2000:]
     out = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(out) == len(expected)  # nothing lost, nothing duplicated
@@ -106,7 +118,9 @@ def test_same_results_whatever_the_batch_size(ckpt: Path, tmp_path: Path) -> Non
     path.write_bytes(data)
     runs = []
     for batch in ("1", "128"):
-        result = CliRunner().invoke(app, ["score", str(ckpt), "--input", str(path), "--skip-bad", "--batch-size", batch])
+        result = CliRunner().invoke(
+            app, ["score", str(ckpt), "--input", str(path), "--skip-bad", "--batch-size", batch]
+        )
         assert result.exit_code == 0, result.output[-2000:]
         runs.append([json.loads(line) for line in result.stdout.splitlines()])
     assert len(runs[0]) == len(runs[1]) == len(expected)

@@ -154,7 +154,9 @@ def test_score_stream_answers_each_line_before_the_input_ends(ckpt) -> None:
     finally:
         _stop(proc)
     plain = runner.invoke(
-        app, ["score", str(ckpt)], input="".join(json.dumps({"id": i, "text": f"sample {i}"}) + "\n" for i in range(3))
+        app,
+        ["score", str(ckpt)],
+        input="".join(json.dumps({"id": i, "text": f"sample {i}"}) + "\n" for i in range(3)),
     )
     assert plain.exit_code == 0
     for a, b in zip(got, (json.loads(line) for line in plain.stdout.splitlines()), strict=True):
@@ -163,7 +165,9 @@ def test_score_stream_answers_each_line_before_the_input_ends(ckpt) -> None:
 
 def test_score_stream_on_a_file_is_the_plain_output(ckpt, tmp_path) -> None:
     source = tmp_path / "in.jsonl"
-    source.write_text("".join(json.dumps({"id": i, "text": f"text {i} " * (i % 5 + 1)}) + "\n" for i in range(40)))
+    source.write_text(
+        "".join(json.dumps({"id": i, "text": f"text {i} " * (i % 5 + 1)}) + "\n" for i in range(40))
+    )
     plain = runner.invoke(app, ["score", str(ckpt), "--input", str(source), "-b", "3"])
     streamed = runner.invoke(app, ["score", str(ckpt), "--input", str(source), "-b", "3", "--stream"])
     assert plain.exit_code == streamed.exit_code == 0
@@ -186,7 +190,9 @@ def test_torchrun_stream_answers_before_the_input_ends(ckpt) -> None:
         assert proc.stdin is not None and proc.stdout is not None
         got = []
         for burst in ([0], [1, 2, 3], [4]):  # one line, then three at once, then one
-            proc.stdin.write(b"".join(json.dumps({"id": i, "text": f"row {i}"}).encode() + b"\n" for i in burst))
+            proc.stdin.write(
+                b"".join(json.dumps({"id": i, "text": f"row {i}"}).encode() + b"\n" for i in burst)
+            )
             proc.stdin.flush()
             got += [json.loads(_read_line(proc.stdout, 240)) for _ in burst]
         proc.stdin.close()

@@ -27,8 +27,25 @@ def captured(monkeypatch):
 def test_options_reach_the_server(captured, tmp_path) -> None:
     key_file = tmp_path / "key"
     key_file.write_text("k-123\n")
-    result = runner.invoke(app, ["serve", "ck", "--reward-adapter", "judge", "--max-queue", "7", "--port", "0",
-                                 "--max-length", "64", "--api-key-file", str(key_file), "--drain-timeout", "2"])
+    result = runner.invoke(
+        app,
+        [
+            "serve",
+            "ck",
+            "--reward-adapter",
+            "judge",
+            "--max-queue",
+            "7",
+            "--port",
+            "0",
+            "--max-length",
+            "64",
+            "--api-key-file",
+            str(key_file),
+            "--drain-timeout",
+            "2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     (options,) = captured
     assert options.model.reward == "judge" and options.max_queue == 7 and options.scoring.max_length == 64
@@ -105,8 +122,11 @@ def test_key_sources_and_loopback_addresses(tmp_path) -> None:
 
 
 def test_results_are_json_safe_normalised_and_marked() -> None:
-    results = [{"value": math.nan, "values": [1.0, math.inf]}, {"value": 3.0, "reward": -math.inf, "truncated": True},
-               {"line": 3, "error": "bad"}]  # "truncated" as the scorer marks it (mark_truncated=True)
+    results = [
+        {"value": math.nan, "values": [1.0, math.inf]},
+        {"value": 3.0, "reward": -math.inf, "truncated": True},
+        {"line": 3, "error": "bad"},
+    ]  # "truncated" as the scorer marks it (mark_truncated=True)
     finish_results(results, (1.0, 2.0))
     assert results[0] == {"value": None, "values": [0.0, None]}
     assert results[1] == {"value": 1.0, "reward": None, "truncated": True}
@@ -134,10 +154,12 @@ def test_a_query_that_carries_the_bos_does_not_get_it_twice() -> None:
     assert specials == ("<s>", "")
     query, prompt = "<s> w5 w6 w7 w8 </s>", "<s> w5 w6"
     (text,) = reward_request({"query": [query]}, specials)
-    assert tok(text.text)["input_ids"] == tok(query, add_special_tokens=False)["input_ids"] == [1, 5, 6, 7, 8, 2]
+    assert (
+        tok(text.text)["input_ids"] == tok(query, add_special_tokens=False)["input_ids"] == [1, 5, 6, 7, 8, 2]
+    )
     (pair,) = reward_request({"query": [query], "prompts": [prompt], "labels": [None]}, specials)
     assert (pair.prompt, pair.response) == (" w5 w6", " w7 w8 </s>")
-    plain, = reward_request({"query": ["w5 w6"], "prompts": ["w5 w6"]}, specials)  # no response: a text
+    (plain,) = reward_request({"query": ["w5 w6"], "prompts": ["w5 w6"]}, specials)  # no response: a text
     assert plain.text == "w5 w6" and plain.prompt is None
 
 
@@ -145,7 +167,9 @@ def test_the_cli_imports_no_http_stack_until_serve_runs() -> None:
     import subprocess
     import sys
 
-    code = ("import sys; from vhctl.cli.app import app; "
-            "print(*[m in sys.modules for m in ('starlette', 'uvicorn', 'prometheus_client', 'torch')])")
+    code = (
+        "import sys; from vhctl.cli.app import app; "
+        "print(*[m in sys.modules for m in ('starlette', 'uvicorn', 'prometheus_client', 'torch')])"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["False"] * 4

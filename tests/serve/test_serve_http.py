@@ -14,8 +14,16 @@ from helpers.servekit import TIMEOUT, Gate, assert_same_results, score_cli, serv
 from vhctl.serve.worker import ScoringOptions
 
 PROMPT = "The quick brown fox was asked a question about the lazy dog, and"
-RESPONSES = [" it jumped.", " it slept all day long.", " nothing", " the dog barked twice at the moon",
-             " a long answer " * 6, " no.", " perhaps", " it ran off into the woods"]
+RESPONSES = [
+    " it jumped.",
+    " it slept all day long.",
+    " nothing",
+    " the dog barked twice at the moon",
+    " a long answer " * 6,
+    " no.",
+    " perhaps",
+    " it ran off into the woods",
+]
 MIXED: list[Any] = [
     "a plain text line",
     {"id": "p1", "prompt": "the fox", "response": " jumps"},
@@ -44,9 +52,12 @@ def test_get_reward_answers_openrlhfs_exact_request(loaded, tiny_ckpt) -> None:
     expected = score_cli(tiny_ckpt, [{"prompt": PROMPT, "response": r} for r in RESPONSES[:3]])
     with served(loaded) as server:
         for query, want in zip(queries, expected, strict=True):
-            response = httpx.post(f"{server.url}/get_reward", timeout=TIMEOUT,
-                                  content=json.dumps({"query": [query], "prompts": [PROMPT], "labels": [None]}),
-                                  headers={"Content-Type": "application/json"})
+            response = httpx.post(
+                f"{server.url}/get_reward",
+                timeout=TIMEOUT,
+                content=json.dumps({"query": [query], "prompts": [PROMPT], "labels": [None]}),
+                headers={"Content-Type": "application/json"},
+            )
             assert response.status_code == 200
             assert response.headers["content-type"].startswith("application/json")
             body = response.json()
@@ -81,9 +92,15 @@ def test_requests_that_arrive_together_share_one_window_and_the_prompt(loaded, t
     with served(loaded) as server:
         gate = Gate(server)
         with ThreadPoolExecutor(8) as pool:
-            futures = [pool.submit(post, server.url, "/get_reward",
-                                   {"query": [PROMPT + r], "prompts": [PROMPT], "labels": ["x"]})
-                       for r in RESPONSES]
+            futures = [
+                pool.submit(
+                    post,
+                    server.url,
+                    "/get_reward",
+                    {"query": [PROMPT + r], "prompts": [PROMPT], "labels": ["x"]},
+                )
+                for r in RESPONSES
+            ]
             wait_for(lambda: server.worker.queued == len(RESPONSES), "8 queued records")
             gate.open()
             answers = [f.result(TIMEOUT) for f in futures]
@@ -97,7 +114,9 @@ def test_requests_that_arrive_together_share_one_window_and_the_prompt(loaded, t
 def test_per_token_values_as_score_writes_them(loaded, tiny_ckpt) -> None:
     expected = score_cli(tiny_ckpt, MIXED, "--per-token")
     with served(loaded) as server:
-        both = [post(server.url, "/v1/score", {"records": MIXED, "per_token": flag}) for flag in (True, False)]
+        both = [
+            post(server.url, "/v1/score", {"records": MIXED, "per_token": flag}) for flag in (True, False)
+        ]
     assert_same_results(both[0].json(), expected)
     assert all("values" not in r for r in both[1].json())
 
@@ -128,8 +147,10 @@ def test_bad_requests_get_400_naming_the_record_and_leave_others_alone(loaded, t
         assert bad.status_code == 400
         assert bad.json()["index"] == 2 and bad.json()["error"].startswith("record 2: no known field")
         assert post(url, "/v1/score", {"text": "x"}).status_code == 400
-        assert post(url, "/get_reward", {"query": ["a", 3]}).json() == {"error": "query[1]: must be a string",
-                                                                       "index": 1}
+        assert post(url, "/get_reward", {"query": ["a", 3]}).json() == {
+            "error": "query[1]: must be a string",
+            "index": 1,
+        }
         assert post(url, "/get_reward", {"query": ["a"], "prompts": ["a", "b"]}).status_code == 400
         # A record the tokenizer cannot score is found by the worker, in a window shared with a good request.
         gate = Gate(server)
@@ -197,8 +218,12 @@ def test_api_key_is_required_and_never_shown(loaded) -> None:
     good = {"Authorization": f"Bearer {key}"}
     with served(loaded, api_key=key, log=log) as server:
         url = server.url
-        for headers in (None, {"Authorization": "Bearer wrong"}, {"Authorization": key},
-                        {"Authorization": f"Basic {key}"}):
+        for headers in (
+            None,
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": key},
+            {"Authorization": f"Basic {key}"},
+        ):
             for path in ("/v1/score", "/get_reward"):
                 refused = httpx.post(f"{url}{path}", json=["a"], headers=headers, timeout=TIMEOUT)
                 assert refused.status_code == 401 and refused.headers["WWW-Authenticate"] == "Bearer"
@@ -224,8 +249,10 @@ def test_a_client_killed_mid_request_does_not_disturb_the_others(loaded, tiny_ck
         gate = Gate(server)
         # One client sends half a body and dies; another sends a whole request and dies before the answer.
         half = socket.create_connection((host, int(port)))
-        half.sendall(b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\n\r\n" % len(body) + body[: len(body) // 2])
+        half.sendall(
+            b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body[: len(body) // 2]
+        )
         whole = socket.create_connection((host, int(port)))
         whole.sendall(b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
         with ThreadPoolExecutor(4) as pool:
@@ -255,9 +282,16 @@ def test_reward_adapter_and_normalisation_as_score_gives_them(tmp_path) -> None:
 
     ck = tmp_path / "ck"
     runner = CliRunner()
-    assert runner.invoke(app, ["wrap", "vhctl:tiny", "--out", str(ck), "--init", "normal", "--seed", "1"]).exit_code == 0
+    assert (
+        runner.invoke(
+            app, ["wrap", "vhctl:tiny", "--out", str(ck), "--init", "normal", "--seed", "1"]
+        ).exit_code
+        == 0
+    )
     adapter = make_reward_adapter("gpt2", tmp_path / "rm", ck, seed=3)
-    assert runner.invoke(app, ["attach-reward-adapter", str(ck), str(adapter), "--name", "judge"]).exit_code == 0
+    assert (
+        runner.invoke(app, ["attach-reward-adapter", str(ck), str(adapter), "--name", "judge"]).exit_code == 0
+    )
     manifest = Manifest.read(ck)
     manifest.extra["reward_normalization"] = {"mean": 0.5, "std": 2.0}
     manifest.write(ck)

@@ -18,7 +18,10 @@ LONG = [" ".join(f"w{(i * 7 + j) % 50} word" for j in range(120)) for i in range
 @pytest.fixture(scope="module")
 def servers(tiny_ckpt):
     """Two servers on the CPU, as one per device behind a load balancer; the second one with -q."""
-    procs = [ServeProcess(tiny_ckpt, "--batch-size", "1"), ServeProcess(tiny_ckpt, "--batch-size", "1", quiet=True)]
+    procs = [
+        ServeProcess(tiny_ckpt, "--batch-size", "1"),
+        ServeProcess(tiny_ckpt, "--batch-size", "1", quiet=True),
+    ]
     try:
         urls = [proc.wait_ready() for proc in procs]
         yield list(zip(procs, urls, strict=True))
@@ -31,12 +34,20 @@ def _reward_shards(urls: list[str], queries: list[str], prompts: list[str]) -> l
     """OpenRLHF's client with several --remote_rm_url: one contiguous shard per server, posted at once."""
     size = -(-len(queries) // len(urls))
     with ThreadPoolExecutor(len(urls)) as pool:
-        answers = list(pool.map(
-            lambda i: httpx.post(urls[i], timeout=TIMEOUT, json={
-                "query": queries[i * size : (i + 1) * size], "prompts": prompts[i * size : (i + 1) * size],
-                "labels": [None] * len(queries[i * size : (i + 1) * size])}),
-            range(len(urls)),
-        ))
+        answers = list(
+            pool.map(
+                lambda i: httpx.post(
+                    urls[i],
+                    timeout=TIMEOUT,
+                    json={
+                        "query": queries[i * size : (i + 1) * size],
+                        "prompts": prompts[i * size : (i + 1) * size],
+                        "labels": [None] * len(queries[i * size : (i + 1) * size]),
+                    },
+                ),
+                range(len(urls)),
+            )
+        )
     rewards: list[float] = []
     for answer in answers:
         assert answer.status_code == 200, answer.text
@@ -47,7 +58,9 @@ def _reward_shards(urls: list[str], queries: list[str], prompts: list[str]) -> l
 def test_two_servers_share_a_clients_load_with_the_same_values(servers, tiny_ckpt) -> None:
     prompts = [f"question {i // 4} about the fox and the dog" for i in range(16)]
     responses = [f" answer number {i} is {'yes ' * (i % 5)}" for i in range(16)]
-    expected = score_cli(tiny_ckpt, [{"prompt": p, "response": r} for p, r in zip(prompts, responses, strict=True)])
+    expected = score_cli(
+        tiny_ckpt, [{"prompt": p, "response": r} for p, r in zip(prompts, responses, strict=True)]
+    )
     urls = [f"{url}/get_reward" for _, url in servers]
     queries = [p + r for p, r in zip(prompts, responses, strict=True)]
     with ThreadPoolExecutor(4) as pool:  # 4 trainers at once
@@ -73,8 +86,11 @@ def test_a_signal_drains_the_requests_in_flight_and_exits_0(servers, tiny_ckpt, 
 
     def in_flight() -> float:
         text = httpx.get(f"{url}/metrics", timeout=TIMEOUT).text
-        return sum(float(line.split()[-1]) for line in text.splitlines()
-                   if line.startswith("vhctl_serve_requests_in_flight "))
+        return sum(
+            float(line.split()[-1])
+            for line in text.splitlines()
+            if line.startswith("vhctl_serve_requests_in_flight ")
+        )
 
     with ThreadPoolExecutor(12) as pool:
         futures = [pool.submit(client, LONG)]  # about 2 s of work for the model
@@ -110,10 +126,13 @@ def _refused(url: str) -> bool:
 
 
 def test_without_the_extra_serve_says_what_to_install(tiny_ckpt) -> None:
-    code = ("import sys; sys.modules['starlette'] = None; sys.argv = ['vhctl', 'serve', sys.argv[1]]; "
-            "from vhctl.cli.app import main; main()")
-    done = subprocess.run([sys.executable, "-c", code, str(tiny_ckpt)], capture_output=True, text=True,
-                          timeout=TIMEOUT)
+    code = (
+        "import sys; sys.modules['starlette'] = None; sys.argv = ['vhctl', 'serve', sys.argv[1]]; "
+        "from vhctl.cli.app import main; main()"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tiny_ckpt)], capture_output=True, text=True, timeout=TIMEOUT
+    )
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
         "Error: vhctl serve needs the 'serve' extra (starlette is not installed): pip install 'vhctl[serve]'"

@@ -23,8 +23,13 @@ from vhctl.io.files import safe_relpath
 from vhctl.io.resolve import resolve_model
 
 
-def resolve_adapter_dir(adapter: str | os.PathLike[str], *, token: Any = None, revision: str | None = None,
-                        allow_pickle: bool = False) -> Path:
+def resolve_adapter_dir(
+    adapter: str | os.PathLike[str],
+    *,
+    token: Any = None,
+    revision: str | None = None,
+    allow_pickle: bool = False,
+) -> Path:
     folder = resolve_model(adapter, revision=revision, token=token, allow_pickle=allow_pickle).path
     if not (folder / ADAPTER_CONFIG_NAME).is_file():
         raise AdapterError(
@@ -50,7 +55,9 @@ def read_adapter_weights(folder: Path, *, allow_pickle: bool = False) -> dict[st
         return read_safetensors_keys(folder / ADAPTER_SAFE_NAME)
     if (folder / ADAPTER_PT_NAME).is_file():
         return load_pickle_weights(folder / ADAPTER_PT_NAME, allow_pickle=allow_pickle)
-    raise AdapterError(f"{folder} has no {ADAPTER_SAFE_NAME}", hint="save the adapter with peft's save_pretrained")
+    raise AdapterError(
+        f"{folder} has no {ADAPTER_SAFE_NAME}", hint="save the adapter with peft's save_pretrained"
+    )
 
 
 def score_state_of(weights: dict[str, torch.Tensor], *, where: str) -> dict[str, torch.Tensor]:
@@ -68,8 +75,9 @@ def score_state_of(weights: dict[str, torch.Tensor], *, where: str) -> dict[str,
     return out
 
 
-def read_reward_adapter(adapter: str | os.PathLike[str], *, token: Any = None,
-                        allow_pickle: bool = False) -> tuple[Path, dict[str, torch.Tensor]]:
+def read_reward_adapter(
+    adapter: str | os.PathLike[str], *, token: Any = None, allow_pickle: bool = False
+) -> tuple[Path, dict[str, torch.Tensor]]:
     folder = resolve_adapter_dir(adapter, token=token, allow_pickle=allow_pickle)
     weights = read_adapter_weights(folder, allow_pickle=allow_pickle)
     return folder, score_state_of(weights, where=str(folder))
@@ -84,8 +92,9 @@ def _module_dims(module: Any) -> tuple[int, int] | None:
     return None
 
 
-def check_adapter_fits(folder: Path, *, config: Any, architecture: str, hidden_size: int,
-                       where: str | None = None) -> dict[str, Any]:
+def check_adapter_fits(
+    folder: Path, *, config: Any, architecture: str, hidden_size: int, where: str | None = None
+) -> dict[str, Any]:
     """Refuse an adapter made for another base model.
 
     Checks the ``score`` head's width against the hidden size, the base model type when the adapter
@@ -119,8 +128,8 @@ def check_adapter_fits(folder: Path, *, config: Any, architecture: str, hidden_s
                 continue
             path = key.split(marker)[0]
             for prefix in ("base_model.model.", "model."):
-                if path.startswith(prefix) and path[len(prefix):] in modules:
-                    path = path[len(prefix):]
+                if path.startswith(prefix) and path[len(prefix) :] in modules:
+                    path = path[len(prefix) :]
                     break
             target = modules.get(path)
             dims = _module_dims(target) if target is not None else None
@@ -150,14 +159,20 @@ def _adapter_model_type(folder: Path, config: dict[str, Any]) -> str | None:
     return None
 
 
-def store_adapter(src: str | os.PathLike[str], dest: Path, name: str, *, allow_pickle: bool = False,
-                  token: Any = None, revision: str | None = None) -> Any:
+def store_adapter(
+    src: str | os.PathLike[str],
+    dest: Path,
+    name: str,
+    *,
+    allow_pickle: bool = False,
+    token: Any = None,
+    revision: str | None = None,
+) -> Any:
     """Copy an adapter into ``dest`` (``adapters/<name>/`` of a checkpoint) as safetensors.
 
     Returns its manifest entry. A pickle adapter is converted only when allowed.
     """
     from safetensors.torch import save_file
-
 
     name = safe_relpath(name, what="adapter name")
     if "/" in name:
@@ -167,8 +182,14 @@ def store_adapter(src: str | os.PathLike[str], dest: Path, name: str, *, allow_p
     weights = read_adapter_weights(folder, allow_pickle=allow_pickle)
     score = score_state_of(weights, where=str(folder))
     dest.mkdir(parents=True, exist_ok=True)
-    (dest / ADAPTER_CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    save_file({k: v.contiguous() for k, v in weights.items()}, str(dest / ADAPTER_SAFE_NAME), metadata={"format": "pt"})
+    (dest / ADAPTER_CONFIG_NAME).write_text(
+        json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
+    save_file(
+        {k: v.contiguous() for k, v in weights.items()},
+        str(dest / ADAPTER_SAFE_NAME),
+        metadata={"format": "pt"},
+    )
     return AdapterInfo(
         path=f"{ADAPTERS_DIR}/{name}",
         peft_type=str(config.get("peft_type")),

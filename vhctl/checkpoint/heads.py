@@ -93,7 +93,9 @@ def find_head(folder: Path, *, allow_pickle: bool = False) -> tuple[FoundHead | 
         keys = [k for k in safetensors_keys(single) if _is_head_key(k)]
         if keys:
             state = read_safetensors_keys(single, keys)
-            return FoundHead(_normalise(state), "trl-safetensors", [SAFE_WEIGHTS_NAME], [SAFE_WEIGHTS_NAME]), looked
+            return FoundHead(
+                _normalise(state), "trl-safetensors", [SAFE_WEIGHTS_NAME], [SAFE_WEIGHTS_NAME]
+            ), looked
 
     index = folder / SAFE_WEIGHTS_INDEX_NAME
     looked.append(SAFE_WEIGHTS_INDEX_NAME)

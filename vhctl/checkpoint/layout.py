@@ -17,7 +17,13 @@ from vhctl.constants import (
 __all__ = ["is_peft_policy_source"]
 
 # Where a PEFT policy folder (vhctl's or TRL's) keeps its value head next to the adapter.
-_HEAD_FILES = (VALUE_HEAD_NAME, SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, PT_WEIGHTS_NAME, PT_WEIGHTS_INDEX_NAME)
+_HEAD_FILES = (
+    VALUE_HEAD_NAME,
+    SAFE_WEIGHTS_NAME,
+    SAFE_WEIGHTS_INDEX_NAME,
+    PT_WEIGHTS_NAME,
+    PT_WEIGHTS_INDEX_NAME,
+)
 
 
 def is_peft_policy_source(folder: Path) -> bool:

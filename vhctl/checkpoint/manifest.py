@@ -186,9 +186,7 @@ class Manifest:
         return path
 
     # -- files ---------------------------------------------------------------------------
-    def refresh_files(
-        self, folder: str | os.PathLike[str], known: Mapping[str, str] | None = None
-    ) -> None:
+    def refresh_files(self, folder: str | os.PathLike[str], known: Mapping[str, str] | None = None) -> None:
         """Record size and sha256 of every file under ``folder`` except the manifest itself.
 
         Nested reference checkpoints (``ref/`` with their own manifest) are left to their own

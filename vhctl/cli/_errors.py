@@ -20,7 +20,9 @@ from vhctl.errors import ModelError, VhctlError, describe_error, is_safetensors_
 F = TypeVar("F", bound=Callable[..., Any])
 
 # Packages that run a model's code (the first frame vhctl calls into decides).
-_MODEL_PACKAGES = frozenset({"transformers", "transformers_modules", "torch", "peft", "accelerate", "bitsandbytes"})
+_MODEL_PACKAGES = frozenset(
+    {"transformers", "transformers_modules", "torch", "peft", "accelerate", "bitsandbytes"}
+)
 # What each command does, for "the model failed while ...".
 _DOING = {
     "score": "scoring",

@@ -8,40 +8,83 @@ from typing import Annotated
 import typer
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Write a JSON report to stdout.")]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Replace DIR if it exists (only once the new one is complete).")]
+ForceOpt = Annotated[
+    bool, typer.Option("--force", help="Replace DIR if it exists (only once the new one is complete).")
+]
 AllowPickleOpt = Annotated[
     bool, typer.Option("--allow-pickle", help="Allow reading pickle weights (with weights_only=True).")
 ]
 TrustRemoteCodeOpt = Annotated[
     bool,
-    typer.Option("--trust-remote-code", help="Run the model's own Python code (auto_map); only for models you trust."),
+    typer.Option(
+        "--trust-remote-code", help="Run the model's own Python code (auto_map); only for models you trust."
+    ),
 ]
 RevisionOpt = Annotated[
     str | None, typer.Option("--revision", metavar="REV", help="Hub revision (branch, tag or commit) to pin.")
 ]
 TokenOpt = Annotated[
-    str | None, typer.Option("--token", metavar="TOKEN", help="Hub token (default: HF_TOKEN or the HF login); never printed.",
-                             show_default=False)
+    str | None,
+    typer.Option(
+        "--token",
+        metavar="TOKEN",
+        help="Hub token (default: HF_TOKEN or the HF login); never printed.",
+        show_default=False,
+    ),
 ]
-CkptArg = Annotated[Path, typer.Argument(help="A vhctl checkpoint folder.", show_default=False, metavar="CKPT")]
+CkptArg = Annotated[
+    Path, typer.Argument(help="A vhctl checkpoint folder.", show_default=False, metavar="CKPT")
+]
 DeviceOpt = Annotated[str, typer.Option("--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N.")]
 DtypeOpt = Annotated[
-    str, typer.Option("--dtype", metavar="DTYPE", help="auto, float32, bfloat16 or float16 (or fp32, bf16, fp16).")
+    str,
+    typer.Option(
+        "--dtype", metavar="DTYPE", help="auto, float32, bfloat16 or float16 (or fp32, bf16, fp16)."
+    ),
 ]
-RewardOpt = Annotated[bool, typer.Option(
-    "--reward", help="Score with the checkpoint's reward adapter too (its only one, or reward_adapter).")]
-RewardAdapterOpt = Annotated[str | None, typer.Option(
-    "--reward-adapter", metavar="NAME", show_default=False,
-    help="Score with the reward adapter NAME too (instead of --reward).")]
-NormalizeOpt = Annotated[bool, typer.Option(
-    "--normalize", help="Write (value - mean) / std with the reward normalisation the checkpoint carries "
-    "(an imported OpenRLHF reward model's mean/std).")]
-BatchSizeOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, metavar="N", help="Sequences per forward pass.")]
-MaxLengthOpt = Annotated[int | None, typer.Option(
-    "--max-length", min=1, metavar="N", show_default=False,
-    help="Keep the last N tokens of longer inputs (default: the model's limit).")]
-CompileOpt = Annotated[str, typer.Option(
-    "--compile", metavar="auto|on|off",
-    help="Run the model's layers compiled with torch.compile, for long jobs: a compile of about half a minute "
-    "on a CPU first (kept on disk for the next job). auto: when the input is long enough for it to pay "
-    "(serve: always).")]
+RewardOpt = Annotated[
+    bool,
+    typer.Option(
+        "--reward", help="Score with the checkpoint's reward adapter too (its only one, or reward_adapter)."
+    ),
+]
+RewardAdapterOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--reward-adapter",
+        metavar="NAME",
+        show_default=False,
+        help="Score with the reward adapter NAME too (instead of --reward).",
+    ),
+]
+NormalizeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--normalize",
+        help="Write (value - mean) / std with the reward normalisation the checkpoint carries "
+        "(an imported OpenRLHF reward model's mean/std).",
+    ),
+]
+BatchSizeOpt = Annotated[
+    int, typer.Option("--batch-size", "-b", min=1, metavar="N", help="Sequences per forward pass.")
+]
+MaxLengthOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-length",
+        min=1,
+        metavar="N",
+        show_default=False,
+        help="Keep the last N tokens of longer inputs (default: the model's limit).",
+    ),
+]
+CompileOpt = Annotated[
+    str,
+    typer.Option(
+        "--compile",
+        metavar="auto|on|off",
+        help="Run the model's layers compiled with torch.compile, for long jobs: a compile of about half a minute "
+        "on a CPU first (kept on disk for the next job). auto: when the input is long enough for it to pay "
+        "(serve: always).",
+    ),
+]

@@ -23,8 +23,9 @@ state = _State()
 def _console(stderr: bool) -> Console:
     # Built per call: CliRunner and tests swap sys.stdout/sys.stderr between invocations.
     stream = sys.stderr if stderr else sys.stdout
-    return Console(file=stream, stderr=stderr, soft_wrap=True, highlight=False,
-                   no_color=bool(os.environ.get("NO_COLOR")))
+    return Console(
+        file=stream, stderr=stderr, soft_wrap=True, highlight=False, no_color=bool(os.environ.get("NO_COLOR"))
+    )
 
 
 def is_terminal(stderr: bool = False) -> bool:

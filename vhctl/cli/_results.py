@@ -58,7 +58,9 @@ def report_summary(scorer: Any, elapsed: float, device: Any, dtype: Any, group: 
         warning(f"{stats.errors} bad line(s) skipped (see their error records)")
     if stats.truncated:
         warning(f"{stats.truncated} input(s) longer than {scorer.max_length} tokens kept only their end")
-    shared = f", {stats.shared_prompts} prompt forward(s) saved by prefix sharing" if stats.shared_prompts else ""
+    shared = (
+        f", {stats.shared_prompts} prompt forward(s) saved by prefix sharing" if stats.shared_prompts else ""
+    )
     where = f"{device}" if group is None else f"{group.world} processes ({device.type})"
     success(
         f"scored {stats.records} line(s), {stats.tokens} tokens in {elapsed:.1f}s "

@@ -37,8 +37,10 @@ def _main(
     version: Annotated[
         bool, typer.Option("--version", help="Print the version and exit.", callback=_version, is_eager=True)
     ] = False,
-    verbose: Annotated[int, typer.Option(
-        "--verbose", "-v", count=True, show_default=False, help="Show tracebacks of errors.")] = 0,
+    verbose: Annotated[
+        int,
+        typer.Option("--verbose", "-v", count=True, show_default=False, help="Show tracebacks of errors."),
+    ] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.")] = False,
 ) -> None:
     """Build, check, score and share value-head checkpoints for RLHF."""

@@ -14,11 +14,22 @@ from vhctl.cli._output import Reporter
 @handle_errors
 def attach_reward_adapter(
     ckpt: CkptArg,
-    adapter: Annotated[str, typer.Argument(
-        help="Local folder or hub id of a PEFT adapter with a score head.", metavar="ADAPTER", show_default=False)],
-    name: Annotated[str, typer.Option(
-        "--name", metavar="NAME", help="The adapter's name: stored under adapters/NAME, scored with --reward-adapter NAME."
-    )] = "reward_adapter",
+    adapter: Annotated[
+        str,
+        typer.Argument(
+            help="Local folder or hub id of a PEFT adapter with a score head.",
+            metavar="ADAPTER",
+            show_default=False,
+        ),
+    ],
+    name: Annotated[
+        str,
+        typer.Option(
+            "--name",
+            metavar="NAME",
+            help="The adapter's name: stored under adapters/NAME, scored with --reward-adapter NAME.",
+        ),
+    ] = "reward_adapter",
     force: Annotated[bool, typer.Option("--force", help="Replace an adapter of the same name.")] = False,
     revision: RevisionOpt = None,
     token: TokenOpt = None,
@@ -28,8 +39,11 @@ def attach_reward_adapter(
     """Add a PEFT reward-modeling adapter to CKPT after checking it fits the base model."""
     from vhctl.ops.attach import attach_adapter
 
-    result = attach_adapter(ckpt, adapter, name=name, force=force, revision=revision, token=token,
-                            allow_pickle=allow_pickle)
+    result = attach_adapter(
+        ckpt, adapter, name=name, force=force, revision=revision, token=token, allow_pickle=allow_pickle
+    )
     Reporter(json_output=json_).done(
-        result, f"attached {adapter} as {result['path']} in {ckpt}", hint=f"vhctl score {ckpt} --reward {name}"
+        result,
+        f"attached {adapter} as {result['path']} in {ckpt}",
+        hint=f"vhctl score {ckpt} --reward {name}",
     )

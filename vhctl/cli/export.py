@@ -15,24 +15,48 @@ from vhctl.cli._output import Reporter
 @handle_errors
 def export(
     checkpoint: CkptArg,
-    format_: Annotated[str, typer.Option(
-        "--format", "-f", metavar="trl|openrlhf|seqcls",
-        help="trl: TRL <= 1.12 value-head layout; openrlhf: OpenRLHF critic/reward model; "
-        "seqcls: transformers *ForSequenceClassification with num_labels=1.", show_default=False)],
-    out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="The folder to write.", show_default=False)],
+    format_: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            "-f",
+            metavar="trl|openrlhf|seqcls",
+            help="trl: TRL <= 1.12 value-head layout; openrlhf: OpenRLHF critic/reward model; "
+            "seqcls: transformers *ForSequenceClassification with num_labels=1.",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", metavar="DIR", help="The folder to write.", show_default=False)
+    ],
     force: ForceOpt = False,
-    keep_shards: Annotated[bool, typer.Option(
-        "--keep-shards", help="trl: keep the checkpoint's shards (TRL 1.12 reloads those only from the hub; "
-        "default: one model.safetensors).")] = False,
-    bias: Annotated[str, typer.Option(
-        "--bias", metavar="auto|norm|mean|config",
-        help="openrlhf/seqcls, whose heads have no bias: auto folds a non-zero head bias into the final "
-        "norm's bias where the model has one, else refuses; mean (openrlhf) folds it into the reward mean; "
-        "config only records it.")] = "auto",
-    value_head_prefix: Annotated[str | None, typer.Option(
-        "--value-head-prefix", metavar="NAME",
-        help="openrlhf: name of the head (default score; value_head for old OpenRLHF).",
-        show_default=False)] = None,
+    keep_shards: Annotated[
+        bool,
+        typer.Option(
+            "--keep-shards",
+            help="trl: keep the checkpoint's shards (TRL 1.12 reloads those only from the hub; "
+            "default: one model.safetensors).",
+        ),
+    ] = False,
+    bias: Annotated[
+        str,
+        typer.Option(
+            "--bias",
+            metavar="auto|norm|mean|config",
+            help="openrlhf/seqcls, whose heads have no bias: auto folds a non-zero head bias into the final "
+            "norm's bias where the model has one, else refuses; mean (openrlhf) folds it into the reward mean; "
+            "config only records it.",
+        ),
+    ] = "auto",
+    value_head_prefix: Annotated[
+        str | None,
+        typer.Option(
+            "--value-head-prefix",
+            metavar="NAME",
+            help="openrlhf: name of the head (default score; value_head for old OpenRLHF).",
+            show_default=False,
+        ),
+    ] = None,
     revision: RevisionOpt = None,
     token: TokenOpt = None,
     json_: JsonOpt = False,
@@ -41,8 +65,15 @@ def export(
     from vhctl.formats import export_checkpoint, format_spec
 
     result = export_checkpoint(
-        checkpoint, format_, out, force=force, keep_shards=keep_shards, bias=bias,
-        value_head_prefix=value_head_prefix, revision=revision, token=token,
+        checkpoint,
+        format_,
+        out,
+        force=force,
+        keep_shards=keep_shards,
+        bias=bias,
+        value_head_prefix=value_head_prefix,
+        revision=revision,
+        token=token,
     )
     Reporter(json_output=json_).done(
         result,

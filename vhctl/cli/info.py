@@ -18,7 +18,11 @@ def _text(key: str, value: Any) -> Any:
     if isinstance(value, list):
         if not value:
             return "-"
-        return " x ".join(map(str, value)) if key.endswith("shape") else ", ".join(str(_text("", v)) for v in value)
+        return (
+            " x ".join(map(str, value))
+            if key.endswith("shape")
+            else ", ".join(str(_text("", v)) for v in value)
+        )
     return value
 
 

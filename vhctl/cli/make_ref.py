@@ -24,8 +24,14 @@ def _mib(n: int) -> str:
 def _pattern_error(exc: LayerPatternError, ckpt: Path, pattern: str | None) -> LayerPatternError:
     """The error in the CLI's terms: what the checkpoint's parameter names look like, and the --pattern
     that would match them."""
-    patterns = list(dict.fromkeys(m.group(1) + ".{layer}" for n in exc.names if (m := _LAYER_PREFIX.match(n))))
-    what = f"--pattern {pattern!r} matches no parameter of {ckpt}" if pattern else f"no known layer naming fits {ckpt}"
+    patterns = list(
+        dict.fromkeys(m.group(1) + ".{layer}" for n in exc.names if (m := _LAYER_PREFIX.match(n)))
+    )
+    what = (
+        f"--pattern {pattern!r} matches no parameter of {ckpt}"
+        if pattern
+        else f"no known layer naming fits {ckpt}"
+    )
     if patterns:
         example = next(n for n in exc.names if _LAYER_PREFIX.match(n))
         shown = ", ".join(repr(p) for p in patterns[:3])
@@ -38,15 +44,31 @@ def _pattern_error(exc: LayerPatternError, ckpt: Path, pattern: str | None) -> L
 @handle_errors
 def make_ref(
     ckpt: CkptArg,
-    shared: Annotated[int | None, typer.Option(
-        "--shared", metavar="N", show_default=False,
-        help="Share the embeddings and the first N layers with the policy (default: a full copy).")] = None,
-    pattern: Annotated[str | None, typer.Option(
-        "--pattern", metavar="PATTERN", show_default=False,
-        help="The layers' parameter prefix with {layer} for the number, e.g. 'model.layers.{layer}', when it is "
-        "not detected.")] = None,
-    out: Annotated[Path | None, typer.Option(
-        "--out", "-o", metavar="DIR", show_default=False, help="The reference folder (default CKPT/ref).")] = None,
+    shared: Annotated[
+        int | None,
+        typer.Option(
+            "--shared",
+            metavar="N",
+            show_default=False,
+            help="Share the embeddings and the first N layers with the policy (default: a full copy).",
+        ),
+    ] = None,
+    pattern: Annotated[
+        str | None,
+        typer.Option(
+            "--pattern",
+            metavar="PATTERN",
+            show_default=False,
+            help="The layers' parameter prefix with {layer} for the number, e.g. 'model.layers.{layer}', when it is "
+            "not detected.",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", metavar="DIR", show_default=False, help="The reference folder (default CKPT/ref)."
+        ),
+    ] = None,
     force: ForceOpt = False,
     json_: JsonOpt = False,
 ) -> None:

@@ -32,16 +32,26 @@ def _hub_progress_bars(enabled: bool) -> Iterator[None]:
 def push(
     ckpt: CkptArg,
     repo_id: Annotated[
-        str, typer.Argument(help="Hub repo id, namespace/name (created if missing).", show_default=False, metavar="REPO_ID")
+        str,
+        typer.Argument(
+            help="Hub repo id, namespace/name (created if missing).", show_default=False, metavar="REPO_ID"
+        ),
     ],
     private: Annotated[
         bool, typer.Option("--private", help="Create the repo private (refused for an existing public repo).")
     ] = False,
-    revision: Annotated[str | None, typer.Option(
-        "--revision", metavar="BRANCH", show_default=False,
-        help="Branch to push to (created from main if missing; default main).")] = None,
-    commit_message: Annotated[str | None, typer.Option(
-        "--message", "-m", metavar="TEXT", show_default=False, help="Commit title.")] = None,
+    revision: Annotated[
+        str | None,
+        typer.Option(
+            "--revision",
+            metavar="BRANCH",
+            show_default=False,
+            help="Branch to push to (created from main if missing; default main).",
+        ),
+    ] = None,
+    commit_message: Annotated[
+        str | None, typer.Option("--message", "-m", metavar="TEXT", show_default=False, help="Commit title.")
+    ] = None,
     create_pr: Annotated[
         bool, typer.Option("--create-pr", help="Open a pull request instead of committing to the branch.")
     ] = False,
@@ -49,7 +59,8 @@ def push(
         bool, typer.Option("--dry-run", help="Validate and list what would be uploaded; send nothing.")
     ] = False,
     endpoint: Annotated[
-        str | None, typer.Option("--endpoint", metavar="URL", help="Hub URL (default: HF_ENDPOINT or huggingface.co).")
+        str | None,
+        typer.Option("--endpoint", metavar="URL", help="Hub URL (default: HF_ENDPOINT or huggingface.co)."),
     ] = None,
     token: TokenOpt = None,
     json_: JsonOpt = False,

@@ -34,33 +34,61 @@ from vhctl.cli._output import error, message, progress_enabled, state
 from vhctl.cli._results import report_summary, write_results
 from vhctl.errors import UsageError, describe_error
 
+CkptArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="CKPT",
+        show_default=False,
+        help="A vhctl checkpoint (folder or hub id), or a TRL checkpoint that holds its value head.",
+    ),
+]
+InputOpt = Annotated[
+    str,
+    typer.Option("--input", "-i", metavar="FILE", help="Text lines or JSON Lines to score; '-' reads stdin."),
+]
+PerTokenOpt = Annotated[bool, typer.Option("--per-token", help="Also output 'values', one per token.")]
+DeviceMapOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--device-map",
+        metavar="STRATEGY",
+        show_default=False,
+        help="Spread a model too large for one GPU over the GPUs with accelerate: auto, balanced, "
+        "balanced_low_0 or sequential.",
+    ),
+]
+SkipBadOpt = Annotated[
+    bool, typer.Option("--skip-bad", help="Write an error record for a bad line and go on.")
+]
+NoPrefixSharingOpt = Annotated[
+    bool, typer.Option("--no-prefix-sharing", help="Run every line in full, even when prompts repeat.")
+]
+StreamOpt = Annotated[
+    bool,
+    typer.Option(
+        "--stream",
+        help="Score lines as they arrive: a window also ends when no more input is waiting (for a "
+        "slow producer); values may then differ in the last bits between runs.",
+    ),
+]
+
 
 @handle_errors
 def score(
-    ckpt: Annotated[str, typer.Argument(
-        metavar="CKPT", show_default=False,
-        help="A vhctl checkpoint (folder or hub id), or a TRL checkpoint that holds its value head.")],
+    ckpt: CkptArg,
     extra: Annotated[list[str] | None, typer.Argument(hidden=True, show_default=False)] = None,
-    input_: Annotated[str, typer.Option(
-        "--input", "-i", metavar="FILE", help="Text lines or JSON Lines to score; '-' reads stdin.")] = "-",
+    input_: InputOpt = "-",
     reward: RewardOpt = False,
     reward_adapter: RewardAdapterOpt = None,
-    per_token: Annotated[bool, typer.Option("--per-token", help="Also output 'values', one per token.")] = False,
+    per_token: PerTokenOpt = False,
     batch_size: BatchSizeOpt = 16,
     max_length: MaxLengthOpt = None,
     device: DeviceOpt = "auto",
-    device_map: Annotated[str | None, typer.Option(
-        "--device-map", metavar="STRATEGY", show_default=False,
-        help="Spread a model too large for one GPU over the GPUs with accelerate: auto, balanced, "
-        "balanced_low_0 or sequential.")] = None,
+    device_map: DeviceMapOpt = None,
     dtype: DtypeOpt = "auto",
-    skip_bad: Annotated[bool, typer.Option(
-        "--skip-bad", help="Write an error record for a bad line and go on.")] = False,
-    no_prefix_sharing: Annotated[bool, typer.Option(
-        "--no-prefix-sharing", help="Run every line in full, even when prompts repeat.")] = False,
-    stream: Annotated[bool, typer.Option(
-        "--stream", help="Score lines as they arrive: a window also ends when no more input is waiting (for a "
-        "slow producer); values may then differ in the last bits between runs.")] = False,
+    skip_bad: SkipBadOpt = False,
+    no_prefix_sharing: NoPrefixSharingOpt = False,
+    stream: StreamOpt = False,
     normalize: NormalizeOpt = False,
     compile_: CompileOpt = "auto",
     revision: RevisionOpt = None,

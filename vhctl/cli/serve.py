@@ -33,13 +33,67 @@ from vhctl.errors import VhctlError
 EXTRA_MODULES = ("starlette", "uvicorn", "prometheus_client")
 
 
+CkptArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="CKPT",
+        show_default=False,
+        help="A vhctl checkpoint (folder or hub id), or a TRL checkpoint that holds its value head.",
+    ),
+]
+HostOpt = Annotated[
+    str, typer.Option("--host", metavar="HOST", help="Address to listen on (loopback only by default).")
+]
+PortOpt = Annotated[
+    int, typer.Option("--port", min=0, max=65535, metavar="PORT", help="Port (0: any free one).")
+]
+MaxBatchTokensOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-batch-tokens",
+        min=1,
+        metavar="N",
+        show_default=False,
+        help="Padded tokens per forward pass (default: batch size x longest).",
+    ),
+]
+MaxQueueOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-queue",
+        min=1,
+        metavar="N",
+        help="Records that may wait for the model; past it, 503 with Retry-After.",
+    ),
+]
+MaxBodyBytesOpt = Annotated[
+    int, typer.Option("--max-body-bytes", min=1, metavar="BYTES", help="Larger request bodies get 413.")
+]
+ApiKeyFileOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key-file",
+        metavar="FILE",
+        show_default=False,
+        help="Require 'Authorization: Bearer KEY' (KEY: the file's first line; or set VHCTL_API_KEY).",
+    ),
+]
+DrainTimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        "--drain-timeout",
+        min=0,
+        metavar="SECONDS",
+        help="On SIGTERM/SIGINT, seconds to finish the requests in flight.",
+    ),
+]
+
+
 @handle_errors
 def serve(
-    ckpt: Annotated[str, typer.Argument(
-        metavar="CKPT", show_default=False,
-        help="A vhctl checkpoint (folder or hub id), or a TRL checkpoint that holds its value head.")],
-    host: Annotated[str, typer.Option("--host", metavar="HOST", help="Address to listen on (loopback only by default).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=0, max=65535, metavar="PORT", help="Port (0: any free one).")] = 8000,
+    ckpt: CkptArg,
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 8000,
     reward: RewardOpt = False,
     reward_adapter: RewardAdapterOpt = None,
     normalize: NormalizeOpt = False,
@@ -47,23 +101,12 @@ def serve(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     batch_size: BatchSizeOpt = 16,
-    max_batch_tokens: Annotated[
-        int | None, typer.Option("--max-batch-tokens", min=1, metavar="N", show_default=False, help="Padded tokens per forward pass (default: batch size x longest).")
-    ] = None,
+    max_batch_tokens: MaxBatchTokensOpt = None,
     max_length: MaxLengthOpt = None,
-    max_queue: Annotated[
-        int, typer.Option("--max-queue", min=1, metavar="N", help="Records that may wait for the model; past it, 503 with Retry-After.")
-    ] = 4096,
-    max_body_bytes: Annotated[
-        int, typer.Option("--max-body-bytes", min=1, metavar="BYTES", help="Larger request bodies get 413.")
-    ] = 16 << 20,
-    api_key_file: Annotated[
-        str | None, typer.Option("--api-key-file", metavar="FILE", show_default=False, help="Require 'Authorization: Bearer KEY' (KEY: the file's first line; "
-                                 "or set VHCTL_API_KEY).")
-    ] = None,
-    drain_timeout: Annotated[
-        float, typer.Option("--drain-timeout", min=0, metavar="SECONDS", help="On SIGTERM/SIGINT, seconds to finish the requests in flight.")
-    ] = 30.0,
+    max_queue: MaxQueueOpt = 4096,
+    max_body_bytes: MaxBodyBytesOpt = 16 << 20,
+    api_key_file: ApiKeyFileOpt = None,
+    drain_timeout: DrainTimeoutOpt = 30.0,
     revision: RevisionOpt = None,
     token: TokenOpt = None,
     allow_pickle: AllowPickleOpt = False,
@@ -88,15 +131,33 @@ def serve(
     selected = reward_choice(reward, reward_adapter)
     key = read_api_key(api_key_file)
     if key is None and not is_loopback(host):
-        warning(f"listening on {host} without an API key: anyone who can reach it can use the model "
-                "(set --api-key-file or VHCTL_API_KEY)")
+        warning(
+            f"listening on {host} without an API key: anyone who can reach it can use the model "
+            "(set --api-key-file or VHCTL_API_KEY)"
+        )
     options = ServeOptions(
-        model=ScoreOptions(ckpt=ckpt, reward=selected, normalize=normalize, device=device, dtype=dtype,
-                           revision=revision, token=token, allow_pickle=allow_pickle,
-                           trust_remote_code=trust_remote_code),
-        scoring=ScoringOptions(batch_size=batch_size, max_length=max_length, max_batch_tokens=max_batch_tokens,
-                               compile=server_choice(compile_)),
-        host=host, port=port, max_queue=max_queue, max_body_bytes=max_body_bytes, api_key=key,
+        model=ScoreOptions(
+            ckpt=ckpt,
+            reward=selected,
+            normalize=normalize,
+            device=device,
+            dtype=dtype,
+            revision=revision,
+            token=token,
+            allow_pickle=allow_pickle,
+            trust_remote_code=trust_remote_code,
+        ),
+        scoring=ScoringOptions(
+            batch_size=batch_size,
+            max_length=max_length,
+            max_batch_tokens=max_batch_tokens,
+            compile=server_choice(compile_),
+        ),
+        host=host,
+        port=port,
+        max_queue=max_queue,
+        max_body_bytes=max_body_bytes,
+        api_key=key,
         drain_timeout=drain_timeout,
     )
     run(options, say=message, log=None if state.quiet else _log_line)

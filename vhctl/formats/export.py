@@ -50,7 +50,9 @@ def _check_options(fmt: str, bias: str, value_head_prefix: str | None, keep_shar
         if fmt != km.OPENRLHF:
             raise UsageError("--value-head-prefix applies to --format openrlhf only")
         if not value_head_prefix.isidentifier():
-            raise UsageError(f"--value-head-prefix {value_head_prefix!r} must be a Python identifier (e.g. score)")
+            raise UsageError(
+                f"--value-head-prefix {value_head_prefix!r} must be a Python identifier (e.g. score)"
+            )
     if keep_shards and fmt != km.TRL:
         raise UsageError("--keep-shards applies to --format trl (other formats always keep the shards)")
 
@@ -137,7 +139,9 @@ def export_checkpoint(
     manifest = Manifest.read(folder)
     out_path = Path(out).absolute()
     if out_path == folder.absolute() or folder.absolute() in out_path.parents:
-        raise UsageError(f"--out {out_path} is inside the checkpoint {folder}", hint="choose a folder elsewhere")
+        raise UsageError(
+            f"--out {out_path} is inside the checkpoint {folder}", hint="choose a folder elsewhere"
+        )
     keymap = km.KEYMAPS[fmt]
     if manifest.architecture not in keymap.architectures:
         raise UnsupportedModelError(
@@ -150,7 +154,9 @@ def export_checkpoint(
         raise CheckpointError(f"{folder} has no {VALUE_HEAD_NAME}", hint="run 'vhctl validate' on it")
     _check_sizes(folder, manifest)
     head = read_safetensors_keys(head_path)
-    result = ExportResult(out_path, fmt, str(checkpoint), manifest.architecture, manifest.model_type, "native")
+    result = ExportResult(
+        out_path, fmt, str(checkpoint), manifest.architecture, manifest.model_type, "native"
+    )
 
     if _is_peft_policy(folder, manifest):
         if fmt != km.TRL:
@@ -173,7 +179,9 @@ def export_checkpoint(
         weights.add(_shared_from_policy(folder, manifest))
         keep_shards = False
     with atomic_output_dir(out_path, force=force) as tmp:
-        job = ExportJob(folder, tmp, weights, head, config, manifest, hidden, bias, value_head_prefix, keep_shards, result)
+        job = ExportJob(
+            folder, tmp, weights, head, config, manifest, hidden, bias, value_head_prefix, keep_shards, result
+        )
         assert spec.export is not None
         spec.export(job)
     return result

@@ -64,7 +64,11 @@ def restored_config(job: ExportJob, fmt: str) -> dict[str, Any]:
     """Config fields an import from ``fmt`` set aside (so that a round trip gives the same config)."""
     extra = job.manifest.extra if isinstance(job.manifest.extra, dict) else {}
     imported = extra.get(IMPORTED_KEY)
-    if isinstance(imported, dict) and imported.get("format") == fmt and isinstance(imported.get("config"), dict):
+    if (
+        isinstance(imported, dict)
+        and imported.get("format") == fmt
+        and isinstance(imported.get("config"), dict)
+    ):
         return dict(imported["config"])
     return {}
 
@@ -80,7 +84,9 @@ def _bias_plan(job: ExportJob, fmt: str, bias: float, keys: list[str]) -> tuple[
     if job.bias_mode in (km.BIAS_MEAN, km.BIAS_CONFIG):
         return job.bias_mode, None
     options = (
-        "--bias mean (exact normalised rewards: OpenRLHF run with normalize_reward) or " if fmt == km.OPENRLHF else ""
+        "--bias mean (exact normalised rewards: OpenRLHF run with normalize_reward) or "
+        if fmt == km.OPENRLHF
+        else ""
     )
     raise UnsupportedModelError(
         f"the value head of {job.result.source} has bias {bias}, which the {fmt} format cannot hold exactly for a "
@@ -184,7 +190,9 @@ def finish_headless(job: ExportJob, fmt: str, cfg: dict[str, Any], done: Headles
         )
     bias = done.bias
     if done.bias_mode == km.BIAS_NORM:
-        result.notes.append(f"head bias {bias} folded into {done.norm_key}: raw {fmt} scores equal vhctl values")
+        result.notes.append(
+            f"head bias {bias} folded into {done.norm_key}: raw {fmt} scores equal vhctl values"
+        )
     elif done.bias_mode == km.BIAS_MEAN:
         result.notes.append(
             f"head bias {bias} folded into the reward mean (normalize_reward=true): OpenRLHF's normalised "

@@ -88,7 +88,9 @@ def _rename_plan(layout: ForeignLayout, config: Any, lm: LmLayout, fold: tuple[s
             hint="the weights were saved for another model (or with another transformers version)",
         )
     if fold is not None and fold[0] not in present:
-        raise CheckpointError(f"{where}: {km.VHCTL_EXPORT_FIELD} names {fold[0]}, which the weights do not hold")
+        raise CheckpointError(
+            f"{where}: {km.VHCTL_EXPORT_FIELD} names {fold[0]}, which the weights do not hold"
+        )
     groups = [(i, pairs) for i, pairs in enumerate(plan) if pairs] or [(0, [])]
     return _Plan(groups, present, zero_keys)
 
@@ -118,16 +120,22 @@ def _write_tensors(
     return write_weights(dest, tensors(), len(plan.groups))
 
 
-def _write_config(layout: ForeignLayout, dest: Path, config: Any, dtype: torch.dtype | None) -> dict[str, Any]:
+def _write_config(
+    layout: ForeignLayout, dest: Path, config: Any, dtype: torch.dtype | None
+) -> dict[str, Any]:
     """config.json without the format's own fields (returned, to keep in the manifest), as a causal LM's."""
     cfg = dict(layout.config)
-    fields = {km.OPENRLHF: km.OPENRLHF_CONFIG_FIELDS, km.SEQCLS: km.SEQCLS_CONFIG_FIELDS}.get(layout.format, ())
+    fields = {km.OPENRLHF: km.OPENRLHF_CONFIG_FIELDS, km.SEQCLS: km.SEQCLS_CONFIG_FIELDS}.get(
+        layout.format, ()
+    )
     popped = {f: cfg.pop(f) for f in fields if f in cfg}
     cfg.pop(km.VHCTL_EXPORT_FIELD, None)
     popped["architectures"] = cfg.get("architectures")
     restored = layout.record.get("architectures")
     where = str(layout.folder)
-    cfg["architectures"] = restored if isinstance(restored, list) else [causal_class(config, where=where).__name__]
+    cfg["architectures"] = (
+        restored if isinstance(restored, list) else [causal_class(config, where=where).__name__]
+    )
     if dtype is not None:
         cfg["dtype"] = str(dtype).removeprefix("torch.")
         cfg.pop("torch_dtype", None)
@@ -164,7 +172,9 @@ def import_foreign(
         files.append(GENERATION_CONFIG_NAME)
 
     fmt = layout.format
-    lm_state = "zeros" if plan.zero_keys else ("kept" if any(k in plan.present for k in lm.lm_head) else "tied")
+    lm_state = (
+        "zeros" if plan.zero_keys else ("kept" if any(k in plan.present for k in lm.lm_head) else "tied")
+    )
     extra: dict[str, Any] = {
         IMPORTED_KEY: {"format": fmt, "config": _jsonable(popped), "lm_head": lm_state,
                        "head_key": layout.head_weight_key},
@@ -183,7 +193,9 @@ def import_foreign(
     return ImportResult(weight, bias, sorted(files), extra, notes)
 
 
-def _normalization(layout: ForeignLayout, weight: torch.Tensor, popped: dict[str, Any]) -> tuple[float, float] | None:
+def _normalization(
+    layout: ForeignLayout, weight: torch.Tensor, popped: dict[str, Any]
+) -> tuple[float, float] | None:
     rec = layout.record
     where = f"{layout.folder}/{CONFIG_NAME}"
     if NORMALIZATION_KEY in rec and (rec.get("bias") != km.BIAS_MEAN or layout.record_matches(weight)):

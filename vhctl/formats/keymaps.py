@@ -167,7 +167,7 @@ def backbone_key_to_vhctl(fmt: str, key: str, base: str) -> str | None:
     if fmt == DEEPSPEED_CHAT:
         for prefix in DEEPSPEED_CHAT_PREFIXES:
             if key.startswith(prefix):
-                return f"{base}.{key[len(prefix):]}"
+                return f"{base}.{key[len(prefix) :]}"
         return None
     if fmt in (OPENRLHF, SEQCLS):
         return key if key.startswith(f"{base}.") else None

@@ -59,7 +59,9 @@ class ForeignLayout:
         if self.head_bias_key is not None:
             bias = self.weights.get(self.head_bias_key).reshape(-1)
             if bias.shape != (1,):
-                raise CheckpointError(f"{self.folder} ({self.head_bias_key}) has shape {tuple(bias.shape)}, not (1,)")
+                raise CheckpointError(
+                    f"{self.folder} ({self.head_bias_key}) has shape {tuple(bias.shape)}, not (1,)"
+                )
             return weight, bias.to(weight.dtype)
         value = 0.0
         mode = self.record.get("bias")
@@ -72,8 +74,10 @@ class ForeignLayout:
         the head is still the one it exported (see :meth:`head`)."""
         rec = self.record
         key = rec.get("norm_bias_key")
-        if rec.get("bias") == km.BIAS_NORM and isinstance(key, str) and self.record_matches(
-            self.weights.get(self.head_weight_key)
+        if (
+            rec.get("bias") == km.BIAS_NORM
+            and isinstance(key, str)
+            and self.record_matches(self.weights.get(self.head_weight_key))
         ):
             return key, _as_float(rec.get("value_head_bias"), where=f"{self.folder}/{CONFIG_NAME}")
         return None
@@ -81,5 +85,7 @@ class ForeignLayout:
 
 def _as_float(value: Any, *, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise CheckpointError(f"{where}: {km.VHCTL_EXPORT_FIELD}.value_head_bias must be a number, got {value!r}")
+        raise CheckpointError(
+            f"{where}: {km.VHCTL_EXPORT_FIELD}.value_head_bias must be a number, got {value!r}"
+        )
     return float(value)

@@ -18,8 +18,11 @@ NORMALIZATION_KEY = "reward_normalization"
 
 def check_normalization(mean: Any, std: Any, *, where: str) -> tuple[float, float]:
     """A usable (mean, std) pair, or a CheckpointError saying what is wrong with it."""
-    if isinstance(mean, bool) or isinstance(std, bool) or not isinstance(mean, int | float) or not isinstance(
-        std, int | float
+    if (
+        isinstance(mean, bool)
+        or isinstance(std, bool)
+        or not isinstance(mean, int | float)
+        or not isinstance(std, int | float)
     ):
         raise CheckpointError(f"{where}: reward mean/std must be numbers, got {mean!r}/{std!r}")
     mean, std = float(mean), float(std)
@@ -43,7 +46,9 @@ def normalization_of(manifest: Any) -> tuple[float, float] | None:
     entry = extra[NORMALIZATION_KEY]
     if not isinstance(entry, dict):
         raise CheckpointError(f"manifest extra.{NORMALIZATION_KEY} must be an object with mean and std")
-    return check_normalization(entry.get("mean"), entry.get("std"), where=f"manifest extra.{NORMALIZATION_KEY}")
+    return check_normalization(
+        entry.get("mean"), entry.get("std"), where=f"manifest extra.{NORMALIZATION_KEY}"
+    )
 
 
 def normalize(value: float, normalization: tuple[float, float]) -> float:

@@ -63,7 +63,12 @@ def _prefix(job: ExportJob, restored: dict[str, Any]) -> str:
     imported = extra.get(IMPORTED_KEY)
     imported_key = imported.get("head_key") if isinstance(imported, dict) and restored else None
     imported_prefix = imported_key.removesuffix(".weight") if isinstance(imported_key, str) else None
-    return str(job.value_head_prefix or restored.get("value_head_prefix") or imported_prefix or km.OPENRLHF_DEFAULT_PREFIX)
+    return str(
+        job.value_head_prefix
+        or restored.get("value_head_prefix")
+        or imported_prefix
+        or km.OPENRLHF_DEFAULT_PREFIX
+    )
 
 
 def export(job: ExportJob) -> None:

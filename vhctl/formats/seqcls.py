@@ -44,7 +44,9 @@ def export(job: ExportJob) -> None:
     done = write_headless(job, km.SEQCLS, km.head_weight_key(km.SEQCLS))
     cfg = start_config(job, done, restored)
     cfg["architectures"] = [cls_name]
-    cfg["id2label"] = {"0": "LABEL_0"} if not isinstance(restored.get("id2label"), dict) else restored["id2label"]
+    cfg["id2label"] = (
+        {"0": "LABEL_0"} if not isinstance(restored.get("id2label"), dict) else restored["id2label"]
+    )
     cfg["label2id"] = {v: int(k) for k, v in cfg["id2label"].items()}
     if len(cfg["id2label"]) != 1:
         raise CheckpointError(f"{where}: the recorded id2label has {len(cfg['id2label'])} labels, not 1")

@@ -117,7 +117,9 @@ def read_weight_set(folder: Path, *, allow_pickle: bool = False) -> WeightSet:
             data = json.loads((folder / PT_WEIGHTS_INDEX_NAME).read_text(encoding="utf-8"))
             pt_files = sorted(set(data["weight_map"].values()))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise CheckpointError(f"{folder / PT_WEIGHTS_INDEX_NAME} is not a valid weight index: {exc}") from exc
+            raise CheckpointError(
+                f"{folder / PT_WEIGHTS_INDEX_NAME} is not a valid weight index: {exc}"
+            ) from exc
     if not pt_files:
         raise NotAModelError(f"{folder} holds no model weights", hint="point at a saved model folder")
     ws = WeightSet(folder, [], pickle=True)
@@ -173,7 +175,9 @@ def write_weights(dest: Path, groups: Iterable[dict[str, torch.Tensor]], count: 
             total += tensor.numel() * tensor.element_size()
     if count > 1:
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-        (dest / SAFE_WEIGHTS_INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        (dest / SAFE_WEIGHTS_INDEX_NAME).write_text(
+            json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+        )
         written.append(SAFE_WEIGHTS_INDEX_NAME)
     return written
 

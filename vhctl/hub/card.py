@@ -31,7 +31,15 @@ CARD_MARKER = "<!-- vhctl:model-card -->"
 CARD_TAGS = ("vhctl", "value-head", "rlhf")
 TEMPLATE = Path(__file__).with_name("templates") / "model_card.md"
 # Config fields worth a line on the card, in this order, when the config has them.
-CONFIG_FACTS = ("num_hidden_layers", "n_layer", "num_layers", "hidden_size", "n_embd", "d_model", "vocab_size")
+CONFIG_FACTS = (
+    "num_hidden_layers",
+    "n_layer",
+    "num_layers",
+    "hidden_size",
+    "n_embd",
+    "d_model",
+    "vocab_size",
+)
 
 
 def model_card(folder: str | os.PathLike[str], *, repo_id: str | None = None) -> str:
@@ -48,7 +56,9 @@ def model_card(folder: str | os.PathLike[str], *, repo_id: str | None = None) ->
 
     root = Path(folder)
     manifest = Manifest.read(root)
-    data = ModelCardData(library_name="vhctl", base_model=base_repo(manifest, repo_id), tags=card_tags(manifest))
+    data = ModelCardData(
+        library_name="vhctl", base_model=base_repo(manifest, repo_id), tags=card_tags(manifest)
+    )
     text = _template().render(card_data=data.to_yaml(), **_card_context(root, manifest, repo_id))
     return str(ModelCard(text))
 
@@ -112,7 +122,9 @@ def format_size(n: float) -> str:
 def _template() -> Any:
     import jinja2
 
-    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)
+    env = jinja2.Environment(
+        trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, autoescape=False
+    )
     return env.from_string(TEMPLATE.read_text(encoding="utf-8"))
 
 

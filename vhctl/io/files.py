@@ -38,13 +38,17 @@ __all__ = [
 ]
 
 
-def existing_folder(path: str | os.PathLike[str], *, hint: str = "pass the folder of a vhctl checkpoint") -> Path:
+def existing_folder(
+    path: str | os.PathLike[str], *, hint: str = "pass the folder of a vhctl checkpoint"
+) -> Path:
     """``path`` as a Path if it is a folder; otherwise the one clear error for a missing path or a file."""
     root = Path(path)
     if not root.exists():
         raise SourceNotFoundError(f"{root} does not exist", hint=hint)
     if not root.is_dir():
-        raise NotAModelError(f"{root} is a file, not a checkpoint folder", hint="pass the checkpoint's folder")
+        raise NotAModelError(
+            f"{root} is a file, not a checkpoint folder", hint="pass the checkpoint's folder"
+        )
     return root
 
 
@@ -242,7 +246,9 @@ def atomic_output_dir(dest: str | os.PathLike[str], *, force: bool = False) -> I
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise VhctlError(f"cannot create {parent}: {exc.strerror or exc}", hint="choose another --out") from exc
+        raise VhctlError(
+            f"cannot create {parent}: {exc.strerror or exc}", hint="choose another --out"
+        ) from exc
     if not os.access(parent, os.W_OK):
         _remove_empty(created)
         raise VhctlError(f"no write permission in {parent}", hint="choose another --out")

@@ -93,7 +93,8 @@ _start_writeback = _writeback_starter()
 
 # copy_file_range refusals that mean "not here" (old kernel, across filesystems, unsupported file)
 _FALLBACK_ERRNOS = frozenset(
-    getattr(errno, name) for name in ("EXDEV", "EINVAL", "ENOSYS", "EOPNOTSUPP", "ENOTSUP", "EBADF")
+    getattr(errno, name)
+    for name in ("EXDEV", "EINVAL", "ENOSYS", "EOPNOTSUPP", "ENOTSUP", "EBADF")
     if hasattr(errno, name)
 )
 
@@ -168,7 +169,9 @@ class _Follower:
         if self._mapping:
             start = pos - pos % mmap.ALLOCATIONGRANULARITY
             try:
-                with mmap.mmap(self._file.fileno(), pos + n - start, access=mmap.ACCESS_READ, offset=start) as mapped:
+                with mmap.mmap(
+                    self._file.fileno(), pos + n - start, access=mmap.ACCESS_READ, offset=start
+                ) as mapped:
                     with memoryview(mapped) as view:
                         self._digest.update(view[pos - start :])
                 return n

@@ -49,7 +49,9 @@ def hub_offline() -> bool:
     """True when ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) forbids network access."""
     from huggingface_hub import constants
 
-    return bool(constants.is_offline_mode()) or _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE")
+    return (
+        bool(constants.is_offline_mode()) or _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE")
+    )
 
 
 def is_repo_id(text: str) -> bool:

@@ -49,7 +49,9 @@ def load_checkpoint(path: str | os.PathLike[str] | Source, **kwargs: Any) -> Pre
 
         config_dir = resolve_model(PeftConfig.from_pretrained(str(folder)).base_model_name_or_path).path
     try:
-        config = AutoConfig.from_pretrained(str(config_dir), trust_remote_code=bool(kwargs.get("trust_remote_code", False)))
+        config = AutoConfig.from_pretrained(
+            str(config_dir), trust_remote_code=bool(kwargs.get("trust_remote_code", False))
+        )
     except (OSError, ValueError) as exc:
         raise NotAModelError(f"{config_dir} holds no readable transformers config: {exc}") from exc
     arch = detect_architecture(config, where=source.name)

@@ -62,7 +62,11 @@ class Source:
 
 
 def open_source(
-    name: str | os.PathLike[str], *, revision: str | None = None, token: Any = None, allow_pickle: bool = False
+    name: str | os.PathLike[str],
+    *,
+    revision: str | None = None,
+    token: Any = None,
+    allow_pickle: bool = False,
 ) -> Source:
     """Resolve ``name`` (tiny model, folder or hub id) and read its manifest, once."""
     resolved = resolve_model(name, revision=revision, token=token, allow_pickle=allow_pickle)
@@ -107,7 +111,11 @@ def _check_pickle_policy(folder: Path, allow_pickle: bool) -> None:
 
 def _check_adapter_pickle_policy(folder: Path, allow_pickle: bool) -> None:
     """PEFT would read ``adapter_model.bin`` (with weights_only=True) on its own: refuse it unless allowed."""
-    if not (folder / ADAPTER_SAFE_NAME).is_file() and (folder / ADAPTER_PT_NAME).is_file() and not allow_pickle:
+    if (
+        not (folder / ADAPTER_SAFE_NAME).is_file()
+        and (folder / ADAPTER_PT_NAME).is_file()
+        and not allow_pickle
+    ):
         raise UnsafeLoadError(
             f"the PEFT adapter in {folder} holds only pickle weights ({ADAPTER_PT_NAME})",
             hint="pass allow_pickle=True (CLI: --allow-pickle) to read them with weights_only=True",
@@ -124,7 +132,12 @@ def _transformers_kwargs(model_kwargs: dict[str, Any], allow_pickle: bool) -> di
 
 
 def load_base(
-    parent_class: Any, folder: Path, model_args: tuple[Any, ...], model_kwargs: dict[str, Any], *, allow_pickle: bool
+    parent_class: Any,
+    folder: Path,
+    model_args: tuple[Any, ...],
+    model_kwargs: dict[str, Any],
+    *,
+    allow_pickle: bool,
 ) -> Any:
     """Load the base model of a folder with transformers (never pickles unless allowed)."""
     _check_pickle_policy(folder, allow_pickle)
@@ -160,7 +173,9 @@ def _policy_of(folder: Path, manifest: Manifest) -> Path:
     return policy
 
 
-def load_reference_base(parent_class: Any, folder: Path, manifest: Manifest, model_kwargs: dict[str, Any]) -> Any:
+def load_reference_base(
+    parent_class: Any, folder: Path, manifest: Manifest, model_kwargs: dict[str, Any]
+) -> Any:
     """Rebuild a reference's base from its own tensors plus the policy's shared ones."""
     from safetensors import safe_open
 
@@ -251,7 +266,9 @@ def _load_peft_folder(cls: Any, source: Source, options: LoadOptions) -> Any:
     _check_adapter_pickle_policy(folder, options.allow_pickle)
     adapter_config = PeftConfig.from_pretrained(str(folder))
     token = options.model_kwargs.get("token")
-    base_dir = resolve_model(adapter_config.base_model_name_or_path, token=token, allow_pickle=options.allow_pickle).path
+    base_dir = resolve_model(
+        adapter_config.base_model_name_or_path, token=token, allow_pickle=options.allow_pickle
+    ).path
     base = load_base(
         cls.transformers_parent_class, base_dir, options.model_args, options.model_kwargs,
         allow_pickle=options.allow_pickle,
@@ -259,14 +276,18 @@ def _load_peft_folder(cls: Any, source: Source, options: LoadOptions) -> Any:
     try:
         model = PeftModel.from_pretrained(base, str(folder), is_trainable=options.is_trainable)
     except pickle.UnpicklingError as exc:  # weights_only=True refused what the pickle holds
-        raise CheckpointError(f"cannot read the PEFT adapter in {folder}: {str(exc).splitlines()[0]}") from exc
+        raise CheckpointError(
+            f"cannot read the PEFT adapter in {folder}: {str(exc).splitlines()[0]}"
+        ) from exc
     return model, adapter_config.base_model_name_or_path
 
 
 def _load_folder(cls: Any, source: Source, options: LoadOptions) -> _Loaded:
     """The wrapped model of a local folder (any layout ``from_pretrained`` reads) and its head."""
     folder, manifest = source.folder, source.manifest
-    provenance = Provenance(source=source.name, revision=options.model_kwargs.get("revision"), folder=str(folder))
+    provenance = Provenance(
+        source=source.name, revision=options.model_kwargs.get("revision"), folder=str(folder)
+    )
     if manifest is not None:
         provenance.source = manifest.base_model.get("source") or source.name
         provenance.revision = manifest.base_model.get("revision")
@@ -274,8 +295,11 @@ def _load_folder(cls: Any, source: Source, options: LoadOptions) -> _Loaded:
     loaded = _Loaded(None, provenance, folder, manifest)
     if (folder / ADAPTER_CONFIG_NAME).is_file():
         loaded.pretrained_model, provenance.source = _load_peft_folder(cls, source, options)
-    elif manifest is not None and manifest.kind == KIND_REFERENCE and manifest.reference and (
-        manifest.reference.shared_tensors
+    elif (
+        manifest is not None
+        and manifest.kind == KIND_REFERENCE
+        and manifest.reference
+        and (manifest.reference.shared_tensors)
     ):
         loaded.pretrained_model = load_reference_base(
             cls.transformers_parent_class, folder, manifest, options.model_kwargs
@@ -351,7 +375,9 @@ def _set_head(model: Any, loaded: _Loaded) -> None:
         model.provenance.head_seed = info.seed if info is not None else None
         return
     if manifest is not None:
-        raise CheckpointError(f"vhctl checkpoint {folder} has no {VALUE_HEAD_NAME}", hint="run 'vhctl validate' on it")
+        raise CheckpointError(
+            f"vhctl checkpoint {folder} has no {VALUE_HEAD_NAME}", hint="run 'vhctl validate' on it"
+        )
     logger.warning(
         "no value head found in %s (looked in %s): a new head was initialised (%s). This is expected "
         "when starting from a base model, not when resuming PPO training.",
@@ -374,7 +400,9 @@ def load_wrapper(cls: Any, source: Any, options: LoadOptions) -> Any:
             source, revision=options.model_kwargs.get("revision"), token=options.model_kwargs.get("token"),
             allow_pickle=options.allow_pickle,
         )  # fmt: skip
-    loaded = _load_folder(cls, source, options) if isinstance(source, Source) else _load_built(source, options)
+    loaded = (
+        _load_folder(cls, source, options) if isinstance(source, Source) else _load_built(source, options)
+    )
     _check_peft_model(loaded.pretrained_model, options)
     multi: dict[str, Any] = {"supports_rm_adapter": False}
     if options.reward_adapter is not None:
@@ -382,7 +410,11 @@ def load_wrapper(cls: Any, source: Any, options: LoadOptions) -> Any:
             loaded.pretrained_model, str(options.reward_adapter), options.reward_adapter_name,
             token=options.model_kwargs.get("token"),
         )  # fmt: skip
-        multi = {"score_module": score, "supports_rm_adapter": True, "rm_adapter_name": options.reward_adapter_name}
+        multi = {
+            "score_module": score,
+            "supports_rm_adapter": True,
+            "rm_adapter_name": options.reward_adapter_name,
+        }
     head_kwargs = options.head_kwargs
     if loaded.manifest is not None and "summary_dropout_prob" not in head_kwargs:
         head_kwargs = {**head_kwargs, "summary_dropout_prob": loaded.manifest.value_head.dropout}

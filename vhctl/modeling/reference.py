@@ -20,8 +20,9 @@ def _contains_layer(name: str, prefix: str) -> bool:
 def layer_count(names: Iterable[str], pattern: str) -> int:
     """How many layers ``pattern`` (with ``{layer}``) numbers among parameter ``names``."""
     if "{layer}" not in pattern:
-        raise LayerPatternError(f"layer pattern {pattern!r} has no '{{layer}}' placeholder",
-                                hint="e.g. 'transformer.h.{layer}'")
+        raise LayerPatternError(
+            f"layer pattern {pattern!r} has no '{{layer}}' placeholder", hint="e.g. 'transformer.h.{layer}'"
+        )
     regex = re.compile(r"(?:^|\.)" + re.escape(pattern).replace(r"\{layer\}", r"(\d+)") + r"\.")
     indices = {int(m.group(1)) for n in names for m in [regex.search(n)] if m}
     return max(indices) + 1 if indices else 0
@@ -49,7 +50,9 @@ def detect_layer_pattern(names: list[str], pattern: str | None = None) -> tuple[
     raise error
 
 
-def split_shared(names: list[str], num_shared_layers: int, pattern: str | None = None) -> tuple[list[str], str]:
+def split_shared(
+    names: list[str], num_shared_layers: int, pattern: str | None = None
+) -> tuple[list[str], str]:
     """Names of the parameters before layer ``num_shared_layers`` (embeddings and layers 0..N-1).
 
     ``names`` must be in module order (as ``named_parameters`` gives them).

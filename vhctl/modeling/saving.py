@@ -71,7 +71,9 @@ def save_wrapper(model: Any, folder: Path, *args: Any, **kwargs: Any) -> Manifes
         # An interrupted save must not leave an old manifest vouching for new files.
         (folder / MANIFEST_NAME).unlink()
     if model.is_peft_model:
-        model.pretrained_model.save_pretrained(str(folder), *args, selected_adapters=[model.policy_adapter_name], **kwargs)
+        model.pretrained_model.save_pretrained(
+            str(folder), *args, selected_adapters=[model.policy_adapter_name], **kwargs
+        )
     else:
         if state_dict is not None:
             kwargs["state_dict"] = state_dict

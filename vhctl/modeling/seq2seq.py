@@ -51,7 +51,8 @@ class AutoModelForSeq2SeqLMWithValueHead(PreTrainedModelWrapper):
 
     def _has_lm_head(self) -> bool:
         return any(
-            any(attr in name for attr in self.lm_head_namings) for name, _ in self.pretrained_model.named_modules()
+            any(attr in name for attr in self.lm_head_namings)
+            for name, _ in self.pretrained_model.named_modules()
         )
 
     def forward(

@@ -115,7 +115,11 @@ class PreTrainedModelWrapper(nn.Module):
         self.is_loaded_in_8bit = getattr(pretrained_model, "is_loaded_in_8bit", False)
         self.is_loaded_in_4bit = getattr(pretrained_model, "is_loaded_in_4bit", False)
         self.is_sequential_parallel = False
-        for name in ("gradient_checkpointing_disable", "gradient_checkpointing_enable", "enable_input_require_grads"):
+        for name in (
+            "gradient_checkpointing_disable",
+            "gradient_checkpointing_enable",
+            "enable_input_require_grads",
+        ):
             if hasattr(pretrained_model, name):
                 setattr(self, name, getattr(pretrained_model, name))
         self.supports_rm_adapter = supports_rm_adapter

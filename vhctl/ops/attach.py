@@ -42,8 +42,10 @@ def attach_adapter(
     if "/" in name or name.startswith("."):
         raise AdapterError(f"adapter name {name!r} must be a plain folder name")
     if name in manifest.adapters and not force:
-        raise DestinationExistsError(f"{ckpt} already has an adapter named {name!r}",
-                                     hint="pass --force to replace it, or choose another --name")
+        raise DestinationExistsError(
+            f"{ckpt} already has an adapter named {name!r}",
+            hint="pass --force to replace it, or choose another --name",
+        )
     source = resolve_adapter_dir(adapter, token=token, revision=revision, allow_pickle=allow_pickle)
     config = load_config(folder, where=str(ckpt))
     prefix = f"{ADAPTERS_DIR}/{name}/"
@@ -52,8 +54,13 @@ def attach_adapter(
         dest = tmp / ADAPTERS_DIR / name
         info = store_adapter(source, dest, name, allow_pickle=allow_pickle)
         # A converted pickle adapter is checked once it is safetensors.
-        check_adapter_fits(dest, config=config, architecture=manifest.architecture,
-                           hidden_size=manifest.value_head.hidden_size, where=str(adapter))
+        check_adapter_fits(
+            dest,
+            config=config,
+            architecture=manifest.architecture,
+            hidden_size=manifest.value_head.hidden_size,
+            where=str(adapter),
+        )
         manifest.adapters[name] = info
         manifest.files = {k: v for k, v in manifest.files.items() if not k.startswith(prefix)}
         for item in sorted(dest.iterdir()):

@@ -33,7 +33,9 @@ __all__ = [
 ]
 
 
-def open_output_early(stack: contextlib.ExitStack[Any], out: Path, *, force: bool) -> tuple[Path | None, Exception | None]:
+def open_output_early(
+    stack: contextlib.ExitStack[Any], out: Path, *, force: bool
+) -> tuple[Path | None, Exception | None]:
     """The temporary output folder (see :func:`~vhctl.io.files.atomic_output_dir`), opened before the
     source is checked so that weights can be written while transformers is imported.
 
@@ -82,7 +84,9 @@ def _start_copy(src: Path, dst: Path, rel: str, transfers: FileTransfers, *, lin
     transfers.copy(src / rel, dst / rel, link=link, digest=digest)
 
 
-def start_verbatim_copies(src: Path, dst: Path, files: list[str], transfers: FileTransfers, *, link: bool) -> None:
+def start_verbatim_copies(
+    src: Path, dst: Path, files: list[str], transfers: FileTransfers, *, link: bool
+) -> None:
     """Start copying those of ``files`` (relative to ``src``) that no plan would rewrite: readable
     safetensors files without ``v_head`` keys. :func:`copy_safetensors_base` takes them over."""
     for rel in files:
@@ -126,7 +130,9 @@ def copy_safetensors_base(
         if dtype is not None or head_files:
             total = sum((dst / rel).stat().st_size for rel in rels)
             data.setdefault("metadata", {})["total_size"] = total
-        (dst / SAFE_WEIGHTS_INDEX_NAME).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        (dst / SAFE_WEIGHTS_INDEX_NAME).write_text(
+            json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+        )
     return {rel: digest for rel, digest in digests.items() if digest is not None}
 
 

@@ -75,7 +75,11 @@ def write_safetensors_subset(entries: list[tuple[str, Path, Any]], dst: Path, *,
     offset = 0
     ordered = sorted(entries, key=lambda e: e[0])
     for name, _, info in ordered:
-        header[name] = {"dtype": info.dtype, "shape": list(info.shape), "data_offsets": [offset, offset + info.nbytes]}
+        header[name] = {
+            "dtype": info.dtype,
+            "shape": list(info.shape),
+            "data_offsets": [offset, offset + info.nbytes],
+        }
         offset += info.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % _ALIGN)
@@ -90,7 +94,9 @@ def write_safetensors_subset(entries: list[tuple[str, Path, Any]], dst: Path, *,
     return offset, digest
 
 
-def _shared_digest(index: dict[str, tuple[Path, TensorInfo]], names: list[str], cancel: threading.Event) -> str:
+def _shared_digest(
+    index: dict[str, tuple[Path, TensorInfo]], names: list[str], cancel: threading.Event
+) -> str:
     """``shared_sha256`` (see :func:`vhctl.checkpoint.tensors.shared_tensors_sha256`) from the index
     at hand; stops at the next chunk once ``cancel`` is set."""
     buf = bytearray(CHUNK)
@@ -177,7 +183,9 @@ class _ReferenceWeights:
         if self._stored is None or self._stored[0] != shared:
             self._drop_stored(tmp)
             cancel = threading.Event()
-            job = self._pool.submit(write_safetensors_subset, self.stored(shared), tmp / SAFE_WEIGHTS_NAME, cancel=cancel)
+            job = self._pool.submit(
+                write_safetensors_subset, self.stored(shared), tmp / SAFE_WEIGHTS_NAME, cancel=cancel
+            )
             self._stored = (shared, job, cancel)
 
     def finish(self, tmp: Path, shared: list[str]) -> tuple[int, dict[str, str], str | None]:
@@ -226,14 +234,20 @@ def _open_policy(policy: str | os.PathLike[str], num_shared_layers: int | None) 
     if manifest.kind != KIND_POLICY:
         raise UsageError(f"{policy} is a {manifest.kind} checkpoint", hint="make references from a policy")
     if "peft_policy" in manifest.extra:
-        raise UsageError(f"{policy} is a PEFT policy", hint="its base is frozen already; use it as the reference")
+        raise UsageError(
+            f"{policy} is a PEFT policy", hint="its base is frozen already; use it as the reference"
+        )
     if num_shared_layers is not None and num_shared_layers < 0:
         raise UsageError(f"--shared must be 0 or more, got {num_shared_layers}")
     return policy_dir, manifest
 
 
 def _shared_names(
-    policy_dir: Path, manifest: Manifest, index: dict[str, Any], num_shared_layers: int | None, pattern: str | None
+    policy_dir: Path,
+    manifest: Manifest,
+    index: dict[str, Any],
+    num_shared_layers: int | None,
+    pattern: str | None,
 ) -> tuple[list[str], str | None]:
     """The stored tensors before layer N (sorted) and the layer pattern that found them."""
     if num_shared_layers is None:
@@ -250,7 +264,9 @@ def _shared_names(
     return shared, found_pattern
 
 
-def _record_in_policy(manifest: Manifest, policy_dir: Path, out_dir: Path, frozen: dict[str, Any] | None) -> None:
+def _record_in_policy(
+    manifest: Manifest, policy_dir: Path, out_dir: Path, frozen: dict[str, Any] | None
+) -> None:
     """The policy's manifest: the shared layers frozen, the reference listed (or noted as external)."""
     rel = os.path.relpath(out_dir, policy_dir)
     if frozen is not None:
@@ -305,7 +321,11 @@ def make_reference(
             kind=KIND_REFERENCE, architecture=manifest.architecture, model_type=manifest.model_type,
             value_head=manifest.value_head, base_model=dict(manifest.base_model), reference=reference,
         ), known)  # fmt: skip
-    frozen = None if num_shared_layers is None else {"num_shared_layers": num_shared_layers, "pattern": found_pattern}
+    frozen = (
+        None
+        if num_shared_layers is None
+        else {"num_shared_layers": num_shared_layers, "pattern": found_pattern}
+    )
     _record_in_policy(manifest, policy_dir, out_dir, frozen)
     return ReferenceResult(
         out=out_dir, policy=policy_dir, num_shared_layers=num_shared_layers, pattern=found_pattern,

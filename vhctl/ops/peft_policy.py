@@ -55,7 +55,9 @@ class PeftPolicyResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _resolve_base(source: str, adapter_config: dict[str, Any], *, token: Any, allow_pickle: bool) -> ResolvedModel:
+def _resolve_base(
+    source: str, adapter_config: dict[str, Any], *, token: Any, allow_pickle: bool
+) -> ResolvedModel:
     """The base model the adapter names, found like any model (a folder or a hub id)."""
     base = adapter_config.get("base_model_name_or_path")
     if not isinstance(base, str) or not base:
@@ -137,8 +139,10 @@ def wrap_peft_policy(
     adapter_config = read_adapter_config(src)
     found = find_head(src, allow_pickle=allow_pickle)[0]
     if found is None:
-        raise NotAModelError(f"{source} is a PEFT adapter without a value head",
-                             hint="wrap its base model, then add a reward adapter with 'vhctl attach-reward-adapter'")
+        raise NotAModelError(
+            f"{source} is a PEFT adapter without a value head",
+            hint="wrap its base model, then add a reward adapter with 'vhctl attach-reward-adapter'",
+        )
     base = _resolve_base(source, adapter_config, token=token, allow_pickle=allow_pickle)
     config = load_config(base.path, where=base.source, trust_remote_code=trust_remote_code)
     architecture = detect_architecture(config, where=base.source)
@@ -147,7 +151,9 @@ def wrap_peft_policy(
     weight, bias = found.state[V_HEAD_WEIGHT], found.state[V_HEAD_BIAS]
     reward = None
     if init_from_reward is not None:
-        reward = read_reward_head(init_from_reward, hidden_size=hidden, allow_pickle=allow_pickle, token=token)
+        reward = read_reward_head(
+            init_from_reward, hidden_size=hidden, allow_pickle=allow_pickle, token=token
+        )
         weight, bias = reward.weight, reward.bias
     head_info = ValueHeadInfo(
         file=VALUE_HEAD_NAME, hidden_size=hidden, dtype=dtype_name(weight.dtype), init="loaded", std=None,
@@ -155,7 +161,10 @@ def wrap_peft_policy(
     )  # fmt: skip
     base_source = str(Path(base.source).absolute()) if base.origin == "local" else base.source
     extra: dict[str, Any] = {
-        "peft_policy": {"adapter_config": ADAPTER_CONFIG_NAME, "peft_type": str(adapter_config.get("peft_type"))},
+        "peft_policy": {
+            "adapter_config": ADAPTER_CONFIG_NAME,
+            "peft_type": str(adapter_config.get("peft_type")),
+        },
         **(reward.manifest_extra() if reward is not None else {}),
     }
     manifest = Manifest(

@@ -80,7 +80,9 @@ class WrapResult:
         return data
 
 
-def init_head(hidden_size: int, *, init: str, std: float, seed: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+def init_head(
+    hidden_size: int, *, init: str, std: float, seed: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A new head's tensors; the same seed gives the same bytes.
 
     ``random`` is PyTorch's default ``Linear`` init (uniform in +-1/sqrt(hidden) for weight and bias);
@@ -115,7 +117,9 @@ def check_head_options(
     if dropout is not None and (not math.isfinite(dropout) or not 0.0 <= dropout < 1.0):
         raise UsageError(f"--dropout must be in [0, 1), got {dropout}")
     if init_from_reward is not None:
-        given = [name for name, value in (("--init", init), ("--std", std), ("--seed", seed)) if value is not None]
+        given = [
+            name for name, value in (("--init", init), ("--std", std), ("--seed", seed)) if value is not None
+        ]
         if given:
             raise UsageError(
                 f"{' and '.join(given)} and --init-from-reward both set the head: the reward model's head is "
@@ -181,8 +185,14 @@ def _resolve(source: str | os.PathLike[str], out_path: Path, *, revision: str | 
     resolved = resolve_model(source, revision=revision, token=token, allow_pickle=allow_pickle)
     src = resolved.path
     if out_path == src.absolute() or src.absolute() in out_path.parents:
-        raise UsageError(f"--out {out_path} is inside the source model folder", hint="choose a folder elsewhere")
-    if (src / ADAPTER_CONFIG_NAME).is_file() and not (src / CONFIG_NAME).is_file() and not is_peft_policy_source(src):
+        raise UsageError(
+            f"--out {out_path} is inside the source model folder", hint="choose a folder elsewhere"
+        )
+    if (
+        (src / ADAPTER_CONFIG_NAME).is_file()
+        and not (src / CONFIG_NAME).is_file()
+        and not is_peft_policy_source(src)
+    ):
         raise NotAModelError(
             f"{source} is a PEFT adapter, not a model",
             hint="wrap its base model, then add a reward adapter with 'vhctl attach-reward-adapter'",
@@ -204,8 +214,10 @@ def _plan(source: str, resolved: ResolvedModel, *, dropout: float | None, trust_
         raise NotAModelError(f"{source} holds a config but no weights", hint="point at a saved model folder")
     foreign = detect_foreign_layout(src, allow_pickle=allow_pickle)
     found = None if foreign is not None else find_head(src, allow_pickle=allow_pickle)[0]
-    reward = None if init_from_reward is None else read_reward_head(
-        init_from_reward, hidden_size=hidden, allow_pickle=allow_pickle, token=token
+    reward = (
+        None
+        if init_from_reward is None
+        else read_reward_head(init_from_reward, hidden_size=hidden, allow_pickle=allow_pickle, token=token)
     )
     if found is not None:
         check_head_state(found.state, hidden, where=f"{source}/{found.files[0]}")
@@ -226,12 +238,16 @@ def _write_base(plan: _Plan, tmp: Path, *, target: torch.dtype | None, dtype: st
         imported = import_foreign(plan.foreign, tmp, config=plan.config, dtype=target)
     elif has_safetensors_weights(src):
         head_files = plan.found.base_files if plan.found else []
-        known = copy_safetensors_base(src, tmp, head_files=head_files, dtype=target, link=link, transfers=transfers)
+        known = copy_safetensors_base(
+            src, tmp, head_files=head_files, dtype=target, link=link, transfers=transfers
+        )
         config_data = json.loads((src / CONFIG_NAME).read_text(encoding="utf-8"))
         if target is not None:
             config_data["dtype"] = dtype
             config_data.pop("torch_dtype", None)
-        (tmp / CONFIG_NAME).write_text(json.dumps(config_data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        (tmp / CONFIG_NAME).write_text(
+            json.dumps(config_data, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+        )
         if (src / GENERATION_CONFIG_NAME).is_file():
             shutil.copyfile(src / GENERATION_CONFIG_NAME, tmp / GENERATION_CONFIG_NAME)
     else:
@@ -272,7 +288,9 @@ def _head(plan: _Plan, imported: ImportResult | None, *, init: str | None, std: 
     return weight, bias, info
 
 
-def _manifest(plan: _Plan, head_info: ValueHeadInfo, imported: ImportResult | None, revision: str | None) -> Manifest:
+def _manifest(
+    plan: _Plan, head_info: ValueHeadInfo, imported: ImportResult | None, revision: str | None
+) -> Manifest:
     resolved = plan.resolved
     source = str(Path(plan.source).absolute()) if resolved.origin == "local" else resolved.source
     extra = {**(imported.extra if imported else {}), **(plan.reward.manifest_extra() if plan.reward else {})}
@@ -327,7 +345,9 @@ def wrap_model(
     Returns:
         What was written (a :class:`WrapResult`).
     """
-    check_head_options(init, std, dropout, seed=seed, init_from_reward=init_from_reward, link=link, dtype=dtype)
+    check_head_options(
+        init, std, dropout, seed=seed, init_from_reward=init_from_reward, link=link, dtype=dtype
+    )
     dtype = canonical_dtype(dtype) if dtype is not None else None
     target = torch_dtype(dtype) if dtype is not None else None
     out_path = Path(out).absolute()
@@ -335,9 +355,20 @@ def wrap_model(
     if is_peft_policy_source(resolved.path):  # TRL's PEFT layout: adapter + head, no base weights
         from vhctl.ops.peft_policy import wrap_peft_policy  # imports torch: only when it is needed
 
-        done = wrap_peft_policy(str(source), resolved, out_path, dropout=dropout, dtype=dtype, link=link, force=force,
-                                token=token, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
-                                init_from_reward=init_from_reward, head_options_given=(init, std, seed) != (None,) * 3)
+        done = wrap_peft_policy(
+            str(source),
+            resolved,
+            out_path,
+            dropout=dropout,
+            dtype=dtype,
+            link=link,
+            force=force,
+            token=token,
+            allow_pickle=allow_pickle,
+            trust_remote_code=trust_remote_code,
+            init_from_reward=init_from_reward,
+            head_options_given=(init, std, seed) != (None,) * 3,
+        )
         return WrapResult(out=out_path, source=str(source), **asdict(done))
     src = resolved.path
     verbatim = weight_files(src) if target is None and has_safetensors_weights(src) else []

@@ -91,7 +91,9 @@ def check_compile_choice(value: str) -> str:
     """
     choice = str(value).strip().lower()
     if choice not in COMPILE_CHOICES:
-        raise UsageError(f"invalid compile choice {value!r} (--compile, Scorer's compile=)", hint="use auto, on or off")
+        raise UsageError(
+            f"invalid compile choice {value!r} (--compile, Scorer's compile=)", hint="use auto, on or off"
+        )
     return choice
 
 

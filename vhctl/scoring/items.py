@@ -55,7 +55,9 @@ class Item:
         return len(self.ids) + (len(self.dec) if self.dec is not None else 0)
 
 
-def results(items: list[Item], stats: ScoreStats, *, mark_truncated: bool = False) -> Iterator[dict[str, Any]]:
+def results(
+    items: list[Item], stats: ScoreStats, *, mark_truncated: bool = False
+) -> Iterator[dict[str, Any]]:
     """The window's output dicts in input order; counted in ``stats`` as each one is handed out.
 
     An error item becomes ``{"line", "id"?, "error"}``; a scored one gives up its result (the item

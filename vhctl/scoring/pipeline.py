@@ -98,7 +98,9 @@ def check_device_map(value: str | None, device: str) -> str | None:
         return None
     choice = value.strip().lower()
     if choice not in DEVICE_MAP_CHOICES:
-        raise UsageError(f"invalid --device-map {value!r}", hint=f"use one of {', '.join(DEVICE_MAP_CHOICES)}")
+        raise UsageError(
+            f"invalid --device-map {value!r}", hint=f"use one of {', '.join(DEVICE_MAP_CHOICES)}"
+        )
     if (device or "auto").strip().lower() != "auto":
         raise UsageError(
             f"--device {device} and --device-map {value} both place the model",
@@ -125,7 +127,11 @@ def _reward_adapter_dir(source: Source, name: str) -> tuple[str, Path]:
     if source.manifest is not None:
         adapters = {n: info.path for n, info in source.manifest.adapters.items() if info.role == "reward"}
     elif (folder / ADAPTERS_DIR).is_dir():
-        adapters = {p.name: f"{ADAPTERS_DIR}/{p.name}" for p in sorted((folder / ADAPTERS_DIR).iterdir()) if p.is_dir()}
+        adapters = {
+            p.name: f"{ADAPTERS_DIR}/{p.name}"
+            for p in sorted((folder / ADAPTERS_DIR).iterdir())
+            if p.is_dir()
+        }
     if not adapters:
         raise UsageError(
             f"--reward: {folder} has no reward adapter",
@@ -165,7 +171,9 @@ def _with_reward_adapter(model: Any, name: str, adapter_dir: Path) -> Any:
     from peft import PeftModel
 
     if not adapter_dir.is_dir():
-        raise AdapterError(f"reward adapter {name!r} is listed but {adapter_dir} is missing", hint="run vhctl validate")
+        raise AdapterError(
+            f"reward adapter {name!r} is listed but {adapter_dir} is missing", hint="run vhctl validate"
+        )
     _, score_state = read_reward_adapter(str(adapter_dir))
     base = model.pretrained_model
     if isinstance(base, PeftModel):
@@ -224,7 +232,9 @@ def load_scoring_model(
         if device.type != "cuda" and options.device_map is None:
             model.to(device)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(source.folder), trust_remote_code=options.trust_remote_code)
+            tokenizer = AutoTokenizer.from_pretrained(
+                str(source.folder), trust_remote_code=options.trust_remote_code
+            )
         except (OSError, ValueError, TypeError) as exc:
             raise UsageError(
                 f"{options.ckpt} has no tokenizer, and scoring needs one ({type(exc).__name__})",

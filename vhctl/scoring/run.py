@@ -73,7 +73,9 @@ def rank_device(options: ScoreOptions, group: distributed.Group) -> str:
     return distributed.local_device(options.device, group.launch)
 
 
-def _records(options: ScoreOptions, run: ScoreRun, stream: IO[bytes] | None, stream_input: bool) -> Iterator[Any]:
+def _records(
+    options: ScoreOptions, run: ScoreRun, stream: IO[bytes] | None, stream_input: bool
+) -> Iterator[Any]:
     """The input as records, and whether a window may end where the input pauses."""
     group, main = run.group, run.is_main
     reader = LineReader(stream) if stream is not None and stream_input else None

@@ -56,12 +56,14 @@ class AppConfig:
 def build_app(worker: ModelWorker, metrics: Metrics, config: AppConfig) -> Guard:
     """The ASGI application to serve."""
     handlers = _Handlers(worker, metrics, config)
-    app = Starlette(routes=[
-        Route("/get_reward", handlers.get_reward, methods=["POST"]),
-        Route("/v1/score", handlers.score, methods=["POST"]),
-        Route("/health", handlers.health, methods=["GET"]),
-        Route("/metrics", handlers.metrics, methods=["GET"]),
-    ])
+    app = Starlette(
+        routes=[
+            Route("/get_reward", handlers.get_reward, methods=["POST"]),
+            Route("/v1/score", handlers.score, methods=["POST"]),
+            Route("/health", handlers.health, methods=["GET"]),
+            Route("/metrics", handlers.metrics, methods=["GET"]),
+        ]
+    )
     return Guard(app, metrics, config)
 
 
@@ -96,8 +98,11 @@ class _Handlers:
 
     async def health(self, request: Request) -> Response:
         if not self.worker.ready:
-            return JSONResponse({"status": "loading" if self.worker.loaded is None else "stopping"},
-                                status_code=503, headers={"Retry-After": RETRY_AFTER})
+            return JSONResponse(
+                {"status": "loading" if self.worker.loaded is None else "stopping"},
+                status_code=503,
+                headers={"Retry-After": RETRY_AFTER},
+            )
         body: dict[str, Any] = {"status": "ready"}
         if authorized(request.scope, self.config.api_key):
             body.update(self.config.info, queued=self.worker.queued)
@@ -126,21 +131,26 @@ class _Handlers:
         limit = self.config.max_body_bytes
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
-            raise BadRequest(f"the body is {declared} bytes, over the limit of {limit} (--max-body-bytes)",
-                             status=413)
+            raise BadRequest(
+                f"the body is {declared} bytes, over the limit of {limit} (--max-body-bytes)", status=413
+            )
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise BadRequest(f"the body is over the limit of {limit} bytes (--max-body-bytes)", status=413)
+                raise BadRequest(
+                    f"the body is over the limit of {limit} bytes (--max-body-bytes)", status=413
+                )
             chunks.append(chunk)
         return parse_json(b"".join(chunks))
 
     async def _scored(self, request: Request, records: list[Record], per_token: bool) -> list[dict[str, Any]]:
         """Queue the records as one job and wait for their results (the event loop stays free)."""
         if not self.worker.ready:
-            raise BadRequest("the model is not ready" if self.worker.loaded is None else "the server is stopping",
-                             status=503)
+            raise BadRequest(
+                "the model is not ready" if self.worker.loaded is None else "the server is stopping",
+                status=503,
+            )
         if not records:
             return []
         loop = asyncio.get_running_loop()
@@ -219,8 +229,11 @@ class Guard:
             self.metrics.in_flight.inc()
         try:
             if path != "/health" and not authorized(scope, self.config.api_key):
-                refusal = JSONResponse({"error": "missing or wrong API key (send Authorization: Bearer <key>)"},
-                                       status_code=401, headers={"WWW-Authenticate": "Bearer"})
+                refusal = JSONResponse(
+                    {"error": "missing or wrong API key (send Authorization: Bearer <key>)"},
+                    status_code=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
                 await refusal(scope, receive, sending)
             else:
                 await self.app(scope, receive, sending)
@@ -231,8 +244,10 @@ class Guard:
             records = scope.get(RECORDS_KEY, 0)
             self.metrics.request(path, status, seconds, records)
             if self.config.log is not None:
-                self.config.log(f"{scope.get('method', '?')} {_printable(path)} {status} "
-                                f"{records} record(s) {seconds * 1000:.1f} ms")
+                self.config.log(
+                    f"{scope.get('method', '?')} {_printable(path)} {status} "
+                    f"{records} record(s) {seconds * 1000:.1f} ms"
+                )
 
 
 def _printable(path: str) -> str:

@@ -66,7 +66,9 @@ def score_request(data: Any) -> ScoreRequest:
     if isinstance(data, dict):
         unknown = sorted(set(data) - {"records", "per_token"})
         if unknown:
-            raise BadRequest(f"unknown field(s) {', '.join(map(repr, unknown))}; give 'records' and 'per_token'")
+            raise BadRequest(
+                f"unknown field(s) {', '.join(map(repr, unknown))}; give 'records' and 'per_token'"
+            )
         per_token = data.get("per_token", False)
         if not isinstance(per_token, bool):
             raise BadRequest("'per_token' must be true or false")
@@ -108,7 +110,7 @@ def reward_request(data: Any, specials: tuple[str, str] = ("", "")) -> list[Reco
         text = _strip_specials(query, specials)
         if isinstance(prompt, str) and prompt and query.startswith(prompt) and len(prompt) < len(query):
             head = _strip_specials(prompt, (specials[0], ""))
-            records.append(_record({"prompt": head, "response": text[len(head):]}, index))
+            records.append(_record({"prompt": head, "response": text[len(head) :]}, index))
         else:
             records.append(_record({"text": text}, index))
     return records
@@ -117,7 +119,7 @@ def reward_request(data: Any, specials: tuple[str, str] = ("", "")) -> list[Reco
 def _strip_specials(text: str, specials: tuple[str, str]) -> str:
     prefix, suffix = specials
     if prefix and text.startswith(prefix):
-        text = text[len(prefix):]
+        text = text[len(prefix) :]
     if suffix and text.endswith(suffix):
         text = text[: -len(suffix)]
     return text
@@ -140,5 +142,5 @@ def special_texts(tokenizer: Any) -> tuple[str, str]:
     full = list(tokenizer("hello world", add_special_tokens=True)["input_ids"])
     for start in range(len(full) - len(bare) + 1):
         if bare and full[start : start + len(bare)] == bare:
-            return tokenizer.decode(full[:start]), tokenizer.decode(full[start + len(bare):])
+            return tokenizer.decode(full[:start]), tokenizer.decode(full[start + len(bare) :])
     return "", ""

@@ -23,22 +23,44 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         registry = self.registry
-        self.requests = Counter("vhctl_serve_requests", "HTTP requests answered, by endpoint and status.",
-                                ["endpoint", "status"], registry=registry)
-        self.latency = Histogram("vhctl_serve_request_seconds", "Time from request to response, by endpoint.",
-                                 ["endpoint"], buckets=_LATENCY_BUCKETS, registry=registry)
-        self.records = Counter("vhctl_serve_records", "Records scored (answered 200), by endpoint.",
-                               ["endpoint"], registry=registry)
+        self.requests = Counter(
+            "vhctl_serve_requests",
+            "HTTP requests answered, by endpoint and status.",
+            ["endpoint", "status"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "vhctl_serve_request_seconds",
+            "Time from request to response, by endpoint.",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.records = Counter(
+            "vhctl_serve_records",
+            "Records scored (answered 200), by endpoint.",
+            ["endpoint"],
+            registry=registry,
+        )
         self.tokens = Counter("vhctl_serve_tokens", "Tokens scored, after truncation.", registry=registry)
-        self.shared_prompts = Counter("vhctl_serve_shared_prompts",
-                                      "Prompt forward passes saved by prefix sharing.", registry=registry)
+        self.shared_prompts = Counter(
+            "vhctl_serve_shared_prompts", "Prompt forward passes saved by prefix sharing.", registry=registry
+        )
         self.queue = Gauge("vhctl_serve_queue_records", "Records waiting for the model.", registry=registry)
-        self.batch = Histogram("vhctl_serve_window_records", "Records per scoring window (batched across requests).",
-                               buckets=_BATCH_BUCKETS, registry=registry)
-        self.in_flight = Gauge("vhctl_serve_requests_in_flight", "Scoring requests received and not yet answered.",
-                               registry=registry)
-        self.ready = Gauge("vhctl_serve_ready", "1 once the model is loaded and requests are taken.",
-                           registry=registry)
+        self.batch = Histogram(
+            "vhctl_serve_window_records",
+            "Records per scoring window (batched across requests).",
+            buckets=_BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "vhctl_serve_requests_in_flight",
+            "Scoring requests received and not yet answered.",
+            registry=registry,
+        )
+        self.ready = Gauge(
+            "vhctl_serve_ready", "1 once the model is loaded and requests are taken.", registry=registry
+        )
 
     def request(self, path: str, status: int, seconds: float, records: int) -> None:
         """Count one answered request (``records`` scored, when it succeeded)."""

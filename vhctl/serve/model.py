@@ -41,4 +41,6 @@ def load_model(options: ScoreOptions) -> LoadedModel:
     device = resolve_device(options.device)
     dtype = resolve_dtype(options.dtype, device)
     loaded = load_scoring_model(options, device, dtype, progress=False)
-    return LoadedModel(loaded.model.eval(), loaded.tokenizer, loaded.normalization, device, dtype, loaded.reward)
+    return LoadedModel(
+        loaded.model.eval(), loaded.tokenizer, loaded.normalization, device, dtype, loaded.reward
+    )

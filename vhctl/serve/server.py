@@ -53,14 +53,24 @@ class HttpServer:
 
         self.options = options
         self.metrics = Metrics()
-        self.worker = ModelWorker(max_queue=options.max_queue, options=options.scoring,
-                                  on_batch=self.metrics.window, on_queue=self.metrics.queue.set)
+        self.worker = ModelWorker(
+            max_queue=options.max_queue,
+            options=options.scoring,
+            on_batch=self.metrics.window,
+            on_queue=self.metrics.queue.set,
+        )
         self.config = AppConfig(max_body_bytes=options.max_body_bytes, api_key=options.api_key, log=log)
         app = build_app(self.worker, self.metrics, self.config)
-        self._uvicorn = uvicorn.Server(uvicorn.Config(
-            app, lifespan="off", log_config=None, log_level="warning", access_log=False,
-            timeout_graceful_shutdown=max(math.ceil(options.drain_timeout), 0),
-        ))
+        self._uvicorn = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                lifespan="off",
+                log_config=None,
+                log_level="warning",
+                access_log=False,
+                timeout_graceful_shutdown=max(math.ceil(options.drain_timeout), 0),
+            )
+        )
         self._socket = _listen(options.host, options.port)
         self._thread: threading.Thread | None = None
         self._failure: BaseException | None = None
@@ -140,13 +150,17 @@ def serve(
     with _signals(server, loaded) as stopped:
         try:
             url = server.start()
-            say(f"loading {options.model.ckpt} (listening on {url}; /health answers 503 until the model is loaded)")
+            say(
+                f"loading {options.model.ckpt} (listening on {url}; /health answers 503 until the model is loaded)"
+            )
             model = load(options.model)
             server.serve_model(model)
             loaded.set()
             if not stopped.is_set():
-                say(f"ready: serving {options.model.ckpt} on {url} ({model.device}, "
-                    f"{str(model.dtype).removeprefix('torch.')})")
+                say(
+                    f"ready: serving {options.model.ckpt} on {url} ({model.device}, "
+                    f"{str(model.dtype).removeprefix('torch.')})"
+                )
             while not server.wait(0.2):
                 pass
         except _Stopped:
@@ -195,8 +209,9 @@ def _listen(host: str, port: int) -> socket.socket:
             sock.close()
             raise
     except OSError as exc:
-        raise VhctlError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
-                         hint="choose another --host or --port") from None
+        raise VhctlError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}", hint="choose another --host or --port"
+        ) from None
     return sock
 
 

@@ -151,10 +151,13 @@ class ModelWorker:
             )
         with self._cond:
             if not self.ready:
-                raise BadRequest("the model is not ready" if not self._stopping else "the server is stopping",
-                                 status=503)
+                raise BadRequest(
+                    "the model is not ready" if not self._stopping else "the server is stopping", status=503
+                )
             if self._queued + size > self.max_queue:
-                raise BadRequest(f"the queue is full ({self._queued} records waiting); retry later", status=503)
+                raise BadRequest(
+                    f"the queue is full ({self._queued} records waiting); retry later", status=503
+                )
             self._jobs.append(job)
             self._queued += size
             self._cond.notify()
