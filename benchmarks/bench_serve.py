@@ -182,10 +182,8 @@ def report(
     lines = [
         "# `vhctl serve` benchmark",
         "",
-        f"PROVISIONAL: {len(reps)} small repetition(s) on a shared machine (load average {load_avg[0]:.1f} at the "
-        f"start, {load_avg[1]:.1f} at the end; {common.THREADS} threads and OMP_WAIT_POLICY="
-        f"{env()['OMP_WAIT_POLICY']} for every process, {os.cpu_count()} cores); rerun on a quiet machine "
-        "for the recorded figures.",
+        f"Machine: {os.cpu_count()} cores, {common.THREADS} threads and OMP_WAIT_POLICY={env()['OMP_WAIT_POLICY']} "
+        f"for every process, {len(reps)} repetition(s); {common.load_note(load_avg[0], load_avg[1])}.",
         "",
         f"Command: `python benchmarks/bench_serve.py --model {args.model} --clients {args.clients} "
         f"--groups-per-client {args.groups_per_client} --reps {args.reps}`",

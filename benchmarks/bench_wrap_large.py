@@ -237,9 +237,8 @@ def report(
         f"Command: `python benchmarks/bench_wrap_large.py --reps {args.reps}"
         f"{f' --baseline {args.baseline}' if args.baseline else ''}` ({info['elapsed_s'] / 60:.1f} min). "
         f"Commit {info['commit']}; {info['cpu']}, {info['cores']} cores, {info['mem_gib']:.0f} GiB; "
-        f"load average {info['load_start']:.1f} at the start, {info['load_end']:.1f} at the end "
-        "(the machine is shared: the ratios below are taken within one run, the walls are not comparable "
-        "across runs).", "",
+        f"{common.load_note(info['load_start'], info['load_end'])}; the walls are not comparable across "
+        "runs.", "",
         f"Model: GPT-2-large shape ({info['params'] / 1e6:.0f}M parameters, float32, random weights), "
         f"`model.safetensors` {info['model_bytes'] / 1e9:.2f} GB, and the same tensors in 5 shards. "
         f"Whole processes, {args.reps} interleaved repetitions, medians (min-max).", "",

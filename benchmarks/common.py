@@ -308,6 +308,16 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def load_note(start: float, end: float) -> str:
+    """The load averages of a run and what they mean: quiet when no other work held half the cores
+    as it started (a benchmark's own processes raise the load it ends with)."""
+    cores = os.cpu_count() or 1
+    said = f"load average {start:.1f} at the start, {end:.1f} at the end"
+    if start < cores / 2:
+        return f"{said} (a quiet machine: nothing else held a core as it started; the load is its own)"
+    return f"{said} (other work was running: figures of a loaded machine; ratios are taken within one run)"
+
+
 def interleave(reps: int, tasks: Sequence[tuple[str, Callable[[], float]]]) -> dict[str, list[float]]:
     """Run each task once per repetition, alternating their order each time; collect their results."""
     out: dict[str, list[float]] = {name: [] for name, _ in tasks}

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -556,40 +558,125 @@ def update_gpu_only(args: argparse.Namespace) -> int:
     return 0
 
 
-def section_data_parallel(targets: list[list[str]], lines: list[str]) -> None:
-    """Section 7: the data-parallel benchmark, as its own command last wrote it (``RESULTS-dp.md``).
-
-    ``bench_dp.py`` takes about 20 minutes, so ``run.sh`` does not run it; its recorded report is
-    carried into this file with the command and date it came from.
-    """
-    source = common.BENCH / "RESULTS-dp.md"
-    if not source.is_file():
-        return
-    text = source.read_text(encoding="utf-8").splitlines()
+def dp_targets(text: list[str]) -> list[list[str]]:
     ratios = []
     for row in text:
         cells = [c.strip() for c in row.strip("|").split("|")]
         if len(cells) == 7 and cells[1].startswith("2 processes"):
             ratios.append(f"{cells[0]} {cells[5]}")
-    targets.append(
+    return [
         [
-            "7. data-parallel scoring: 2 processes x 1 thread vs 1 process x 2 threads",
-            "; ".join(ratios) or "see section 7",
-            "recorded (see section 7; no target ratio set)",
+            "data-parallel scoring: 2 processes x 1 thread vs 1 process x 2 threads",
+            "; ".join(ratios) or "see the section",
+            "recorded (no target ratio set)",
         ]
-    )
-    body = text[1:]  # its title becomes this section's
-    while body and not body[0].strip():
-        body.pop(0)
-    lines += [
-        "## 7. Data-parallel scoring (torchrun, CPU)",
-        "",
-        "Measured by `benchmarks/bench_dp.py`, a separate command (10 to 20 min; not part "
-        "of `run.sh`); its report [`RESULTS-dp.md`](RESULTS-dp.md) is carried in here as recorded:",
-        "",
-        *[f"> {row}" if row else ">" for row in body],
-        "",
     ]
+
+
+def bullet_targets(text: list[str]) -> list[list[str]]:
+    """``- Target: WHAT: **FIGURE**, VERDICT.`` lines (bench_serve's report)."""
+    rows = []
+    for row in text:
+        match = re.match(r"- Target: (.*): \*\*(.*?)\*\*, (met|missed)\.?$", row.strip())
+        if match:
+            what, figure, verdict = match.groups()
+            rows.append([what, figure, "**met**" if verdict == "met" else "**missed**"])
+    return rows
+
+
+def table_targets(text: list[str]) -> list[list[str]]:
+    """The ``| target | measured | verdict | why |`` table under a report's "Targets" heading."""
+    rows, inside = [], False
+    for row in text:
+        if row.startswith("## "):
+            inside = row.startswith("## Targets")
+            continue
+        cells = [c.strip() for c in row.strip().strip("|").split("|")]
+        if not inside or len(cells) != 4 or cells[0] in ("target", "---"):
+            continue
+        verdict = cells[2] if cells[2].startswith("**") else f"**{cells[2]}**"
+        why = f": {cells[3]}" if cells[3] and "missed" in verdict else ""  # a met target's note stays below
+        rows.append([cells[0], cells[1], verdict + why])
+    return rows
+
+
+class Carried(NamedTuple):
+    """A benchmark run on its own (too long for run.sh) whose report RESULTS.md carries as recorded."""
+
+    number: int
+    title: str
+    report: str  # its file in benchmarks/
+    script: str
+    duration: str
+    read_targets: Callable[[list[str]], list[list[str]]]
+    subject: str = ""  # put before each target row read from it
+
+
+CARRIED = (
+    Carried(7, "Data-parallel scoring (torchrun, CPU)", "RESULTS-dp.md", "bench_dp.py", "10 to 20 min", dp_targets),
+    Carried(8, "`vhctl serve` under 16 clients (CPU)", "RESULTS-serve.md", "bench_serve.py", "about 5 min",
+            bullet_targets, "`vhctl serve`, GPT-2 124M: "),
+    Carried(9, "Compiled scoring, `--compile` (CPU)", "RESULTS-compile.md", "bench_compile.py", "10 to 20 min",
+            table_targets, "`--compile`, "),
+    Carried(10, "wrap and make-ref at GPT-2-large size", "RESULTS-wrap-large.md", "bench_wrap_large.py",
+            "about 5 min", table_targets, "GPT-2-large (774M): "),
+)  # fmt: skip
+
+
+def section_carried(targets: list[list[str]], lines: list[str]) -> None:
+    """Sections 7 and later: each benchmark run on its own, as its own command last wrote its report.
+
+    Those take minutes to tens of minutes each, so ``run.sh`` does not run them; their recorded
+    reports are carried in with the command and date each came from.
+    """
+    for number, title, name, script, duration, read_targets, subject in CARRIED:
+        source = common.BENCH / name
+        if not source.is_file():
+            continue
+        text = source.read_text(encoding="utf-8").splitlines()
+        targets += [[f"{number}. {subject}{t}", m, v] for t, m, v in read_targets(text)]
+        body = text[1:]  # its title becomes this section's
+        while body and not body[0].strip():
+            body.pop(0)
+        lines += [
+            f"## {number}. {title}",
+            "",
+            f"Measured by `benchmarks/{script}`, a separate command ({duration}; not part of `run.sh`); "
+            f"its report [`{name}`]({name}) is carried in here as recorded:",
+            "",
+            *[f"> {row}" if row else ">" for row in body],
+            "",
+        ]
+
+
+def replace_carried(text: str, rows: list[list[str]], section: list[str]) -> str:
+    """``text`` (a RESULTS.md) with its carried sections (7 and later) and their target rows replaced."""
+    numbers = tuple(f"| {number}. " for number, *_ in CARRIED)
+    lines = [ln for ln in text.split("\n") if not ln.startswith(numbers)]
+    head = next(i for i, ln in enumerate(lines) if ln.startswith("| target |"))
+    end = next((i for i in range(head + 2, len(lines)) if not lines[i].startswith("|")), len(lines))
+    lines[end:end] = [f"| {t} | {m} | {v} |" for t, m, v in rows]
+    titles = tuple(f"## {number}. " for number, *_ in CARRIED)
+    start = next((i for i, ln in enumerate(lines) if ln.startswith(titles)), len(lines))
+    body = list(section)
+    while body and not body[-1].strip():
+        body.pop()
+    lines[start:] = [*body, ""]
+    return "\n".join(lines)
+
+
+def update_carried_only(args: argparse.Namespace) -> int:
+    """``--carried-only``: sections 7 and later of an existing RESULTS.md from the reports, nothing else."""
+    if not args.out.is_file():
+        raise SystemExit(f"{args.out} does not exist: --carried-only rewrites sections of an existing file")
+    rows: list[list[str]] = []
+    section: list[str] = []
+    section_carried(rows, section)
+    args.out.write_text(
+        replace_carried(args.out.read_text(encoding="utf-8"), rows, section), encoding="utf-8"
+    )
+    print(f"wrote sections 7 to {CARRIED[-1][0]} of {args.out}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -612,9 +699,17 @@ def main(argv: list[str] | None = None) -> int:
         help="rewrite only section 6 and its target rows of an existing --out file "
         "(the CPU sections need the full run's _work/results)",
     )
+    parser.add_argument(
+        "--carried-only",
+        action="store_true",
+        help="rewrite only sections 7 and later (the benchmarks run on their own) and their target rows "
+        "of an existing --out file",
+    )
     args = parser.parse_args(argv)
     if args.gpu_only:
         return update_gpu_only(args)
+    if args.carried_only:
+        return update_carried_only(args)
     info = common.load_result("machine") or {}
     targets: list[list[str]] = []
     body: list[str] = []
@@ -631,7 +726,7 @@ def main(argv: list[str] | None = None) -> int:
     section_gpu(
         targets, body, args.gpu_json, args.gpu_check_json, dry_run=common.RESULTS_DIR / "gpu-dry-run.json"
     )
-    section_data_parallel(targets, body)
+    section_carried(targets, body)
     head = [
         "# vhctl benchmarks",
         "",

@@ -83,7 +83,7 @@ CompileOpt = Annotated[
     typer.Option(
         "--compile",
         metavar="auto|on|off",
-        help="Run the model's layers compiled with torch.compile, for long jobs: a compile of about half a minute "
+        help="Run the model's layers compiled with torch.compile, for long jobs: a compile of 20 to 30 s "
         "on a CPU first (kept on disk for the next job). auto: when the input is long enough for it to pay "
         "(serve: always).",
     ),

@@ -78,7 +78,7 @@ class Scorer:
             is restored after each window.
         compile: ``"on"``: run the model's repeated blocks compiled (``torch.compile``, one graph
             with dynamic shapes for every layer and batch; widths padded to multiples of 16). The
-            first compiled batch waits for the compile: about half a minute for a 124M model on 2
+            first compiled batch waits for the compile: 20 to 30 s for a 124M model on 2
             CPU cores, a few seconds with the on-disk cache of an earlier job.
             ``"off"``: eager. ``"auto"``: compile once the tokens to score make it pay: from the
             start when ``score``'s ``expected_records`` says the input is that long, else once
