@@ -519,24 +519,41 @@ def section_gpu(
     lines += [GPU_HISTORY, ""]
 
 
-def replace_gpu(text: str, rows: list[list[str]], section: list[str]) -> str:
-    """``text`` (a RESULTS.md) with its section 6 and its "6." target rows replaced."""
+def _number(line: str, mark: str) -> int | None:
+    """The section number of a target row (``| 6. ``) or heading (``## 6. ``); None for other lines."""
+    match = re.match(rf"{re.escape(mark)} (\d+)\. ", line)
+    return int(match.group(1)) if match else None
+
+
+def replace_numbered(text: str, numbers: set[int], rows: list[list[str]], section: list[str]) -> str:
+    """``text`` (a RESULTS.md) with the target rows and sections numbered ``numbers`` replaced.
+
+    New rows go where the old ones were, else before the rows of a later section, else at the end
+    of the targets table; the sections likewise, up to the next heading of another section.
+    """
+    last = max(numbers)
     lines = text.split("\n")
-    first = next((i for i, ln in enumerate(lines) if ln.startswith("| 6. ")), None)
-    lines = [ln for ln in lines if not ln.startswith("| 6. ")]
-    if first is None:  # before the first row of a later section, else at the end of the targets table
-        first = next((i for i, ln in enumerate(lines) if ln.startswith(("| 7. ", "| 8. "))), None)
+    old = [i for i, ln in enumerate(lines) if _number(ln, "|") in numbers]
+    drop = set(old)
+    lines = [ln for i, ln in enumerate(lines) if i not in drop]
+    later = (i for i, ln in enumerate(lines) if (_number(ln, "|") or 0) > last)
+    first = old[0] if old else next(later, None)
     if first is None:
         head = next(i for i, ln in enumerate(lines) if ln.startswith("| target |"))
         first = next((i for i in range(head + 2, len(lines)) if not lines[i].startswith("|")), len(lines))
     lines[first:first] = [f"| {t} | {m} | {v} |" for t, m, v in rows]
-    start = next((i for i, ln in enumerate(lines) if ln.startswith("## 6. ")), None)
+    start = next((i for i, ln in enumerate(lines) if _number(ln, "##") in numbers), None)
     if start is None:
-        start = end = next(
-            (i for i, ln in enumerate(lines) if ln.startswith(("## 7. ", "## 8. "))), len(lines)
-        )
+        start = end = next((i for i, ln in enumerate(lines) if (_number(ln, "##") or 0) > last), len(lines))
     else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        end = next(
+            (
+                i
+                for i in range(start + 1, len(lines))
+                if lines[i].startswith("## ") and _number(lines[i], "##") not in numbers
+            ),
+            len(lines),
+        )
     body = list(section)
     while body and not body[-1].strip():
         body.pop()
@@ -544,21 +561,25 @@ def replace_gpu(text: str, rows: list[list[str]], section: list[str]) -> str:
     return "\n".join(lines)
 
 
-def update_gpu_only(args: argparse.Namespace) -> int:
-    """``--gpu-only``: section 6 of an existing RESULTS.md from the committed GPU results, nothing else."""
-    if not args.out.is_file():
-        raise SystemExit(
-            f"{args.out} does not exist: --gpu-only rewrites the GPU section of an existing file"
-        )
+def rewrite_sections(
+    out: Path, numbers: set[int], build: Callable[[list[list[str]], list[str]], None]
+) -> int:
+    """``--gpu-only`` / ``--carried-only``: those sections of an existing RESULTS.md and their target
+    rows, from what ``build(rows, lines)`` writes; the other sections need the full run's results."""
+    if not out.is_file():
+        raise SystemExit(f"{out} does not exist: this option rewrites sections of an existing file")
     rows: list[list[str]] = []
     section: list[str] = []
-    section_gpu(rows, section, args.gpu_json, args.gpu_check_json)
-    args.out.write_text(replace_gpu(args.out.read_text(encoding="utf-8"), rows, section), encoding="utf-8")
-    print(f"wrote section 6 of {args.out}")
+    build(rows, section)
+    out.write_text(
+        replace_numbered(out.read_text(encoding="utf-8"), numbers, rows, section), encoding="utf-8"
+    )
+    print(f"wrote section(s) {', '.join(str(n) for n in sorted(numbers))} of {out}")
     return 0
 
 
 def dp_targets(text: list[str]) -> list[list[str]]:
+    """bench_dp's ratios, one row (it records them; no target ratio is set)."""
     ratios = []
     for row in text:
         cells = [c.strip() for c in row.strip("|").split("|")]
@@ -649,36 +670,6 @@ def section_carried(targets: list[list[str]], lines: list[str]) -> None:
         ]
 
 
-def replace_carried(text: str, rows: list[list[str]], section: list[str]) -> str:
-    """``text`` (a RESULTS.md) with its carried sections (7 and later) and their target rows replaced."""
-    numbers = tuple(f"| {number}. " for number, *_ in CARRIED)
-    lines = [ln for ln in text.split("\n") if not ln.startswith(numbers)]
-    head = next(i for i, ln in enumerate(lines) if ln.startswith("| target |"))
-    end = next((i for i in range(head + 2, len(lines)) if not lines[i].startswith("|")), len(lines))
-    lines[end:end] = [f"| {t} | {m} | {v} |" for t, m, v in rows]
-    titles = tuple(f"## {number}. " for number, *_ in CARRIED)
-    start = next((i for i, ln in enumerate(lines) if ln.startswith(titles)), len(lines))
-    body = list(section)
-    while body and not body[-1].strip():
-        body.pop()
-    lines[start:] = [*body, ""]
-    return "\n".join(lines)
-
-
-def update_carried_only(args: argparse.Namespace) -> int:
-    """``--carried-only``: sections 7 and later of an existing RESULTS.md from the reports, nothing else."""
-    if not args.out.is_file():
-        raise SystemExit(f"{args.out} does not exist: --carried-only rewrites sections of an existing file")
-    rows: list[list[str]] = []
-    section: list[str] = []
-    section_carried(rows, section)
-    args.out.write_text(
-        replace_carried(args.out.read_text(encoding="utf-8"), rows, section), encoding="utf-8"
-    )
-    print(f"wrote sections 7 to {CARRIED[-1][0]} of {args.out}")
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=common.BENCH / "RESULTS.md")
@@ -707,9 +698,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.gpu_only:
-        return update_gpu_only(args)
+        return rewrite_sections(
+            args.out, {6}, lambda rows, lines: section_gpu(rows, lines, args.gpu_json, args.gpu_check_json)
+        )
     if args.carried_only:
-        return update_carried_only(args)
+        return rewrite_sections(args.out, {c.number for c in CARRIED}, section_carried)
     info = common.load_result("machine") or {}
     targets: list[list[str]] = []
     body: list[str] = []

@@ -71,9 +71,9 @@ BUCKET = 16  # compiled widths are multiples of this many tokens
 
 # The first compile costs as much as scoring this many tokens eagerly: GPT-2 124M, 2 threads, on a
 # quiet machine 20 s at 741 tok/s and 26 s at 682 tok/s in two runs (benchmarks/RESULTS-compile.md
-# has the later one). The compile grows with the layers (in this
-# scaling: regional compilation traces one block, so this overstates it for deep models), the eager
-# time per token with the parameters. On a GPU an eager token is far cheaper, so the compile is
+# has the later one). The compile grows with the layers (in this scaling: regional compilation
+# traces one block, so this overstates it for deep models), the eager time per token with the
+# parameters. On a GPU an eager token is far cheaper, so the compile is
 # worth many more of them (an estimate: not measured on a GPU yet).
 COMPILE_COST_TOKENS = {"cpu": 16_000, "cuda": 2_000_000}
 _DEFAULT_COST_TOKENS = 500_000
