@@ -32,6 +32,22 @@ from vhctl.cli._options import (
 )
 from vhctl.cli._output import error, message, progress_enabled, state
 from vhctl.cli._results import report_summary, write_results
+from vhctl.cli._score_data import (
+    ColumnOpt,
+    DataArgs,
+    DatasetConfigOpt,
+    DatasetOpt,
+    DatasetRevisionOpt,
+    EngineOpt,
+    GpusPerActorOpt,
+    OutputOpt,
+    RayActorsOpt,
+    RayAddressOpt,
+    SplitOpt,
+    SummaryOpt,
+    report_pairs,
+    score_data,
+)
 from vhctl.errors import UsageError, describe_error
 
 CkptArg = Annotated[
@@ -78,6 +94,17 @@ def score(
     ckpt: CkptArg,
     extra: Annotated[list[str] | None, typer.Argument(hidden=True, show_default=False)] = None,
     input_: InputOpt = "-",
+    output: OutputOpt = None,
+    summary: SummaryOpt = None,
+    dataset: DatasetOpt = None,
+    split: SplitOpt = None,
+    dataset_config: DatasetConfigOpt = None,
+    dataset_revision: DatasetRevisionOpt = None,
+    column: ColumnOpt = None,
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
+    actors: RayActorsOpt = 1,
+    gpus_per_actor: GpusPerActorOpt = 0.0,
     reward: RewardOpt = False,
     reward_adapter: RewardAdapterOpt = None,
     per_token: PerTokenOpt = False,
@@ -119,12 +146,17 @@ def score(
         prefix_sharing=not no_prefix_sharing, stream=stream, normalize=normalize, revision=revision, token=token,
         allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, compile=check_compile_choice(compile_),
     )  # fmt: skip
+    data = DataArgs(output, summary, dataset, split, dataset_config, dataset_revision, column or [], engine,
+                    ray_address, actors, gpus_per_actor)  # fmt: skip
+    if data.wanted(input_):  # Parquet, Arrow, a dataset, --output or Ray: vhctl.scoring.tables
+        score_data(options, data, input_)
+        return
     launch = distributed.launch_from_env()
     if launch is None:
-        _score(options, None)
+        _score(options, None, summary)
         return
     try:
-        run_distributed(options, launch, lambda group: _score(options, group), _report_rank_error)
+        run_distributed(options, launch, lambda group: _score(options, group, summary), _report_rank_error)
     except RankExit as exc:
         raise typer.Exit(exc.code) from None
 
@@ -136,7 +168,7 @@ def _report_rank_error(exc: BaseException) -> None:
     error(text)
 
 
-def _score(options: Any, group: Any) -> None:
+def _score(options: Any, group: Any, summary: str | None = None) -> None:
     """Set up, stream the results to stdout (rank 0), report. Other ranks stay quiet."""
     from vhctl.scoring.run import start_run
 
@@ -154,4 +186,6 @@ def _score(options: Any, group: Any) -> None:
             for _ in run.results:  # rank 0 writes; this rank's share reaches it through the gather
                 pass
     if run.is_main:
-        report_summary(run.scorer, max(time.perf_counter() - started, 1e-9), run.device, run.dtype, group)
+        elapsed = max(time.perf_counter() - started, 1e-9)
+        report_summary(run.scorer, elapsed, run.device, run.dtype, group)
+        report_pairs(run.pairs, run.scorer.stats, elapsed, summary)

@@ -35,6 +35,7 @@ __all__ = [
     "sha256_file",
     "share_like_cp",
     "temp_sibling",
+    "write_text_atomic",
 ]
 
 
@@ -75,6 +76,22 @@ def _sibling(dest: Path, prefix: str) -> Path:
 def temp_sibling(dest: Path) -> Path:
     """A unique temporary name next to ``dest`` that :func:`clean_stale_siblings` recognises."""
     return _sibling(Path(dest), TMP_PREFIX)
+
+
+def write_text_atomic(dest: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``dest`` through a temporary sibling renamed into place: never half a file."""
+    path = Path(dest)
+    tmp = temp_sibling(path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def _stale_pid(entry: Path, prefix: str, dest: Path) -> int | None:

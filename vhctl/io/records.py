@@ -5,7 +5,9 @@ Each input line becomes one :class:`Record`. The rules are the ones ``vhctl scor
 - a line whose first non-blank character is ``{`` is a JSON object (JSON Lines), with one of the
   accepted forms ``{"text": ...}``, ``{"prompt": ..., "response": ...}`` (``prompt`` alone is read
   as a prompt with no response) or ``{"messages": [{"role": ..., "content": ...}, ...]}``, and an
-  optional ``id`` of any JSON type that is echoed back; other fields are ignored;
+  optional ``id`` of any JSON type that is echoed back; other fields are ignored; with
+  ``pairs=True``, an object with ``chosen`` and ``rejected`` (strings or message lists, an optional
+  ``prompt`` and ``subset``) is a preference pair (:mod:`vhctl.scoring.pairs` scores it);
 - any other line is a plain text, taken as is (without its line ending);
 - blank lines (only whitespace) are skipped, and the line numbers of the following lines still
   count them, so an error always names the line of the file;
@@ -26,7 +28,7 @@ from typing import IO, Any
 
 from vhctl.errors import InputError
 
-__all__ = ["ACCEPTED_FIELDS", "LineReader", "Record", "iter_records", "parse_line"]
+__all__ = ["ACCEPTED_FIELDS", "LineReader", "Record", "iter_records", "parse_line", "record_from_object"]
 
 ACCEPTED_FIELDS = "'text', 'prompt' + 'response', or 'messages'"
 _BOM = "\ufeff"
@@ -48,6 +50,10 @@ class Record:
         response: The ``response`` field (None when the line has a prompt only).
         messages: The ``messages`` field, a list of ``{"role", "content"}`` dicts.
         error: Why the line could not be read (only with ``skip_bad``).
+        chosen: A preference pair's preferred answer (a string or a message list); with
+            ``rejected``, the record is a pair and ``prompt`` (a string or a message list) is optional.
+        rejected: The pair's other answer.
+        subset: The pair's ``subset`` field (RewardBench's), any JSON value; None when absent.
     """
 
     line: int
@@ -58,12 +64,17 @@ class Record:
     response: str | None = None
     messages: list[dict[str, Any]] | None = None
     error: str | None = None
+    chosen: Any = None
+    rejected: Any = None
+    subset: Any = None
 
     @property
     def kind(self) -> str:
-        """``"error"``, ``"messages"``, ``"prompt"`` or ``"text"``."""
+        """``"error"``, ``"pair"``, ``"messages"``, ``"prompt"`` or ``"text"``."""
         if self.error is not None:
             return "error"
+        if self.chosen is not None:
+            return "pair"
         if self.messages is not None:
             return "messages"
         if self.prompt is not None:
@@ -125,10 +136,51 @@ def _check_messages(value: Any, line: int) -> list[dict[str, Any]]:
     return value
 
 
-def _from_object(obj: dict[str, Any], line: int) -> Record:
+def _answer(value: Any, field: str, line: int) -> str | list[dict[str, Any]]:
+    """A pair's answer (or its prompt): a string or a message list."""
+    if isinstance(value, list):
+        try:
+            return _check_messages(value, line)
+        except InputError as exc:
+            raise _bad(line, f"field '{field}': {str(exc).removeprefix(f'line {line}: ')}") from None
+    if not isinstance(value, str):
+        raise _bad(line, f"field '{field}' must be a string or an array of messages, not {_json_type(value)}")
+    return _check_str(value, field, line)
+
+
+def _pair(obj: dict[str, Any], record: Record) -> Record:
+    line = record.line
+    missing = [name for name in ("chosen", "rejected") if name not in obj]
+    if missing:
+        raise _bad(line, f"has {'rejected' if missing == ['chosen'] else 'chosen'} but no '{missing[0]}'",
+                   hint="a preference pair needs both 'chosen' and 'rejected'")  # fmt: skip
+    for name in ("text", "response", "messages"):
+        if name in obj:
+            raise _bad(line, f"has both a preference pair and '{name}'; give one")
+    record.chosen = _answer(obj["chosen"], "chosen", line)
+    record.rejected = _answer(obj["rejected"], "rejected", line)
+    if obj.get("prompt") is not None:
+        prompt = _answer(obj["prompt"], "prompt", line)
+        record.prompt, record.messages = (prompt, None) if isinstance(prompt, str) else (None, prompt)
+    record.subset = obj.get("subset")
+    return record
+
+
+def record_from_object(obj: dict[str, Any], line: int, *, pairs: bool = False) -> Record:
+    """The record of one JSON object (a JSON line, a table row by its fields), checked as a line is.
+
+    Raises:
+        InputError: no accepted form, or a field of the wrong type (the message starts ``line N:``).
+    """
+    return _from_object(obj, line, pairs)
+
+
+def _from_object(obj: dict[str, Any], line: int, pairs: bool = False) -> Record:
     record = Record(line=line)
     if "id" in obj:
         record.id, record.has_id = obj["id"], True
+    if pairs and ("chosen" in obj or "rejected" in obj):
+        return _pair(obj, record)
     forms = [name for name in ("text", "prompt", "messages") if name in obj]
     if not forms:
         if "response" in obj:
@@ -157,8 +209,11 @@ def _from_object(obj: dict[str, Any], line: int) -> Record:
     return record
 
 
-def parse_line(raw: bytes | str, line: int) -> Record | None:
+def parse_line(raw: bytes | str, line: int, *, pairs: bool = False) -> Record | None:
     """Parse one input line (without or with its line ending); None for a blank line.
+
+    ``pairs``: read an object with ``chosen`` and ``rejected`` as a preference pair (its prompt,
+    when a message list, goes to ``messages``); else such an object is read by its other fields.
 
     Raises:
         InputError: the line is not UTF-8, not valid JSON, or a JSON object of no accepted form.
@@ -190,16 +245,19 @@ def parse_line(raw: bytes | str, line: int) -> Record | None:
         raise _bad(line, f"invalid JSON: {type(exc).__name__}: {str(exc)[:120]}") from None
     if not isinstance(obj, dict):  # unreachable for text starting with "{", kept as a guard
         raise _bad(line, "a line starting with '{' must be one JSON object")
-    return _from_object(obj, line)
+    return _from_object(obj, line, pairs)
 
 
-def iter_records(stream: IO[bytes] | Iterable[bytes | str], *, skip_bad: bool = False) -> Iterator[Record]:
+def iter_records(
+    stream: IO[bytes] | Iterable[bytes | str], *, skip_bad: bool = False, pairs: bool = False
+) -> Iterator[Record]:
     """Yield one :class:`Record` per non-blank input line, lazily and in order.
 
     Args:
         stream: A binary file (``sys.stdin.buffer``, ``open(path, "rb")``) or any iterable of lines
             (bytes, or already decoded str).
         skip_bad: Yield a Record with ``error`` set for a bad line instead of raising.
+        pairs: Read ``chosen`` / ``rejected`` objects as preference pairs (see :func:`parse_line`).
 
     Yields:
         Records, each holding its 1-based line number.
@@ -213,7 +271,7 @@ def iter_records(stream: IO[bytes] | Iterable[bytes | str], *, skip_bad: bool = 
     """
     for number, raw in enumerate(stream, start=1):
         try:
-            record = parse_line(raw, number)
+            record = parse_line(raw, number, pairs=pairs)
         except InputError as exc:
             if not skip_bad:
                 raise

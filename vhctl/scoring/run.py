@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -22,6 +22,7 @@ from vhctl.io.records import LineReader, iter_records
 from vhctl.scoring import distributed
 from vhctl.scoring.compiled import estimate_lines
 from vhctl.scoring.device import resolve_device, resolve_dtype
+from vhctl.scoring.pairs import PairScoring, PairSummary
 from vhctl.scoring.pipeline import ScoreOptions, finish_result, load_scoring_model, make_scorer
 from vhctl.scoring.scorer import Scorer
 
@@ -46,6 +47,7 @@ class ScoreRun:
     dtype: torch.dtype
     group: distributed.Group | None
     interactive: bool
+    pairs: PairSummary = field(default_factory=PairSummary)  # preference pairs' accuracy
 
     @property
     def is_main(self) -> bool:
@@ -74,14 +76,14 @@ def rank_device(options: ScoreOptions, group: distributed.Group) -> str:
 
 
 def _records(
-    options: ScoreOptions, run: ScoreRun, stream: IO[bytes] | None, stream_input: bool
+    options: ScoreOptions, run: ScoreRun, stream: IO[bytes] | None, stream_input: bool, pairing: PairScoring
 ) -> Iterator[Any]:
     """The input as records, and whether a window may end where the input pauses."""
     group, main = run.group, run.is_main
     reader = LineReader(stream) if stream is not None and stream_input else None
     ready = reader.ready if reader is not None else None
     source = reader if reader is not None else stream
-    records = iter_records(source, skip_bad=options.skip_bad) if source is not None else None
+    records = iter_records(source, skip_bad=options.skip_bad, pairs=True) if source is not None else None
     if group is not None and (options.input == "-" or stream_input):
         # One reader (rank 0) for stdin; with --stream also for a file, so that every rank
         # ends its windows where rank 0's input paused.
@@ -90,7 +92,7 @@ def _records(
     expected = estimate_lines(options.input) if options.input != "-" and main else None  # compile=auto
     if group is not None:
         expected = group.broadcast(expected)  # rank 0's: every rank takes the same compile decisions
-    return run.scorer.score(records, ready=ready, expected_records=expected)  # type: ignore[arg-type]
+    return run.scorer.score(pairing.expand(records), ready=ready, expected_records=expected)  # type: ignore[arg-type]
 
 
 def start_run(
@@ -130,8 +132,10 @@ def start_run(
         group.agree(failure)  # every rank raises the first failure: none waits for a failed one
         stream_input = group.broadcast(stream_input)  # rank 0's (True when reading a terminal)
     assert run is not None
-    results = _records(options, run, stream, stream_input)
-    run.results = (finish_result(result, normalization) for result in results)
+    run.pairs = PairSummary(by="reward" if options.reward is not None else "value")
+    pairing = PairScoring(run.pairs)  # a pair is scored as two records, merged back into one result
+    results = _records(options, run, stream, stream_input, pairing)
+    run.results = pairing.merge(finish_result(result, normalization) for result in results)
     return run
 
 

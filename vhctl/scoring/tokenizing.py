@@ -76,11 +76,18 @@ class RecordEncoder:
             item.error = record.error
             return item
         line = record.line
+        if record.chosen is not None:
+            raise InputError(
+                f"line {line}: a preference pair is two sequences; score it through vhctl.scoring.pairs",
+                line=line,
+            )
         if self.seq2seq:
             self._prepare_seq2seq(item, stats)
         else:
             if record.messages is not None:
-                ids = self._encode(self._render_chat(record), special=False, line=line)
+                rendered = self._render_chat(record)
+                ids = self._encode(rendered, special=False, line=line)
+                item.prefix_len = self._chat_prompt_len(record, rendered, ids)
             elif record.prompt is not None and record.response is not None:
                 prompt = self._encode(record.prompt, special=False, line=line)
                 response = self._encode(record.response, special=False, line=line)
@@ -159,6 +166,28 @@ class RecordEncoder:
             return list(self.tokenizer(text, add_special_tokens=special, verbose=False)["input_ids"])
         except Exception as exc:  # a tokenizer can reject odd input; name the line instead of crashing
             raise InputError(f"line {line}: the tokenizer failed: {exc}", line=line) from exc
+
+    def _chat_prompt_len(self, record: Record, rendered: str, ids: list[int]) -> int:
+        """Tokens of a chat's prompt (all but its last, assistant, message), so prefix sharing can
+        compute it once for the answers that share it (a preference pair, best-of-n chats); 0 when
+        the prompt's rendering is not a token prefix of the whole (the sequence is then run in full).
+        """
+        messages = record.messages or []
+        if len(messages) < 2 or messages[-1].get("role") != "assistant":
+            return 0
+        try:
+            prompt = self.tokenizer.apply_chat_template(
+                messages[:-1], tokenize=False, add_generation_prompt=True
+            )
+        except Exception:  # a template that needs the whole conversation: no sharing
+            return 0
+        if not isinstance(prompt, str) or not prompt or not rendered.startswith(prompt):
+            return 0
+        key = (prompt, False)
+        if key not in self._encoded:
+            self._encoded[key] = self._encode(prompt, special=False, line=record.line)
+        prompt_ids = self._encoded[key]
+        return len(prompt_ids) if ids[: len(prompt_ids)] == prompt_ids else 0
 
     def _render_chat(self, record: Record) -> str:
         line = record.line
