@@ -142,7 +142,7 @@ def report_pairs(summary: Any, stats: Any, elapsed: float, path: str | None) -> 
     from vhctl.io.files import write_text_atomic
 
     data = {"records": stats.records, "errors": stats.errors, "truncated": stats.truncated,
-            "tokens": stats.tokens, "seconds": round(elapsed, 3), "pairs": pairs}  # fmt: skip
+            "tokens": stats.tokens, "seconds": round(elapsed, 3), **(pairs or {"pairs": 0})}  # fmt: skip
     write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 

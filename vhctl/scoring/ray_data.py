@@ -82,13 +82,15 @@ def _added(columns: Columns, options: ScoreOptions) -> list[tuple[str, Any]]:
 @dataclass(frozen=True)
 class RaySettings:
     """Where and how wide: the cluster's address (None: RAY_ADDRESS, else a local cluster), the
-    number of actors (one model each) and the GPUs (and CPUs) each one takes."""
+    number of actors (one model each) and the GPUs and CPUs each one takes. Ray Data's read tasks
+    need CPUs too: actors that take every CPU of the cluster leave none to read the input with."""
 
     address: str | None = None
     actors: int = 1
     gpus_per_actor: float = 0.0
     cpus_per_actor: float = 1.0
     quiet: bool = True  # no Ray Data progress bars or execution logs
+    blocks: int | None = None  # split the input into this many blocks (default: Ray's choice)
     init_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -101,22 +103,27 @@ class RayDone:
     stats: ScoreStats
 
 
-def _read(ray: Any, table: TableInput) -> Any:
+def _read(ray: Any, table: TableInput, blocks: int | None) -> Any:
     """The input as a Ray dataset: Parquet or JSON Lines at any path Ray reads, or a HF dataset."""
     if table.dataset is not None:
         from vhctl.io.tables import open_dataset
 
         source = open_dataset(table.dataset, split=table.split, config=table.config, revision=table.revision)
-        return ray.data.from_arrow(list(source.iter_batches(1 << 16)))
+        dataset = ray.data.from_arrow(list(source.iter_batches(1 << 16)))
+        return dataset.repartition(blocks) if blocks else dataset
     path = table.path or "-"
     suffix = Path(path.rstrip("/")).suffix.lower()
     if path == "-":
         raise UsageError("--engine ray reads a path: give --input PATH or --dataset NAME")
     if suffix in (".jsonl", ".ndjson", ".json"):
-        return ray.data.read_json(path)
-    if suffix in ("", ".parquet", ".pq"):
-        return ray.data.read_parquet(path)
-    raise UsageError(f"--engine ray reads Parquet or JSON Lines, not {path}", hint="convert it to Parquet")
+        dataset = ray.data.read_json(path)
+    elif suffix in ("", ".parquet", ".pq"):
+        dataset = ray.data.read_parquet(path)
+    else:
+        raise UsageError(
+            f"--engine ray reads Parquet or JSON Lines, not {path}", hint="convert it to Parquet"
+        )
+    return dataset.repartition(blocks) if blocks else dataset
 
 
 def score_with_ray(options: ScoreOptions, table: TableInput, output: str, settings: RaySettings) -> RayDone:
@@ -142,13 +149,14 @@ def _score(ray: Any, options: ScoreOptions, table: TableInput, output: str, sett
     if settings.quiet:
         context.enable_progress_bars = False
         logging.getLogger("ray.data").setLevel(logging.WARNING)
-    dataset = _read(ray, table)
+    dataset = _read(ray, table, settings.blocks)
     schema = dataset.schema()
     schema = getattr(schema, "base_schema", schema)  # Ray's Schema wraps the Arrow one
     columns = resolve_columns(schema, table.columns, table.path or str(table.dataset))
     scored = dataset.map_batches(
         ValueScorer, fn_constructor_kwargs={"options": options, "columns": table.columns},
-        batch_size=options.batch_size * WINDOW_PER_BATCH, batch_format="pyarrow", concurrency=settings.actors,
+        batch_size=options.batch_size * WINDOW_PER_BATCH, batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=settings.actors),
         num_gpus=settings.gpus_per_actor or None, num_cpus=settings.cpus_per_actor,
     )  # fmt: skip
     stats = ScoreStats()
