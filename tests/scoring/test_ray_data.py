@@ -16,7 +16,7 @@ ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
 
 from vhctl.cli.app import app  # noqa: E402
-from vhctl.scoring.pipeline import ScoreOptions  # noqa: E402
+from vhctl.scoring.options import ScoreOptions  # noqa: E402
 from vhctl.scoring.ray_data import RaySettings, score_with_ray  # noqa: E402
 from vhctl.scoring.tables import TableInput  # noqa: E402
 

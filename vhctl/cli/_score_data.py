@@ -166,7 +166,7 @@ def score_data(options: Any, data: DataArgs, input_: str) -> None:
     else:
         write_results(run.results())
     elapsed = max(time.perf_counter() - started, 1e-9)
-    report_summary(run.model.scorer, elapsed, run.model.device, run.model.dtype, None)
+    report_summary(run.session.scorer(), elapsed, run.session.device, run.session.dtype, None)
     report_pairs(run.summary, run.stats, elapsed, data.summary)
 
 

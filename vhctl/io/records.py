@@ -167,15 +167,14 @@ def _pair(obj: dict[str, Any], record: Record) -> Record:
 
 
 def record_from_object(obj: dict[str, Any], line: int, *, pairs: bool = False) -> Record:
-    """The record of one JSON object (a JSON line, a table row by its fields), checked as a line is.
+    """The record of a decoded JSON object (a JSON line, a server request's record, a table row).
+
+    ``pairs``: read an object with ``chosen`` or ``rejected`` as a preference pair (its prompt,
+    when a message list, goes to ``messages``); else such an object is read by its other fields.
 
     Raises:
-        InputError: no accepted form, or a field of the wrong type (the message starts ``line N:``).
+        InputError: an object of no accepted form, or a field of the wrong type.
     """
-    return _from_object(obj, line, pairs)
-
-
-def _from_object(obj: dict[str, Any], line: int, pairs: bool = False) -> Record:
     record = Record(line=line)
     if "id" in obj:
         record.id, record.has_id = obj["id"], True
@@ -212,8 +211,7 @@ def _from_object(obj: dict[str, Any], line: int, pairs: bool = False) -> Record:
 def parse_line(raw: bytes | str, line: int, *, pairs: bool = False) -> Record | None:
     """Parse one input line (without or with its line ending); None for a blank line.
 
-    ``pairs``: read an object with ``chosen`` and ``rejected`` as a preference pair (its prompt,
-    when a message list, goes to ``messages``); else such an object is read by its other fields.
+    ``pairs``: read preference pairs (see :func:`record_from_object`).
 
     Raises:
         InputError: the line is not UTF-8, not valid JSON, or a JSON object of no accepted form.
@@ -245,7 +243,7 @@ def parse_line(raw: bytes | str, line: int, *, pairs: bool = False) -> Record | 
         raise _bad(line, f"invalid JSON: {type(exc).__name__}: {str(exc)[:120]}") from None
     if not isinstance(obj, dict):  # unreachable for text starting with "{", kept as a guard
         raise _bad(line, "a line starting with '{' must be one JSON object")
-    return _from_object(obj, line, pairs)
+    return record_from_object(obj, line, pairs=pairs)
 
 
 def iter_records(

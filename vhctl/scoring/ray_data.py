@@ -7,7 +7,7 @@ are the ones of ``vhctl score --output``. Needs the ``vhctl[ray]`` extra.
 
     import ray
     from vhctl.scoring.ray_data import ValueScorer
-    from vhctl.scoring.pipeline import ScoreOptions
+    from vhctl.scoring.options import ScoreOptions
 
     ds = ray.data.read_parquet("s3://bucket/samples/")
     ds = ds.map_batches(ValueScorer, fn_constructor_kwargs={"options": ScoreOptions(ckpt="critic")},
@@ -27,8 +27,7 @@ from vhctl.io.table_out import ParquetOutput, output_schema, result_schema, with
 from vhctl.io.tables import Columns, batch_records, need_data_extra, resolve_columns
 from vhctl.scoring.items import ScoreStats
 from vhctl.scoring.pairs import PairScoring, PairSummary
-from vhctl.scoring.pipeline import ScoreOptions
-from vhctl.scoring.scorer import WINDOW_PER_BATCH
+from vhctl.scoring.options import ScoreOptions
 from vhctl.scoring.tables import TableInput, open_scoring
 
 __all__ = ["RayDone", "RaySettings", "ValueScorer", "need_ray", "score_with_ray"]
@@ -58,7 +57,7 @@ class ValueScorer:
     def __init__(self, options: ScoreOptions, columns: dict[str, str] | None = None) -> None:
         self.options = options
         self.columns = dict(columns or {})
-        self._model = open_scoring(options)
+        self._session = open_scoring(options)
 
     def __call__(self, batch: Any) -> Any:
         """The batch (a ``pyarrow.Table``) with its results' columns; rows in the same order."""
@@ -66,7 +65,7 @@ class ValueScorer:
         columns = resolve_columns(batch.schema, self.columns, "a Ray batch")
         records = batch_records(batch, columns, 1, skip_bad=self.options.skip_bad)
         pairing = PairScoring()
-        results = list(pairing.merge(self._model.score(pairing.expand(records))))
+        results = list(pairing.merge(self._session.score(pairing.expand(records))))
         added = _added(columns, self.options)
         schema, keep = output_schema(batch.schema, added)
         table = batch.combine_chunks()
@@ -155,7 +154,7 @@ def _score(ray: Any, options: ScoreOptions, table: TableInput, output: str, sett
     columns = resolve_columns(schema, table.columns, table.path or str(table.dataset))
     scored = dataset.map_batches(
         ValueScorer, fn_constructor_kwargs={"options": options, "columns": table.columns},
-        batch_size=options.batch_size * WINDOW_PER_BATCH, batch_format="pyarrow",
+        batch_size=options.window_records, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=settings.actors),
         num_gpus=settings.gpus_per_actor or None, num_cpus=settings.cpus_per_actor,
     )  # fmt: skip

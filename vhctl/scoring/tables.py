@@ -8,12 +8,11 @@ whose rows are in the scorer's current window, whatever the table's length.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
-
-import torch
 
 from vhctl.errors import InputError, UsageError
 from vhctl.io.records import Record
@@ -27,14 +26,12 @@ from vhctl.io.tables import (
     resolve_columns,
     row_error,
 )
-from vhctl.scoring.device import resolve_device, resolve_dtype
 from vhctl.scoring.items import ScoreStats
 from vhctl.scoring.pairs import PairScoring, PairSummary
-from vhctl.scoring.pipeline import ScoreOptions, finish_result, load_scoring_model
-from vhctl.scoring.scorer import WINDOW_PER_BATCH, Scorer
+from vhctl.scoring.options import ScoreOptions
+from vhctl.scoring.session import ScoringSession
 
 __all__ = [
-    "ScoringModelRun",
     "TableInput",
     "TableRun",
     "open_scoring",
@@ -46,38 +43,9 @@ __all__ = [
 Score = Callable[[Iterable[Record]], Iterator[dict[str, Any]]]
 
 
-@dataclass
-class ScoringModelRun:
-    """A loaded model ready to score records: ``score(records)`` yields finished results in order."""
-
-    scorer: Scorer
-    device: torch.device
-    dtype: torch.dtype
-    normalization: tuple[float, float] | None
-
-    def score(self, records: Iterable[Record], expected: int | None = None) -> Iterator[dict[str, Any]]:
-        for result in self.scorer.score(records, expected_records=expected):
-            yield finish_result(result, self.normalization)
-
-
-def open_scoring(options: ScoreOptions, *, progress: bool = False) -> ScoringModelRun:
-    """Load ``options.ckpt`` to score in this process (one device, or a device map).
-
-    The one place the table and Ray paths load a model: it becomes ``ScoringSession.open`` once
-    the session lands. Results mark truncated records (``"truncated": true``).
-    """
-    device = resolve_device(options.device if options.device_map is None else "auto")
-    dtype = resolve_dtype(options.dtype, device)
-    loaded = load_scoring_model(options, device, dtype, progress=progress)
-    scorer = Scorer(
-        loaded.model, loaded.tokenizer, batch_size=options.batch_size, max_length=options.max_length,
-        max_batch_tokens=options.max_batch_tokens, per_token=options.per_token,
-        reward=options.reward is not None, prefix_sharing=options.prefix_sharing, skip_bad=options.skip_bad,
-        compile=options.compile, mark_truncated=True,
-    )  # fmt: skip
-    if options.device_map is not None:
-        device = scorer.input_device
-    return ScoringModelRun(scorer, device, dtype, loaded.normalization)
+def open_scoring(options: ScoreOptions, *, progress: bool = False) -> ScoringSession:
+    """The scoring session of the table and Ray paths: results mark truncated records."""
+    return ScoringSession.open(dataclasses.replace(options, mark_truncated=True), progress=progress)
 
 
 @dataclass(frozen=True)
@@ -137,7 +105,7 @@ def score_batches(
 class TableRun:
     """A table being scored: ``batches`` yields each input batch with its results."""
 
-    model: ScoringModelRun
+    session: ScoringSession
     source: TableSource
     columns: Columns
     batches: Iterator[tuple[Any, list[dict[str, Any]]]]
@@ -145,7 +113,7 @@ class TableRun:
 
     @property
     def stats(self) -> ScoreStats:
-        return self.model.scorer.stats
+        return self.session.stats
 
     def results(self) -> Iterator[dict[str, Any]]:
         """The results alone, one per row (for JSON Lines output)."""
@@ -157,15 +125,15 @@ def start_table_run(options: ScoreOptions, table: TableInput, *, progress: bool 
     """Open the table (its columns checked first, before the model loads), then the model."""
     source = table.open()
     columns = resolve_columns(source.schema, table.columns, source.name)
-    model = open_scoring(options, progress=progress)
+    session = open_scoring(options, progress=progress)
     summary = PairSummary(by="reward" if options.reward is not None else "value") if columns.pairs else None
-    rows = options.batch_size * WINDOW_PER_BATCH
     expected = source.num_rows * (2 if columns.pairs else 1) if source.num_rows is not None else None
     batches = score_batches(
-        source, columns, lambda records: model.score(records, expected), batch_rows=rows,
+        source, columns, lambda records: session.score(records, expected_records=expected),
+        batch_rows=options.window_records,
         skip_bad=options.skip_bad, summary=summary,
     )  # fmt: skip
-    return TableRun(model, source, columns, batches, summary)
+    return TableRun(session, source, columns, batches, summary)
 
 
 def write_parquet(run: TableRun, dest: str, options: ScoreOptions) -> int:
