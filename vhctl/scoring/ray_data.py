@@ -26,8 +26,8 @@ from vhctl.errors import UsageError, VhctlError
 from vhctl.io.table_out import ParquetOutput, output_schema, result_schema, with_results
 from vhctl.io.tables import Columns, batch_records, need_data_extra, resolve_columns
 from vhctl.scoring.items import ScoreStats
-from vhctl.scoring.pairs import PairScoring, PairSummary
 from vhctl.scoring.options import ScoreOptions
+from vhctl.scoring.pairs import PairScoring, PairSummary
 from vhctl.scoring.tables import TableInput, open_scoring
 
 __all__ = ["RayDone", "RaySettings", "ValueScorer", "need_ray", "score_with_ray"]

@@ -27,8 +27,8 @@ from vhctl.io.tables import (
     row_error,
 )
 from vhctl.scoring.items import ScoreStats
-from vhctl.scoring.pairs import PairScoring, PairSummary
 from vhctl.scoring.options import ScoreOptions
+from vhctl.scoring.pairs import PairScoring, PairSummary
 from vhctl.scoring.session import ScoringSession
 
 __all__ = [
