@@ -214,6 +214,7 @@ def test_jsonl_file_to_parquet_and_dataset_folder(ckpt: Path, tmp_path: Path) ->
          ("-b", "2"), 1, "row 100: column 'text' must be a string, not null"),
         (lambda p: pq.write_table(pa.table({"text": ["a"]}), p), ("--column", "prompt=nope"), 2, "no column 'nope'"),
         (lambda p: pq.write_table(pa.table({"text": ["a"]}), p), ("--split", "x"), 2, "go with --dataset"),
+        (lambda p: pq.write_table(pa.table({"text": ["a"]}), p), ("--engine", "spark"), 2, "invalid --engine"),
     ],
 )  # fmt: skip
 def test_bad_input_is_one_line_and_no_output(ckpt: Path, tmp_path: Path, make, args, code, message) -> None:
@@ -242,3 +243,18 @@ def test_skip_bad_rows_get_an_error_column(ckpt: Path, tmp_path: Path) -> None:
     assert errors[0] is None and errors[2] is None and "column 'chosen'" in errors[1]
     assert table.column("chosen_value")[1].as_py() is None and table.column("margin")[0].as_py() is not None
     assert "2/2 pair(s)" in result.stderr or "/2 pair(s)" in result.stderr
+
+
+def test_output_must_be_parquet_and_tables_are_not_for_torchrun(
+    ckpt: Path, tmp_path: Path, monkeypatch
+) -> None:
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"text": ["a"]}), source)
+    result = run("score", str(ckpt), "--input", str(source), "--output", str(tmp_path / "out.jsonl"))
+    assert result.exit_code == 2 and "writes Parquet" in result.stderr
+    for name, value in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": "29500", "LOCAL_WORLD_SIZE": "2"}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    result = run("score", str(ckpt), "--input", str(source))
+    assert result.exit_code == 2 and "not by torchrun ranks" in result.stderr
+    assert list(tmp_path.iterdir()) == [source]

@@ -127,8 +127,23 @@ class DataArgs:
             raise UsageError("--split, --dataset-config and --dataset-revision go with --dataset NAME")
         if self.dataset is not None and input_ != "-":
             raise UsageError("--input and --dataset both name the data to score; give one")
-        table = bool(self.dataset or self.output or self.columns) or self.engine == "ray"
-        return table or is_table_path(input_)
+        table = (
+            bool(self.dataset or self.output or self.columns) or self.engine == "ray" or is_table_path(input_)
+        )
+        if table and self.engine == "local":
+            if self.output is not None and not self.output.lower().endswith((".parquet", ".pq")):
+                raise UsageError(
+                    f"--output {self.output}: vhctl score writes Parquet",
+                    hint="name it FILE.parquet (JSON Lines go to stdout)",
+                )
+            from vhctl.scoring import distributed
+
+            if distributed.launch_from_env() is not None:
+                raise UsageError(
+                    "a table is scored by one process, not by torchrun ranks",
+                    hint="run it without torchrun, or spread it over a cluster with --engine ray",
+                )
+        return table
 
 
 def report_pairs(summary: Any, stats: Any, elapsed: float, path: str | None) -> None:
