@@ -69,14 +69,20 @@ def hand_accuracy(rows: list[dict], chosen: list[float], rejected: list[float]) 
     return {k: (v[0], v[1]) for k, v in found.items()}
 
 
-def test_rewardbench_parquet_accuracy_per_subset(ckpt: Path, tmp_path: Path) -> None:
-    rows = rewardbench_rows()
-    source = tmp_path / "rewardbench.parquet"
-    pq.write_table(pa.Table.from_pylist(rows), source, row_group_size=4)
+def score_pairs_file(ckpt: Path, tmp_path: Path, rows: list[dict], row_group_size: int):
+    """``vhctl score`` of ``rows`` written as Parquet, into Parquet and a JSON summary."""
+    source = tmp_path / "pairs.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), source, row_group_size=row_group_size)
     out, summary_file = tmp_path / "scored.parquet", tmp_path / "summary.json"
     result = run("score", str(ckpt), "--input", str(source), "--output", str(out), "--summary", str(summary_file),
                  "-b", "2")  # fmt: skip
     assert result.exit_code == 0, result.output
+    return result, out, summary_file
+
+
+def test_rewardbench_parquet_accuracy_per_subset(ckpt: Path, tmp_path: Path) -> None:
+    rows = rewardbench_rows()
+    result, out, summary_file = score_pairs_file(ckpt, tmp_path, rows, row_group_size=4)
     assert "prefix sharing" in result.stderr and "pairs: accuracy" in result.stderr
     table = pq.read_table(out)
     assert table.column_names[: len(rows[0])] == list(rows[0])  # the input's columns first, as they were
@@ -117,12 +123,7 @@ def ultrafeedback_rows(n: int = 12) -> list[dict]:
 
 def test_ultrafeedback_parquet_messages_share_the_prompt(ckpt: Path, tmp_path: Path) -> None:
     rows = ultrafeedback_rows()
-    source = tmp_path / "ultrafeedback.parquet"
-    pq.write_table(pa.Table.from_pylist(rows), source, row_group_size=5)
-    out, summary_file = tmp_path / "scored.parquet", tmp_path / "summary.json"
-    result = run("score", str(ckpt), "--input", str(source), "--output", str(out), "--summary", str(summary_file),
-                 "-b", "2")  # fmt: skip
-    assert result.exit_code == 0, result.output
+    result, out, summary_file = score_pairs_file(ckpt, tmp_path, rows, row_group_size=5)
     # one prompt forward saved per pair at least: the chat prompt is a token prefix of both answers
     saved = int(result.stderr.split(" prompt forward(s) saved")[0].rsplit(", ", 1)[1])
     assert saved >= len(rows)

@@ -37,8 +37,8 @@ __all__ = [
 OutputOpt = Annotated[
     str | None,
     typer.Option(
-        "--output", "-o", metavar="FILE.parquet", show_default=False,
-        help="Write Parquet: the input's columns plus value (reward, values, truncated; pairs: chosen_*, "
+        "--output", "-o", metavar="FILE", show_default=False,
+        help="Write Parquet to FILE (.parquet): the input's columns plus value (reward, values, truncated; pairs: chosen_*, "
         "rejected_*, margin), replacing FILE only once every row is in.",
     ),
 ]  # fmt: skip
