@@ -77,7 +77,7 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> Sources:
     for folder in (policy, policy_ref, policy_rm):
         assert validate_checkpoint(folder, deep=True) == []
     export_checkpoint(policy, "trl", root / "export_trl")
-    export_checkpoint(policy, "seqcls", root / "export_seqcls")
+    export_checkpoint(policy, "seqcls", root / "export_seqcls", pad_token="eos")
     return Sources(src, rm, rm2, policy, policy_ref, policy_rm, root / "export_trl", root / "export_seqcls")
 
 

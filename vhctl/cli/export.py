@@ -57,6 +57,16 @@ def export(
             show_default=False,
         ),
     ] = None,
+    pad_token: Annotated[
+        str,
+        typer.Option(
+            "--pad-token",
+            metavar="auto|eos",
+            help="seqcls: auto gives a model that pads with its EOS token a pad token of its own (so "
+            "transformers and TRL score the last token, as vhctl does), refusing when the tokenizer has none; "
+            "eos keeps EOS (a text ending in EOS is then scored one token early).",
+        ),
+    ] = "auto",
     revision: RevisionOpt = None,
     token: TokenOpt = None,
     json_: JsonOpt = False,
@@ -72,6 +82,7 @@ def export(
         keep_shards=keep_shards,
         bias=bias,
         value_head_prefix=value_head_prefix,
+        pad_token=pad_token,
         revision=revision,
         token=token,
     )
