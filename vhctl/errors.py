@@ -104,6 +104,15 @@ class PeerError(VhctlError):
         self.exit_code = exit_code
 
 
+class ServerError(VhctlError):
+    """A vhctl server (``vhctl serve``) refused a request or could not be reached; ``status`` is the
+    HTTP status (None: no answer)."""
+
+    def __init__(self, message: str, *, status: int | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
+
+
 class ModelError(VhctlError):
     """Code inside the model (transformers, the model's own code, torch) failed while vhctl ran it.
 

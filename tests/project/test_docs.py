@@ -82,7 +82,7 @@ def test_the_api_reference_renders_every_public_name() -> None:
         else:
             assert f"vhctl.{name}" in directives, name
     for entry in ("vhctl.modeling.load_checkpoint", "vhctl.scoring.Scorer", "vhctl.formats.export_checkpoint",
-                  "vhctl.hub.push_checkpoint", "vhctl.checkpoint.validate.validate_checkpoint"):  # fmt: skip
+                  "vhctl.integrations.trl.trl_reward", "vhctl.hub.push_checkpoint", "vhctl.checkpoint.validate.validate_checkpoint"):  # fmt: skip
         assert entry in directives, entry
 
 

@@ -25,6 +25,7 @@ ENTRY_POINTS = [
     ("vhctl.modeling", "load_checkpoint"),
     ("vhctl.scoring", "Scorer"),
     ("vhctl.formats", "export_checkpoint"),
+    ("vhctl.integrations.trl", "trl_reward"),
     ("vhctl.hub", "push_checkpoint"),
     ("vhctl.checkpoint.validate", "validate_checkpoint"),
 ]

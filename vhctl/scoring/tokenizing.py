@@ -5,7 +5,9 @@
   tokenizer's special tokens are put around the whole, so every response to one prompt starts
   with the same token ids (what prefix sharing keys on);
 - ``messages``: rendered with the tokenizer's chat template, then tokenized without extra special
-  tokens (the template writes them);
+  tokens (the template writes them); when the last message is the assistant's, the tokens it shares
+  with the earlier messages rendered with the generation prompt are its prompt, so the answers to
+  one conversation share its forward pass as prompt + response records do;
 - seq2seq: the text or prompt goes to the encoder; the decoder gets ``decoder_start_token_id``
   followed by the tokenized response (none for a text).
 
@@ -81,6 +83,7 @@ class RecordEncoder:
         else:
             if record.messages is not None:
                 ids = self._encode(self._render_chat(record), special=False, line=line)
+                item.prefix_len = self._chat_prompt_len(record.messages, ids)
             elif record.prompt is not None and record.response is not None:
                 prompt = self._encode(record.prompt, special=False, line=line)
                 response = self._encode(record.response, special=False, line=line)
@@ -159,6 +162,30 @@ class RecordEncoder:
             return list(self.tokenizer(text, add_special_tokens=special, verbose=False)["input_ids"])
         except Exception as exc:  # a tokenizer can reject odd input; name the line instead of crashing
             raise InputError(f"line {line}: the tokenizer failed: {exc}", line=line) from exc
+
+    def _chat_prompt_len(self, messages: list[dict[str, Any]], ids: list[int]) -> int:
+        """How many of ``ids`` (a rendered conversation) are its prompt: the tokens it shares with the
+        messages before the last one rendered with the generation prompt (0: not an answer)."""
+        if len(messages) < 2 or messages[-1].get("role") != "assistant":
+            return 0
+        try:
+            rendered = self.tokenizer.apply_chat_template(
+                messages[:-1], tokenize=False, add_generation_prompt=True
+            )
+        except Exception:  # a template that needs the whole conversation: no sharing, same values
+            return 0
+        if not isinstance(rendered, str):
+            return 0
+        prompt = self._encoded.get((rendered, False))
+        if prompt is None:
+            prompt = list(self.tokenizer(rendered, add_special_tokens=False, verbose=False)["input_ids"])
+            self._encoded[(rendered, False)] = prompt
+        shared = 0
+        for a, b in zip(prompt, ids, strict=False):
+            if a != b:
+                break
+            shared += 1
+        return shared if shared < len(ids) else 0
 
     def _render_chat(self, record: Record) -> str:
         line = record.line
