@@ -48,6 +48,13 @@ class Record:
         response: The ``response`` field (None when the line has a prompt only).
         messages: The ``messages`` field, a list of ``{"role", "content"}`` dicts.
         error: Why the line could not be read (only with ``skip_bad``).
+        add_special_tokens: False: a ``text`` (or ``prompt`` + ``response``) gets none of the
+            tokenizer's special tokens: the string is scored exactly as it tokenizes (OpenRLHF's
+            reward server does this); the ``add_special_tokens`` field of a JSON line.
+        prompt_hint: The text's beginning that other records share (a prompt): its tokens are
+            computed once for them; never changes a value. Set by the server, not read from input.
+        token_ids: Token ids scored as they are (a client that tokenized itself, e.g. vLLM's
+            ``/classify`` with ids); set by the server, not read from input.
     """
 
     line: int
@@ -58,12 +65,17 @@ class Record:
     response: str | None = None
     messages: list[dict[str, Any]] | None = None
     error: str | None = None
+    add_special_tokens: bool = True
+    prompt_hint: str | None = None
+    token_ids: list[int] | None = None
 
     @property
     def kind(self) -> str:
-        """``"error"``, ``"messages"``, ``"prompt"`` or ``"text"``."""
+        """``"error"``, ``"tokens"``, ``"messages"``, ``"prompt"`` or ``"text"``."""
         if self.error is not None:
             return "error"
+        if self.token_ids is not None:
+            return "tokens"
         if self.messages is not None:
             return "messages"
         if self.prompt is not None:
@@ -142,6 +154,15 @@ def _from_object(obj: dict[str, Any], line: int) -> Record:
             hint=f"accepted fields: {ACCEPTED_FIELDS}",
         )
     form = forms[0]
+    if "add_special_tokens" in obj:
+        flag = obj["add_special_tokens"]
+        if not isinstance(flag, bool):
+            raise _bad(line, f"field 'add_special_tokens' must be true or false, not {_json_type(flag)}")
+        if form == "messages":
+            raise _bad(
+                line, "'add_special_tokens' applies to 'text' and 'prompt'; a chat template writes its own"
+            )
+        record.add_special_tokens = flag
     if form == "text":
         if "response" in obj:
             raise _bad(line, "has both 'text' and 'response'; use 'prompt' + 'response'")

@@ -1,14 +1,17 @@
 """Records to token ids: what each kind of record scores, with truncation and the encode cache.
 
-- ``text``: the text with the tokenizer's special tokens (as ``tokenizer(text)``);
+- ``text``: the text with the tokenizer's special tokens (as ``tokenizer(text)``), or without them
+  when the record says ``add_special_tokens=False``; a ``prompt_hint`` it starts with is its prompt
+  for prefix sharing (the tokens the two share);
 - ``prompt`` + ``response``: both tokenized **without** special tokens and concatenated, then the
-  tokenizer's special tokens are put around the whole, so every response to one prompt starts
-  with the same token ids (what prefix sharing keys on);
+  tokenizer's special tokens are put around the whole (unless ``add_special_tokens=False``), so
+  every response to one prompt starts with the same token ids (what prefix sharing keys on);
 - ``messages``: rendered with the tokenizer's chat template, then tokenized without extra special
   tokens (the template writes them); when the last message is the assistant's, the tokens it shares
   with the earlier messages rendered with the generation prompt are its prompt, so the answers to
   one conversation share its forward pass as prompt + response records do;
-- seq2seq: the text or prompt goes to the encoder; the decoder gets ``decoder_start_token_id``
+- token ids (``token_ids``): scored as they are (each must be an id of the tokenizer);
+- seq2seq: the text or prompt (or the token ids) goes to the encoder; the decoder gets ``decoder_start_token_id``
   followed by the tokenized response (none for a text).
 
 With ``max_length``, a longer sequence keeps its **end** (the value at the last token is the one
@@ -81,17 +84,25 @@ class RecordEncoder:
         if self.seq2seq:
             self._prepare_seq2seq(item, stats)
         else:
-            if record.messages is not None:
+            if record.token_ids is not None:
+                ids = self._check_ids(record.token_ids, line)
+            elif record.messages is not None:
                 ids = self._encode(self._render_chat(record), special=False, line=line)
                 item.prefix_len = self._chat_prompt_len(record.messages, ids)
             elif record.prompt is not None and record.response is not None:
                 prompt = self._encode(record.prompt, special=False, line=line)
                 response = self._encode(record.response, special=False, line=line)
-                ids = self.special_prefix + prompt + response + self.special_suffix
-                item.prefix_len = len(self.special_prefix) + len(prompt)
+                before, after = (
+                    (self.special_prefix, self.special_suffix) if record.add_special_tokens else ([], [])
+                )
+                ids = before + prompt + response + after
+                item.prefix_len = len(before) + len(prompt)
             else:
                 text = record.text if record.text is not None else record.prompt
-                ids = self._encode(text or "", special=True, line=line)
+                ids = self._encode(text or "", special=record.add_special_tokens, line=line)
+                if record.prompt_hint:
+                    hint = self._cached(record.prompt_hint, special=record.add_special_tokens)
+                    item.prefix_len = _shared_len(hint, ids)
             if self.max_length is not None and len(ids) > self.max_length:
                 cut = len(ids) - self.max_length
                 ids = ids[cut:]
@@ -108,11 +119,13 @@ class RecordEncoder:
 
     def _prepare_seq2seq(self, item: Item, stats: ScoreStats) -> None:
         record, line = item.record, item.record.line
-        if record.messages is not None:
+        if record.token_ids is not None:
+            enc = self._check_ids(record.token_ids, line)
+        elif record.messages is not None:
             enc = self._encode(self._render_chat(record), special=False, line=line)
         else:
             source = record.text if record.text is not None else record.prompt
-            enc = self._encode(source or "", special=True, line=line)
+            enc = self._encode(source or "", special=record.add_special_tokens, line=line)
         response = (
             self._encode(record.response, special=True, line=line) if record.response is not None else []
         )
@@ -137,10 +150,10 @@ class RecordEncoder:
             if record.error is not None or record.messages is not None:
                 continue
             if record.text is not None:
-                wanted[(record.text, True)] = None
+                wanted[(record.text, record.add_special_tokens)] = None
             elif record.prompt is not None:
                 pair = record.response is not None and not self.seq2seq
-                wanted[(record.prompt, not pair)] = None
+                wanted[(record.prompt, not pair and record.add_special_tokens)] = None
                 if record.response is not None:
                     wanted[(record.response, self.seq2seq)] = None
         for special in (True, False):
@@ -176,16 +189,26 @@ class RecordEncoder:
             return 0
         if not isinstance(rendered, str):
             return 0
-        prompt = self._encoded.get((rendered, False))
-        if prompt is None:
-            prompt = list(self.tokenizer(rendered, add_special_tokens=False, verbose=False)["input_ids"])
-            self._encoded[(rendered, False)] = prompt
-        shared = 0
-        for a, b in zip(prompt, ids, strict=False):
-            if a != b:
-                break
-            shared += 1
-        return shared if shared < len(ids) else 0
+        return _shared_len(self._cached(rendered, special=False), ids)
+
+    def _check_ids(self, ids: list[int], line: int) -> list[int]:
+        """Token ids given as they are: each must be one the tokenizer knows."""
+        size = len(self.tokenizer)
+        for index, token in enumerate(ids):
+            if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token < size:
+                raise InputError(
+                    f"line {line}: token {index} is {token!r}, not a token id of this tokenizer (0 to {size - 1})",
+                    line=line,
+                )
+        return list(ids)
+
+    def _cached(self, text: str, *, special: bool) -> list[int]:
+        """A prompt's ids, tokenized once per window (the answers to one prompt come together)."""
+        ids = self._encoded.get((text, special))
+        if ids is None:
+            ids = list(self.tokenizer(text, add_special_tokens=special, verbose=False)["input_ids"])
+            self._encoded[(text, special)] = ids
+        return ids
 
     def _render_chat(self, record: Record) -> str:
         line = record.line
@@ -202,6 +225,16 @@ class RecordEncoder:
         if not isinstance(rendered, str):
             raise InputError(f"line {line}: the chat template did not render a string", line=line)
         return rendered
+
+
+def _shared_len(prompt: list[int], ids: list[int]) -> int:
+    """How many first tokens ``ids`` shares with ``prompt``, if that leaves it at least one of its own."""
+    shared = 0
+    for a, b in zip(prompt, ids, strict=False):
+        if a != b:
+            break
+        shared += 1
+    return shared if shared < len(ids) else 0
 
 
 def special_tokens_around(tokenizer: Any) -> tuple[list[int], list[int]]:

@@ -81,23 +81,35 @@ def score_request(data: Any) -> ScoreRequest:
             item = {"text": item}
         if not isinstance(item, dict):
             raise BadRequest(f"record {index}: must be an object or a string", index=index)
-        records.append(_record(item, index))
+        records.append(record_of(item, index))
     return ScoreRequest(records, per_token)
+
+
+WHOLE, APART = "whole", "apart"
+TOKENIZE_CHOICES = (WHOLE, APART)
 
 
 def reward_request(data: Any, specials: tuple[str, str] = ("", "")) -> list[Record]:
     """``/get_reward`` (OpenRLHF's remote reward model): ``{"query": [...], "prompts": [...], "labels": [...]}``.
 
     Each query is a full text (prompt and response) as the trainer decoded it, special tokens
-    written out. ``specials`` are the texts of the tokens the tokenizer adds around a text (e.g.
-    ``("<s>", "")``): a query that already carries them does not get them twice. When ``prompts``
-    gives the query's own beginning, the record is that prompt and the rest as the response, so the
-    responses of one prompt share its forward pass, across requests too. ``labels`` are accepted and
-    not used.
+    written out. By default (``"tokenize": "whole"``) it is scored as OpenRLHF's own server
+    (``openrlhf/cli/serve_rm.py``) scores it: the whole string tokenized with
+    ``add_special_tokens=False``, the reward at its last token; a prompt that begins its query only
+    lets the queries of one prompt share its tokens (values unchanged).
+
+    ``"tokenize": "apart"`` scores a query that begins with its prompt as that prompt and the rest
+    as the response, each tokenized alone, with the tokenizer's special tokens (``specials``, their
+    texts, e.g. ``("<s>", "")``) around the whole but never twice: as the policy produced the
+    tokens. The two differ where a BPE merge crosses the prompt's end, and by the special tokens a
+    query does not carry. ``labels`` are accepted and not used.
     """
     if not isinstance(data, dict) or "query" not in data:
         raise BadRequest("the body must be an object with a 'query' array (OpenRLHF's remote reward model)")
     queries, prompts = data["query"], data.get("prompts")
+    tokenize = data.get("tokenize", WHOLE)
+    if tokenize not in TOKENIZE_CHOICES:
+        raise BadRequest(f"'tokenize' must be {' or '.join(map(repr, TOKENIZE_CHOICES))}, not {tokenize!r}")
     if not isinstance(queries, list):
         raise BadRequest("'query' must be an array of strings")
     if prompts is not None and (not isinstance(prompts, list) or len(prompts) != len(queries)):
@@ -107,12 +119,19 @@ def reward_request(data: Any, specials: tuple[str, str] = ("", "")) -> list[Reco
         if not isinstance(query, str):
             raise BadRequest(f"query[{index}]: must be a string", index=index)
         prompt = prompts[index] if prompts is not None else None
+        begins = isinstance(prompt, str) and prompt and query.startswith(prompt) and len(prompt) < len(query)
+        if tokenize == WHOLE:
+            record = record_of({"text": query, "add_special_tokens": False}, index)
+            record.prompt_hint = prompt if begins else None
+            records.append(record)
+            continue
         text = _strip_specials(query, specials)
-        if isinstance(prompt, str) and prompt and query.startswith(prompt) and len(prompt) < len(query):
+        if begins:
+            assert isinstance(prompt, str)
             head = _strip_specials(prompt, (specials[0], ""))
-            records.append(_record({"prompt": head, "response": text[len(head) :]}, index))
+            records.append(record_of({"prompt": head, "response": text[len(head) :]}, index))
         else:
-            records.append(_record({"text": text}, index))
+            records.append(record_of({"text": text}, index))
     return records
 
 
@@ -125,7 +144,7 @@ def _strip_specials(text: str, specials: tuple[str, str]) -> str:
     return text
 
 
-def _record(obj: dict[str, Any], index: int) -> Record:
+def record_of(obj: dict[str, Any], index: int) -> Record:
     line = index + 1
     try:
         record = parse_line(json.dumps(obj, ensure_ascii=False), line)
