@@ -24,7 +24,7 @@ from typing import Any
 from vhctl.errors import InputError, ServerError, UsageError
 from vhctl.io.records import Record, parse_line
 from vhctl.scoring.items import ScoreStats
-from vhctl.scoring.pipeline import ScoreOptions
+from vhctl.scoring.options import ScoreOptions
 
 __all__ = ["VhctlReward", "records_for", "trl_reward"]
 
@@ -62,25 +62,19 @@ def records_for(prompts: Sequence[Any], completions: Sequence[Any]) -> list[Reco
 
 
 class _InProcess:
-    """Loads the checkpoint once; scores each call's records with one scorer, in input order."""
+    """A scoring session on the checkpoint, loaded once; each call's records scored in input order."""
 
     def __init__(self, options: ScoreOptions) -> None:
-        from vhctl.scoring.device import resolve_device, resolve_dtype
-        from vhctl.scoring.pipeline import load_scoring_model, make_scorer
+        from vhctl.scoring.session import ScoringSession
 
-        device = resolve_device(options.device)
-        self._loaded = load_scoring_model(options, device, resolve_dtype(options.dtype, device))
-        self._scorer = make_scorer(self._loaded, options)
+        self._session = ScoringSession.open(options)
 
     @property
     def stats(self) -> ScoreStats:
-        return self._scorer.stats
+        return self._session.stats
 
     def __call__(self, records: list[Record]) -> list[dict[str, Any]]:
-        from vhctl.scoring.pipeline import finish_result
-
-        results = self._scorer.score(records, expected_records=len(records))
-        return [finish_result(result, self._loaded.normalization) for result in results]
+        return list(self._session.score(records, expected_records=len(records)))
 
 
 def _answer(exc: urllib.error.HTTPError) -> str:

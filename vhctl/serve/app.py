@@ -124,7 +124,7 @@ class _Handlers:
 
     async def health(self, request: Request) -> Response:
         if not self.worker.ready:
-            state = "loading" if self.worker.loaded is None else "stopping"
+            state = "loading" if self.worker.session is None else "stopping"
             request.scope[ERROR_KEY] = {"error": f"not ready ({state})"}
             return JSONResponse(
                 {"status": state},
@@ -143,7 +143,7 @@ class _Handlers:
 
     @property
     def _reward(self) -> bool:
-        loaded = self.worker.loaded
+        loaded = self.worker.session
         return loaded is not None and loaded.reward is not None
 
     def _model_name(self) -> str:
@@ -151,7 +151,7 @@ class _Handlers:
 
     def _count_tokens(self, records: list[Record]) -> int:
         """Tokens of the inputs (the ``usage`` vLLM reports), counted as the scorer tokenizes them."""
-        loaded = self.worker.loaded
+        loaded = self.worker.session
         if loaded is None:
             return 0
         total = 0
@@ -164,7 +164,7 @@ class _Handlers:
         return total
 
     def _special_texts(self) -> tuple[str, str]:
-        loaded = self.worker.loaded
+        loaded = self.worker.session
         if loaded is None:
             raise BadRequest("the model is not ready", status=503)
         if self._specials is None:
@@ -193,7 +193,7 @@ class _Handlers:
         """Queue the records as one job and wait for their results (the event loop stays free)."""
         if not self.worker.ready:
             raise BadRequest(
-                "the model is not ready" if self.worker.loaded is None else "the server is stopping",
+                "the model is not ready" if self.worker.session is None else "the server is stopping",
                 status=503,
             )
         if not records:
