@@ -161,6 +161,31 @@ def test_refusals_are_logged_with_their_reason_and_record(model) -> None:
     assert "POST /get_reward 400" in line
 
 
+def test_the_server_option_scores_prompt_and_response_apart(tiny_ckpt: Path) -> None:
+    """--get-reward-tokenize apart: for a reward model trained on prompt and response tokenized apart."""
+    from typer.testing import CliRunner
+
+    from vhctl.cli.app import app
+
+    bad = CliRunner().invoke(app, ["serve", str(tiny_ckpt), "--get-reward-tokenize", "split"])
+    assert bad.exit_code == 2 and "--get-reward-tokenize" in bad.output
+    server = ServeProcess(tiny_ckpt, "--get-reward-tokenize", "apart")
+    try:
+        url = server.wait_ready()
+        queries = [p + r for p, r in zip(PROMPTS, RESPONSES, strict=True)]
+        body = {"query": queries, "prompts": PROMPTS, "labels": [None] * 3}
+        apart = httpx.post(f"{url}/get_reward", json=body, timeout=TIMEOUT).json()["rewards"]
+        whole = httpx.post(f"{url}/get_reward", json={**body, "tokenize": "whole"}, timeout=TIMEOUT).json()
+    finally:
+        server.kill()
+    pairs = score_cli(
+        tiny_ckpt, [{"prompt": p, "response": r} for p, r in zip(PROMPTS, RESPONSES, strict=True)]
+    )
+    assert apart == pytest.approx([r["value"] for r in pairs], abs=1e-5)
+    texts = score_cli(tiny_ckpt, [{"text": q, "add_special_tokens": False} for q in queries])
+    assert whole["rewards"] == pytest.approx([r["value"] for r in texts], abs=1e-5)
+
+
 # ------------------------------------------------------------------------------------ vLLM's pooling API
 
 

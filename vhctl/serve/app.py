@@ -48,12 +48,15 @@ class AppConfig:
         api_key: When set, every request but ``/health`` needs ``Authorization: Bearer <key>``.
         log: Where the request lines go (None: nowhere).
         info: Model facts for ``/health`` (shown to callers with the key).
+        get_reward_tokenize: ``/get_reward``'s tokenization when a body does not say
+            (``whole`` or ``apart``, see :func:`vhctl.serve.bodies.reward_request`).
     """
 
     max_body_bytes: int = 16 << 20
     api_key: str | None = None
     log: Callable[[str], None] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    get_reward_tokenize: str = "whole"
 
 
 def build_app(worker: ModelWorker, metrics: Metrics, config: AppConfig) -> Guard:
@@ -90,7 +93,8 @@ class _Handlers:
 
     async def get_reward(self, request: Request) -> Response:
         async def answer() -> Response:
-            records = reward_request(await self._read_json(request), self._special_texts())
+            data = await self._read_json(request)
+            records = reward_request(data, self._special_texts(), default=self.config.get_reward_tokenize)
             results = await self._scored(request, records, False)
             key = "reward" if self._reward else "value"
             rewards = [result.get(key) for result in results]

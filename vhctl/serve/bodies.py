@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from vhctl.errors import InputError
+from vhctl.errors import InputError, UsageError
 from vhctl.io.records import Record, record_from_object
 
 
@@ -89,7 +89,20 @@ WHOLE, APART = "whole", "apart"
 TOKENIZE_CHOICES = (WHOLE, APART)
 
 
-def reward_request(data: Any, specials: tuple[str, str] = ("", "")) -> list[Record]:
+def check_tokenize(value: str) -> str:
+    """``--get-reward-tokenize``: ``whole`` or ``apart``.
+
+    Raises:
+        UsageError: another value.
+    """
+    if value not in TOKENIZE_CHOICES:
+        raise UsageError(
+            f"invalid --get-reward-tokenize {value!r}", hint=f"use {' or '.join(TOKENIZE_CHOICES)}"
+        )
+    return value
+
+
+def reward_request(data: Any, specials: tuple[str, str] = ("", ""), *, default: str = WHOLE) -> list[Record]:
     """``/get_reward`` (OpenRLHF's remote reward model): ``{"query": [...], "prompts": [...], "labels": [...]}``.
 
     Each query is a full text (prompt and response) as the trainer decoded it, special tokens
@@ -98,7 +111,7 @@ def reward_request(data: Any, specials: tuple[str, str] = ("", "")) -> list[Reco
     ``add_special_tokens=False``, the reward at its last token; a prompt that begins its query only
     lets the queries of one prompt share its tokens (values unchanged).
 
-    ``"tokenize": "apart"`` scores a query that begins with its prompt as that prompt and the rest
+    ``"tokenize": "apart"`` (or ``default="apart"``, the server's ``--get-reward-tokenize``) scores a query that begins with its prompt as that prompt and the rest
     as the response, each tokenized alone, with the tokenizer's special tokens (``specials``, their
     texts, e.g. ``("<s>", "")``) around the whole but never twice: as the policy produced the
     tokens. The two differ where a BPE merge crosses the prompt's end, and by the special tokens a
@@ -107,7 +120,7 @@ def reward_request(data: Any, specials: tuple[str, str] = ("", "")) -> list[Reco
     if not isinstance(data, dict) or "query" not in data:
         raise BadRequest("the body must be an object with a 'query' array (OpenRLHF's remote reward model)")
     queries, prompts = data["query"], data.get("prompts")
-    tokenize = data.get("tokenize", WHOLE)
+    tokenize = data.get("tokenize", default)
     if tokenize not in TOKENIZE_CHOICES:
         raise BadRequest(f"'tokenize' must be {' or '.join(map(repr, TOKENIZE_CHOICES))}, not {tokenize!r}")
     if not isinstance(queries, list):
