@@ -1,8 +1,9 @@
 """A compiled backbone (``torch.compile``) for long scoring jobs and for the server.
 
-Why: on a CPU, transformers' eager forward of a small model spends about a third of its time
-outside the matmuls (norms, rotary embeddings, activations, softmax, masks, one kernel each);
-inductor fuses that work into a few loops. The compile itself costs tens of seconds on 2 cores,
+Why: on a CPU, transformers' eager forward of a small model spends some of its time outside the
+matmuls (norms, rotary embeddings, activations, softmax, masks, one kernel each); inductor fuses
+that work into a few loops. How much is left to fuse is measured, not assumed here: the profile
+section of benchmarks/RESULTS.md (``benchmarks/profile_scoring.py``). The compile itself costs tens of seconds on 2 cores,
 so it is worth it for a long job or a server, not for ten lines.
 
 What runs compiled: the repeated blocks (decoder layers) of the plain causal forward (the
@@ -33,7 +34,7 @@ tokens are estimated as its line count (:func:`estimate_lines`, from the size an
 times the mean tokens per record seen so far (the first window); for an input of unknown length
 (stdin, the library's iterables), ``auto`` compiles once the tokens already scored reach that
 count: the job has then shown it is long, and had it ended right there, compiling would have cost
-at most ``1 - COMPILED_TIME_FRACTION`` (15 %) more than staying eager. Both
+at most ``1 - COMPILED_TIME_FRACTION`` of the eager time more than staying eager. Both
 rules use token counts, never timings, so the same input gets the same decision on every run
 (and on every rank of a data-parallel run).
 """
@@ -79,8 +80,9 @@ COMPILE_COST_TOKENS = {"cpu": 16_000, "cuda": 2_000_000}
 _DEFAULT_COST_TOKENS = 500_000
 _REFERENCE = (12, 124_000_000)  # layers, backbone parameters of GPT-2 124M
 # Compiled passes take this fraction of the eager time: the same benchmark's mixed lengths, eager
-# over compiled tokens/s on a quiet machine, 0.95 and 0.97 for GPT-2, 1.00 and 0.96 for the
-# Llama-style 110M in two runs (eager is matmul-bound already: matmuls are 86 % of its CPU time).
+# over compiled tokens/s on a quiet machine: 0.95 for GPT-2 and 1.00 for the Llama-style 110M in
+# benchmarks/RESULTS-compile.md, 0.97 and 0.96 in an earlier run whose report was not kept (eager is
+# mostly matmuls already: the profile section of benchmarks/RESULTS.md).
 COMPILED_TIME_FRACTION = 0.97
 _SAMPLE_BYTES = 1 << 20
 
