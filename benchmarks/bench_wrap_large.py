@@ -130,6 +130,14 @@ def measure(paths: dict[str, Path], reps: int, baseline: Path | None) -> dict[st
         for name in BASELINE:
             cmds[f"{name}@baseline"] = cmds[name]
             envs[f"{name}@baseline"] = {**common.thread_env(), "PYTHONPATH": str(baseline.absolute())}
+    return interleaved(cmds, envs, reps, out)
+
+
+def interleaved(
+    cmds: dict[str, list[str]], envs: dict[str, dict[str, str]], reps: int, out: Path
+) -> dict[str, list[dict[str, float]]]:
+    """Each command once per repetition, the order rotated (and reversed every other time); ``out``
+    (the folder they write) removed and the disk synced before each run."""
     names = list(cmds)
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     for rep in range(reps):

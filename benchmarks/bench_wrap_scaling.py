@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -35,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 import large_model  # noqa: E402
-from bench_wrap_large import HASH_CODE, run  # noqa: E402
+from bench_wrap_large import HASH_CODE, interleaved  # noqa: E402
 
 ROOT = common.WORK / "scaling"
 LAYOUTS = ("single", "sharded")
@@ -81,24 +80,6 @@ def commands(paths: dict[str, dict[str, Path]], out: Path) -> dict[str, list[str
             cmds[f"hash-{size}-{layout}"] = [py, "-c", HASH_CODE, str(src)]
             cmds[f"wrap-{size}-{layout}"] = [*wrap, str(src)]
     return cmds
-
-
-def measure(cmds: dict[str, list[str]], reps: int) -> dict[str, list[dict[str, float]]]:
-    out = ROOT / "out"
-    names = list(cmds)
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
-    env = common.thread_env()
-    for rep in range(reps):
-        order = names[rep % len(names) :] + names[: rep % len(names)]
-        order = order if rep % 2 == 0 else order[::-1]
-        for name in order:
-            shutil.rmtree(out, ignore_errors=True)
-            os.sync()
-            runs[name].append(run(cmds[name], env))
-            shutil.rmtree(out, ignore_errors=True)
-        print(f"  [rep {rep + 1}/{reps}, load {os.getloadavg()[0]:.1f}] "
-              + ", ".join(f"{n} {runs[n][-1]['wall_s']:.1f}" for n in names), flush=True)  # fmt: skip
-    return runs
 
 
 def line(x: tuple[float, float], y: tuple[float, float]) -> tuple[float, float]:
@@ -172,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
                             pass
         gb = {size: {layout: weight_bytes(folder) / 1e9 for layout, folder in layouts.items()}
               for size, layouts in paths.items()}  # fmt: skip
-        runs = measure(commands(paths, ROOT / "out"), args.reps)
+        cmds = commands(paths, ROOT / "out")
+        runs = interleaved(cmds, {name: common.thread_env() for name in cmds}, args.reps, ROOT / "out")
         fit = analyse(runs, gb, sizes)
         params = {size: common.param_count_and_bytes(layouts["single"])[0] for size, layouts in paths.items()}
         recorder.write({"reps": args.reps, "sizes": sizes, "shards": SHARDS, "gb": gb, "params": params,
