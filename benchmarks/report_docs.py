@@ -77,6 +77,15 @@ def section_wrap_scaling(res: dict[str, Any], targets: list[list[str]], lines: l
     lines.append("")
     for layout, f in fit["layouts"].items():
         k = f["fits"]
+        work = k["copy"]["cpu_slope_s_per_gb"] + k["hash"]["cpu_slope_s_per_gb"]
+        lines.append(
+            f"- {layout}: wrap's CPU time grows {k['wrap']['cpu_slope_s_per_gb']:.2f} s/GB, against {work:.2f} s/GB "
+            "for the copy's and the hash's together (the work it does on each byte); a wall slope above the "
+            "floors' with a CPU slope near that sum is waiting for a core or the disk, not extra work."
+        )
+    lines.append("")
+    for layout, f in fit["layouts"].items():
+        k = f["fits"]
         wrap, floor = (
             k["wrap"]["slope_s_per_gb"],
             max(k["copy"]["slope_s_per_gb"], k["hash"]["slope_s_per_gb"]),
