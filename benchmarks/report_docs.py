@@ -141,7 +141,7 @@ def section_profile(res: dict[str, Any], targets: list[list[str]], lines: list[s
     lines += ["", "The largest operators (self CPU time, share):", ""]
     for m in models.values():
         total = m["ops_self_cpu_us_total"]
-        top = list(m["ops"].items())[:6]
+        top = sorted(m["ops"].items(), key=lambda kv: (-kv[1]["self_cpu_us"], kv[0]))[:6]
         lines.append(
             f"- {m['label']}: " + ", ".join(f"`{k}` {o['self_cpu_us'] / total:.0%}" for k, o in top) + "."
         )

@@ -81,8 +81,8 @@ _DEFAULT_COST_TOKENS = 500_000
 _REFERENCE = (12, 124_000_000)  # layers, backbone parameters of GPT-2 124M
 # Compiled passes take this fraction of the eager time: the same benchmark's mixed lengths, eager
 # over compiled tokens/s on a quiet machine: 0.95 for GPT-2 and 1.00 for the Llama-style 110M in
-# benchmarks/RESULTS-compile.md, 0.97 and 0.96 in an earlier run whose report was not kept (eager is
-# mostly matmuls already: the profile section of benchmarks/RESULTS.md).
+# benchmarks/RESULTS-compile.md, 0.97 and 0.96 in an earlier run whose report was not kept (how much
+# of the eager time is matmuls, which a compile leaves as they are: the profile in benchmarks/RESULTS.md).
 COMPILED_TIME_FRACTION = 0.97
 _SAMPLE_BYTES = 1 << 20
 
