@@ -62,3 +62,7 @@ LAYER_PATTERNS = (
 
 TMP_PREFIX = ".vhctl-tmp-"
 OLD_PREFIX = ".vhctl-old-"
+
+# vhctl serve's default prefix cache, in MiB: the keys/values of recently scored token prefixes
+# (vhctl.scoring.prefix_cache). About 14,000 tokens of GPT-2 124M in float32.
+SERVE_PREFIX_CACHE_MB = 1024

@@ -55,7 +55,11 @@ def test_auto_compiles_a_file_only_when_it_is_long_enough(
     with caplog.at_level(logging.WARNING, logger="vhctl"):
         short = runner.invoke(app, ["score", str(ckpt), "--input", str(source)])  # auto: 40 lines never pay
     assert short.exit_code == 0 and not [r for r in caplog.records if r.name == "vhctl"]
-    monkeypatch.setitem(compiled.COMPILE_COST_TOKENS, "cpu", 0)  # now any file is worth a compile
+    monkeypatch.setitem(compiled.COMPILE_COST_TOKENS, "cpu", 0)
+    with caplog.at_level(logging.WARNING, logger="vhctl"):  # a free compile that saves nothing: still eager
+        free = runner.invoke(app, ["score", str(ckpt), "--input", str(source)])
+    assert free.exit_code == 0 and not [r for r in caplog.records if r.name == "vhctl"]
+    monkeypatch.setitem(compiled.COMPILED_TIME_FRACTION, "cpu", 0.5)  # now any file is worth a compile
     with caplog.at_level(logging.WARNING, logger="vhctl"):
         # stdin, unknown length: not before it has seen enough tokens
         stdin = runner.invoke(app, ["score", str(ckpt)], input=LINES)

@@ -30,26 +30,24 @@ from typer.testing import CliRunner  # noqa: E402
 
 from vhctl.cli.app import app  # noqa: E402
 from vhctl.io.records import Record  # noqa: E402
-from vhctl.scoring.pipeline import ScoreOptions  # noqa: E402
-from vhctl.serve.model import LoadedModel  # noqa: E402
-from vhctl.serve.server import HttpServer, ServeOptions  # noqa: E402
-from vhctl.serve.worker import Job, ScoringOptions  # noqa: E402
+from vhctl.scoring.session import ScoringSession  # noqa: E402
+from vhctl.serve.server import HttpServer, ServeOptions, server_score_options  # noqa: E402
+from vhctl.serve.worker import Job  # noqa: E402
 
 TIMEOUT = 60.0  # seconds any wait in these tests may take before it fails
 
 
 @contextmanager
 def served(
-    loaded: LoadedModel | None,
+    loaded: ScoringSession | None,
     *,
-    scoring: ScoringOptions | None = None,
     log: list[str] | None = None,
     **options: Any,
 ) -> Iterator[HttpServer]:
-    """An :class:`HttpServer` on 127.0.0.1 with an ephemeral port, serving ``loaded`` (None: still loading)."""
+    """An :class:`HttpServer` on 127.0.0.1 with an ephemeral port, serving the session ``loaded``
+    (None: still loading)."""
     opts = ServeOptions(
-        model=ScoreOptions(ckpt="tiny"),
-        scoring=scoring or ScoringOptions(),
+        model=loaded.options if loaded is not None else server_score_options("tiny"),
         host="127.0.0.1",
         port=0,
         **options,

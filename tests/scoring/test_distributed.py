@@ -439,7 +439,7 @@ def test_head_goes_where_the_last_hidden_state_lands(ckpt) -> None:
 def test_device_map_with_several_processes_per_node_is_refused() -> None:
     from types import SimpleNamespace
 
-    from vhctl.scoring.run import rank_device
+    from vhctl.scoring.session import rank_device
 
     group = SimpleNamespace(launch=Launch(rank=0, world=2, local_rank=0, local_world=2))
     options = SimpleNamespace(device="auto", device_map="auto")  # the fields rank_device reads

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from vhctl.scoring.pipeline import ScoreOptions
-from vhctl.serve.model import LoadedModel, load_model
+from vhctl.scoring.session import ScoringSession
+from vhctl.serve.server import load_session, server_score_options
 
 
 @pytest.fixture(scope="module")
-def loaded(tiny_ckpt: Path) -> LoadedModel:
-    """The tiny checkpoint loaded once per module, as the server loads it."""
-    return load_model(ScoreOptions(ckpt=str(tiny_ckpt), device="cpu"))
+def loaded(tiny_ckpt: Path) -> ScoringSession:
+    """The tiny checkpoint's scoring session, opened once per module as ``vhctl serve`` opens it."""
+    return load_session(server_score_options(str(tiny_ckpt), device="cpu"))

@@ -10,7 +10,9 @@ from typer.testing import CliRunner
 
 import vhctl.serve.server as server_module
 from vhctl.cli.app import app
-from vhctl.serve.results import finish_results
+from vhctl.constants import SERVE_PREFIX_CACHE_MB
+from vhctl.scoring.options import WINDOW_PER_BATCH
+from vhctl.scoring.session import finish_result
 from vhctl.serve.security import is_loopback, read_api_key
 
 runner = CliRunner()
@@ -48,7 +50,7 @@ def test_options_reach_the_server(captured, tmp_path) -> None:
     )
     assert result.exit_code == 0, result.output
     (options,) = captured
-    assert options.model.reward == "judge" and options.max_queue == 7 and options.scoring.max_length == 64
+    assert options.model.reward == "judge" and options.max_queue == 7 and options.model.max_length == 64
     assert options.api_key == "k-123" and options.drain_timeout == 2 and options.host == "127.0.0.1"
     assert "k-123" not in result.output
     runner.invoke(app, ["serve", "ck", "--reward"])
@@ -57,12 +59,14 @@ def test_options_reach_the_server(captured, tmp_path) -> None:
     assert captured[-1].model.reward is None and captured[-1].api_key == "from-env"
 
 
-def test_a_server_compiles_by_default(captured) -> None:
-    # auto means on for a server: it runs long and pays the compile once (issue #18).
+def test_a_server_scores_as_score_does_with_its_own_fixed_fields(captured) -> None:
+    # compile auto (eager where no measurement says it pays), the prefix cache on, bad records as 400s
     assert runner.invoke(app, ["serve", "ck"]).exit_code == 0
-    assert captured[-1].scoring.compile == "on"
-    assert runner.invoke(app, ["serve", "ck", "--compile", "off"]).exit_code == 0
-    assert captured[-1].scoring.compile == "off"
+    model = captured[-1].model
+    assert model.compile == "auto" and model.prefix_cache_mb == SERVE_PREFIX_CACHE_MB > 0
+    assert model.skip_bad and model.mark_truncated and model.window_records == 16 * WINDOW_PER_BATCH
+    assert runner.invoke(app, ["serve", "ck", "--compile", "off", "--prefix-cache-mb", "0"]).exit_code == 0
+    assert captured[-1].model.compile == "off" and captured[-1].model.prefix_cache_mb == 0
     bad = runner.invoke(app, ["serve", "ck", "--compile", "maybe"])
     assert bad.exit_code == 2 and "--compile" in bad.stderr
 
@@ -127,7 +131,8 @@ def test_results_are_json_safe_normalised_and_marked() -> None:
         {"value": 3.0, "reward": -math.inf, "truncated": True},
         {"line": 3, "error": "bad"},
     ]  # "truncated" as the scorer marks it (mark_truncated=True)
-    finish_results(results, (1.0, 2.0))
+    for result in results:
+        finish_result(result, (1.0, 2.0))
     assert results[0] == {"value": None, "values": [0.0, None]}
     assert results[1] == {"value": 1.0, "reward": None, "truncated": True}
     assert results[2] == {"line": 3, "error": "bad"}

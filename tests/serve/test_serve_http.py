@@ -11,7 +11,7 @@ import httpx
 import pytest
 from helpers.servekit import TIMEOUT, Gate, assert_same_results, score_cli, served, wait_for
 
-from vhctl.serve.worker import ScoringOptions
+from vhctl.serve.server import load_session, server_score_options
 
 PROMPT = "The quick brown fox was asked a question about the lazy dog, and"
 RESPONSES = [
@@ -89,6 +89,7 @@ def test_concurrent_clients_get_score_values_in_order(loaded, tiny_ckpt) -> None
 def test_requests_that_arrive_together_share_one_window_and_the_prompt(loaded, tiny_ckpt) -> None:
     """8 best-of-n responses posted as 8 requests: one scoring window, one prompt forward."""
     expected = score_cli(tiny_ckpt, [{"prompt": PROMPT, "response": r} for r in RESPONSES])
+    loaded.prefix_store.clear()  # nothing of this prompt from earlier tests: the window computes it once
     with served(loaded) as server:
         gate = Gate(server)
         with ThreadPoolExecutor(8) as pool:
@@ -125,7 +126,8 @@ def test_long_records_are_cut_as_score_cuts_them_and_say_so(loaded, tiny_ckpt) -
     long = "word " * 40
     records = [{"text": long}, "short", {"prompt": long, "response": " end"}]
     expected = score_cli(tiny_ckpt, records, "--max-length", "16")
-    with served(loaded, scoring=ScoringOptions(max_length=16)) as server:
+    session = load_session(server_score_options(str(tiny_ckpt), device="cpu", max_length=16))
+    with served(session) as server:
         scored = post(server.url, "/v1/score", records).json()
         reward = post(server.url, "/get_reward", {"query": ["short", long]}).json()
     assert [r.get("truncated", False) for r in scored] == [True, False, True]
@@ -277,8 +279,6 @@ def test_reward_adapter_and_normalisation_as_score_gives_them(tmp_path) -> None:
 
     from vhctl.checkpoint.manifest import Manifest
     from vhctl.cli.app import app
-    from vhctl.scoring.pipeline import ScoreOptions
-    from vhctl.serve.model import load_model
 
     ck = tmp_path / "ck"
     runner = CliRunner()
@@ -296,7 +296,7 @@ def test_reward_adapter_and_normalisation_as_score_gives_them(tmp_path) -> None:
     manifest.extra["reward_normalization"] = {"mean": 0.5, "std": 2.0}
     manifest.write(ck)
     expected = score_cli(ck, MIXED, "--reward-adapter", "judge", "--normalize")
-    loaded = load_model(ScoreOptions(ckpt=str(ck), device="cpu", reward="judge", normalize=True))
+    loaded = load_session(server_score_options(str(ck), device="cpu", reward="judge", normalize=True))
     with served(loaded) as server:
         scored = post(server.url, "/v1/score", MIXED)
         rewards = post(server.url, "/get_reward", {"query": ["a plain text line"]})

@@ -83,8 +83,18 @@ CompileOpt = Annotated[
     typer.Option(
         "--compile",
         metavar="auto|on|off",
-        help="Run the model's layers compiled with torch.compile, for long jobs: a compile of 20 to 30 s "
-        "on a CPU first (kept on disk for the next job). auto: when the input is long enough for it to pay "
-        "(serve: always).",
+        help="Run the model's layers compiled with torch.compile: a compile of 20 to 30 s on a CPU first "
+        "(kept on disk for the next job). auto: only where a measured speed-up pays for it (not on a CPU, "
+        "where eager scoring is matmul-bound).",
+    ),
+]
+PrefixCacheOpt = Annotated[
+    int,
+    typer.Option(
+        "--prefix-cache-mb",
+        min=0,
+        metavar="MIB",
+        help="Keep the keys/values of recently scored token prefixes, up to MIB (least recently used "
+        "out), so a prompt is computed once however its records arrive; 0: off.",
     ),
 ]

@@ -11,7 +11,7 @@ import sys
 import time
 import traceback
 from contextlib import ExitStack
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -24,6 +24,7 @@ from vhctl.cli._options import (
     DtypeOpt,
     MaxLengthOpt,
     NormalizeOpt,
+    PrefixCacheOpt,
     RevisionOpt,
     RewardAdapterOpt,
     RewardOpt,
@@ -33,6 +34,11 @@ from vhctl.cli._options import (
 from vhctl.cli._output import error, message, progress_enabled, state
 from vhctl.cli._results import report_summary, write_results
 from vhctl.errors import UsageError, describe_error
+
+if TYPE_CHECKING:
+    from vhctl.scoring.distributed import Group
+    from vhctl.scoring.options import ScoreOptions
+    from vhctl.scoring.run import RunInput
 
 CkptArg = Annotated[
     str,
@@ -91,6 +97,7 @@ def score(
     stream: StreamOpt = False,
     normalize: NormalizeOpt = False,
     compile_: CompileOpt = "auto",
+    prefix_cache_mb: PrefixCacheOpt = 0,
     revision: RevisionOpt = None,
     token: TokenOpt = None,
     allow_pickle: AllowPickleOpt = False,
@@ -103,8 +110,8 @@ def score(
     """
     from vhctl.scoring import distributed
     from vhctl.scoring.compiled import check_compile_choice
-    from vhctl.scoring.pipeline import ScoreOptions, check_device_map, reward_choice
-    from vhctl.scoring.run import RankExit, run_distributed
+    from vhctl.scoring.options import ScoreOptions, check_device_map, reward_choice
+    from vhctl.scoring.run import RankExit, RunInput, distributed_run
 
     if extra:
         raise UsageError(
@@ -113,18 +120,21 @@ def score(
                                                             if reward else ""),
         )  # fmt: skip
     options = ScoreOptions(
-        ckpt=ckpt, input=input_, reward=reward_choice(reward, reward_adapter),
+        ckpt=ckpt, reward=reward_choice(reward, reward_adapter),
         per_token=per_token, batch_size=batch_size, max_length=max_length, device=device,
         device_map=check_device_map(device_map, device), dtype=dtype, skip_bad=skip_bad,
-        prefix_sharing=not no_prefix_sharing, stream=stream, normalize=normalize, revision=revision, token=token,
-        allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, compile=check_compile_choice(compile_),
+        prefix_sharing=not no_prefix_sharing, prefix_cache_mb=prefix_cache_mb, normalize=normalize,
+        revision=revision, token=token, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+        compile=check_compile_choice(compile_),
     )  # fmt: skip
+    source = RunInput(path=input_, stream=stream)
     launch = distributed.launch_from_env()
     if launch is None:
-        _score(options, None)
+        _score(options, source, None)
         return
     try:
-        run_distributed(options, launch, lambda group: _score(options, group), _report_rank_error)
+        with distributed_run(options, launch, _report_rank_error) as group:
+            _score(options, source, group)
     except RankExit as exc:
         raise typer.Exit(exc.code) from None
 
@@ -136,7 +146,7 @@ def _report_rank_error(exc: BaseException) -> None:
     error(text)
 
 
-def _score(options: Any, group: Any) -> None:
+def _score(options: ScoreOptions, source: RunInput, group: Group | None) -> None:
     """Set up, stream the results to stdout (rank 0), report. Other ranks stay quiet."""
     from vhctl.scoring.run import start_run
 
@@ -144,7 +154,7 @@ def _score(options: Any, group: Any) -> None:
         state.quiet = True
     with ExitStack() as stack:
         terminal = bool(getattr(sys.stdin, "isatty", lambda: False)())
-        run = start_run(options, group, stack, terminal=terminal, progress=progress_enabled())
+        run = start_run(options, source, group, stack, terminal=terminal, progress=progress_enabled())
         if run.interactive:
             message("reading lines from the terminal (Ctrl-D ends)")
         started = time.perf_counter()

@@ -21,6 +21,7 @@ from vhctl.cli._options import (
     DtypeOpt,
     MaxLengthOpt,
     NormalizeOpt,
+    PrefixCacheOpt,
     RevisionOpt,
     RewardAdapterOpt,
     RewardOpt,
@@ -28,6 +29,7 @@ from vhctl.cli._options import (
     TrustRemoteCodeOpt,
 )
 from vhctl.cli._output import message, state, warning
+from vhctl.constants import SERVE_PREFIX_CACHE_MB
 from vhctl.errors import VhctlError
 
 EXTRA_MODULES = ("starlette", "uvicorn", "prometheus_client")
@@ -98,6 +100,7 @@ def serve(
     reward_adapter: RewardAdapterOpt = None,
     normalize: NormalizeOpt = False,
     compile_: CompileOpt = "auto",
+    prefix_cache_mb: PrefixCacheOpt = SERVE_PREFIX_CACHE_MB,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     batch_size: BatchSizeOpt = 16,
@@ -121,12 +124,11 @@ def serve(
     # The model thread shares the cores with the HTTP thread: OpenMP threads that spin while they
     # wait would take the cores from it (several times slower on a busy CPU). Before torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from vhctl.scoring.compiled import server_choice
-    from vhctl.scoring.pipeline import ScoreOptions, reward_choice
+    from vhctl.scoring.compiled import check_compile_choice
+    from vhctl.scoring.options import reward_choice
     from vhctl.serve.security import is_loopback, read_api_key
-    from vhctl.serve.server import ServeOptions
+    from vhctl.serve.server import ServeOptions, server_score_options
     from vhctl.serve.server import serve as run
-    from vhctl.serve.worker import ScoringOptions
 
     selected = reward_choice(reward, reward_adapter)
     key = read_api_key(api_key_file)
@@ -136,22 +138,21 @@ def serve(
             "(set --api-key-file or VHCTL_API_KEY)"
         )
     options = ServeOptions(
-        model=ScoreOptions(
-            ckpt=ckpt,
+        model=server_score_options(
+            ckpt,
             reward=selected,
             normalize=normalize,
+            batch_size=batch_size,
+            max_length=max_length,
+            max_batch_tokens=max_batch_tokens,
             device=device,
             dtype=dtype,
+            prefix_cache_mb=prefix_cache_mb,
+            compile=check_compile_choice(compile_),
             revision=revision,
             token=token,
             allow_pickle=allow_pickle,
             trust_remote_code=trust_remote_code,
-        ),
-        scoring=ScoringOptions(
-            batch_size=batch_size,
-            max_length=max_length,
-            max_batch_tokens=max_batch_tokens,
-            compile=server_choice(compile_),
         ),
         host=host,
         port=port,

@@ -26,7 +26,7 @@ from typing import IO, Any
 
 from vhctl.errors import InputError
 
-__all__ = ["ACCEPTED_FIELDS", "LineReader", "Record", "iter_records", "parse_line"]
+__all__ = ["ACCEPTED_FIELDS", "LineReader", "Record", "iter_records", "parse_line", "record_from_object"]
 
 ACCEPTED_FIELDS = "'text', 'prompt' + 'response', or 'messages'"
 _BOM = "\ufeff"
@@ -125,7 +125,12 @@ def _check_messages(value: Any, line: int) -> list[dict[str, Any]]:
     return value
 
 
-def _from_object(obj: dict[str, Any], line: int) -> Record:
+def record_from_object(obj: dict[str, Any], line: int) -> Record:
+    """The record of a decoded JSON object (a JSON line, a server request's record).
+
+    Raises:
+        InputError: an object of no accepted form, or a field of the wrong type.
+    """
     record = Record(line=line)
     if "id" in obj:
         record.id, record.has_id = obj["id"], True
@@ -190,7 +195,7 @@ def parse_line(raw: bytes | str, line: int) -> Record | None:
         raise _bad(line, f"invalid JSON: {type(exc).__name__}: {str(exc)[:120]}") from None
     if not isinstance(obj, dict):  # unreachable for text starting with "{", kept as a guard
         raise _bad(line, "a line starting with '{' must be one JSON object")
-    return _from_object(obj, line)
+    return record_from_object(obj, line)
 
 
 def iter_records(stream: IO[bytes] | Iterable[bytes | str], *, skip_bad: bool = False) -> Iterator[Record]:

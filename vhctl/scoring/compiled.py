@@ -1,10 +1,13 @@
-"""A compiled backbone (``torch.compile``) for long scoring jobs and for the server.
+"""A compiled backbone (``torch.compile``), where a measurement says it pays.
 
-Why: on a CPU, transformers' eager forward of a small model spends some of its time outside the
-matmuls (norms, rotary embeddings, activations, softmax, masks, one kernel each); inductor fuses
-that work into a few loops. How much is left to fuse is measured, not assumed here: the profile
-section of benchmarks/RESULTS.md (``benchmarks/profile_scoring.py``). The compile itself costs tens of seconds on 2 cores,
-so it is worth it for a long job or a server, not for ten lines.
+Why it can pay: transformers' eager forward runs each norm, activation, softmax and mask as a
+kernel of its own; inductor fuses that work into a few loops. Why it often does not: the matmuls,
+which a compile leaves as they are, take much of eager scoring's time on a CPU (how much is
+measured, not assumed: the profile section of benchmarks/RESULTS.md), and the compile costs tens
+of seconds on 2 cores. So ``auto`` compiles only on a kind of device where a committed measurement
+shows a clear gain (:data:`COMPILED_TIME_FRACTION` below :data:`PAYS_BELOW`): on a CPU it measured 0.95
+to 1.00 of the eager time, within noise, so ``auto`` stays eager there; a GPU is not measured
+yet, so ``auto`` stays eager there too. ``on`` compiles anyway.
 
 What runs compiled: the repeated blocks (decoder layers) of the plain causal forward (the
 backbone, no cache) and of the seq2seq encoder + decoder, traced once with **dynamic shapes**, so
@@ -15,28 +18,28 @@ and the final norm stay eager). Around that:
   :func:`vhctl.scoring.plan.length_batches`), sizes that happen to be equal are traced as distinct
   symbols, and a compiled batch always has some padding (a batch without any gets one more
   bucket), since transformers drops a mask of all ones and the blocks would need a second graph;
+  a batch whose padded width would pass the model's position limit (records at the length
+  limit) runs eagerly;
 - a batch of one row runs eagerly: a dynamic graph specialises a size of 1, and would compile
   another graph for it;
-- the passes of prefix sharing run eagerly: their blocks update a cache object, whose mutation
-  would be traced into the graph with every prompt's shapes (and the responses are short).
+- the passes of prefix sharing and of the prefix cache run eagerly: their blocks update a cache
+  object, whose mutation would be traced into the graph with every prompt's shapes.
 
 A persistent compile cache: inductor's on-disk caches go to ``TORCHINDUCTOR_CACHE_DIR`` when it is
 set, else ``$XDG_CACHE_HOME/vhctl/inductor`` (``~/.cache/vhctl/inductor``), so the second job on
 the same model skips the code generation and C++ builds and only traces one block again.
 
 A failure to compile (an operation inductor cannot lower, no C++ compiler) is not an error: the
-call is run again eagerly, one warning line says so, and the scorer stays eager from then on. An
-exception that the eager rerun raises too is the model's, and is raised as usual.
+call is run again eagerly, one warning line says so, calls of that shape stay eager, and after
+:data:`MAX_FAILED_SHAPES` shapes the scorer stays eager. An exception that the eager rerun raises
+too is the model's, and is raised as usual.
 
-When ``auto`` compiles (:class:`CompilePolicy`): when the tokens still to score are at least
-:func:`break_even_tokens`, the count at which the time saved pays for the compile. A file's
-tokens are estimated as its line count (:func:`estimate_lines`, from the size and the first MiB)
-times the mean tokens per record seen so far (the first window); for an input of unknown length
-(stdin, the library's iterables), ``auto`` compiles once the tokens already scored reach that
-count: the job has then shown it is long, and had it ended right there, compiling would have cost
-at most ``1 - COMPILED_TIME_FRACTION`` of the eager time more than staying eager. Both
-rules use token counts, never timings, so the same input gets the same decision on every run
-(and on every rank of a data-parallel run).
+When ``auto`` compiles on a device where it pays (:class:`CompilePolicy`): when the tokens still to
+score are at least :func:`break_even_tokens`, the count at which the time saved pays for the
+compile. A file's tokens are estimated as its line count (:func:`estimate_lines`) times the mean
+tokens per record seen so far; for an input of unknown length, ``auto`` compiles once the tokens
+already scored reach that count. Both rules use token counts, never timings, so the same input
+gets the same decision on every run (and on every rank of a data-parallel run).
 """
 
 from __future__ import annotations
@@ -54,21 +57,25 @@ from vhctl.errors import UsageError, first_line
 __all__ = [
     "BUCKET",
     "COMPILE_CHOICES",
+    "COMPILED_TIME_FRACTION",
+    "PAYS_BELOW",
+    "MAX_FAILED_SHAPES",
     "CompilePolicy",
     "CompiledBlocks",
     "break_even_tokens",
     "check_compile_choice",
+    "compile_pays",
     "estimate_lines",
     "inductor_cache_dir",
     "model_break_even",
     "repeated_blocks",
-    "server_choice",
 ]
 
 logger = logging.getLogger("vhctl")
 
 COMPILE_CHOICES = ("auto", "on", "off")
 BUCKET = 16  # compiled widths are multiples of this many tokens
+MAX_FAILED_SHAPES = 4  # shapes whose compile failed before a scorer stops trying to compile
 
 # The first compile costs as much as scoring this many tokens eagerly: GPT-2 124M, 2 threads, on a
 # quiet machine 20 s at 741 tok/s and 26 s at 682 tok/s in two runs (benchmarks/RESULTS-compile.md
@@ -79,11 +86,15 @@ BUCKET = 16  # compiled widths are multiples of this many tokens
 COMPILE_COST_TOKENS = {"cpu": 16_000, "cuda": 2_000_000}
 _DEFAULT_COST_TOKENS = 500_000
 _REFERENCE = (12, 124_000_000)  # layers, backbone parameters of GPT-2 124M
-# Compiled passes take this fraction of the eager time: the same benchmark's mixed lengths, eager
-# over compiled tokens/s on a quiet machine: 0.95 for GPT-2 and 1.00 for the Llama-style 110M in
-# benchmarks/RESULTS-compile.md, 0.97 and 0.96 in an earlier run whose report was not kept (how much
-# of the eager time is matmuls, which a compile leaves as they are: the profile in benchmarks/RESULTS.md).
-COMPILED_TIME_FRACTION = 0.97
+# Compiled passes take this fraction of the eager time, as measured on each kind of device
+# (benchmarks/bench_compile.py: eager over compiled tokens/s on mixed lengths, GPT-2 124M and a
+# Llama-style 110M): 0.95 to 1.00 on a 2-core CPU (0.95 and 1.00 in benchmarks/RESULTS-compile.md,
+# 0.97 and 0.96 in an earlier run whose report was not kept; where the eager time goes: the profile
+# in benchmarks/RESULTS.md).
+# A kind of device that is not listed has no measurement, and ``auto`` does not compile there.
+COMPILED_TIME_FRACTION = {"cpu": 0.97}
+# ``auto`` compiles only where the measured fraction is below this: a gain clear of run-to-run noise.
+PAYS_BELOW = 0.9
 _SAMPLE_BYTES = 1 << 20
 
 
@@ -101,13 +112,6 @@ def check_compile_choice(value: str) -> str:
     return choice
 
 
-def server_choice(value: str) -> str:
-    """The choice for a server (``vhctl serve``): it runs for long and pays the compile once, so
-    ``auto`` is ``on``."""
-    choice = check_compile_choice(value)
-    return "on" if choice == "auto" else choice
-
-
 def inductor_cache_dir() -> Path:
     """Where inductor keeps its compiled code: ``TORCHINDUCTOR_CACHE_DIR``, else vhctl's user cache folder."""
     explicit = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
@@ -117,20 +121,29 @@ def inductor_cache_dir() -> Path:
     return Path(base) / "vhctl" / "inductor"
 
 
-def break_even_tokens(layers: int, parameters: int, device_type: str) -> int:
-    """Tokens to score above which compiling saves more time than it costs.
+def compile_pays(device_type: str) -> bool:
+    """Whether a measurement says compiled scoring is clearly faster on this kind of device."""
+    fraction = COMPILED_TIME_FRACTION.get(device_type)
+    return fraction is not None and fraction < PAYS_BELOW
+
+
+def break_even_tokens(layers: int, parameters: int, device_type: str) -> int | None:
+    """Tokens to score above which compiling saves more time than it costs; None: it never does.
 
     The compile costs ``C`` eager tokens' worth of time (:data:`COMPILE_COST_TOKENS`, scaled from
     GPT-2 124M by layers and by parameters) and saves ``1 - f`` of every token's time after it
-    (:data:`COMPILED_TIME_FRACTION`), so it pays from ``C / (1 - f)`` tokens on.
+    (:data:`COMPILED_TIME_FRACTION`), so it pays from ``C / (1 - f)`` tokens on, where ``f`` was
+    measured and is below :data:`PAYS_BELOW`.
     """
+    if not compile_pays(device_type):
+        return None
     ref_layers, ref_params = _REFERENCE
     cost = COMPILE_COST_TOKENS.get(device_type, _DEFAULT_COST_TOKENS)
     cost_tokens = cost * (max(layers, 1) / ref_layers) * (ref_params / max(parameters, 1))
-    return max(1, round(cost_tokens / (1.0 - COMPILED_TIME_FRACTION)))
+    return max(1, round(cost_tokens / (1.0 - COMPILED_TIME_FRACTION[device_type])))
 
 
-def model_break_even(hf: Any, device_type: str) -> int:
+def model_break_even(hf: Any, device_type: str) -> int | None:
     """:func:`break_even_tokens` of a transformers model (its layers and parameters)."""
     config = hf.config
     text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
@@ -161,12 +174,13 @@ class CompilePolicy:
 
     Args:
         choice: ``auto``, ``on`` or ``off``.
-        break_even: Tokens from which compiling pays (:func:`break_even_tokens`).
+        break_even: Tokens from which compiling pays (:func:`break_even_tokens`); None: never
+            (``auto`` then stays eager).
 
     Once a window runs compiled, every later one does.
     """
 
-    def __init__(self, choice: str, break_even: int) -> None:
+    def __init__(self, choice: str, break_even: int | None) -> None:
         self.choice = check_compile_choice(choice)
         self.break_even = break_even
         self.on = self.choice == "on"
@@ -182,7 +196,7 @@ class CompilePolicy:
 
     def window(self, tokens: int, records: int) -> bool:
         """Decide for the next window (``tokens`` in ``records``): True runs it compiled."""
-        if self.choice == "auto" and not self.on:
+        if self.choice == "auto" and not self.on and self.break_even is not None:
             if self._expected is not None:
                 mean = (self._input_tokens + tokens) / max(self._records + records, 1)
                 remaining = mean * max(self._expected - self._records, records)
@@ -217,21 +231,31 @@ class CompiledBlocks:
         self.what = what
         self.usable = bool(self.blocks) and all(hasattr(b, "_compiled_call_impl") for b in self.blocks)
         self.failed = False
+        self.failed_shapes: set[tuple[tuple[int, ...], ...]] = set()
         self._compiled: Callable[..., Any] | None = None
 
     def __call__(self, function: Callable[..., Any], *args: Any) -> Any:
-        """``function(*args)`` with the blocks compiled; eagerly when that is not possible (warned once)."""
-        if self.failed or not self.usable:
+        """``function(*args)`` with the blocks compiled; eagerly where that is not possible.
+
+        A compile that fails runs that call again eagerly and warns once; calls of the same shapes
+        run eagerly from then on, other shapes still try the compiled graph, and after
+        :data:`MAX_FAILED_SHAPES` failed shapes everything runs eagerly.
+        """
+        shape = tuple(tuple(getattr(arg, "shape", ())) for arg in args)
+        if self.failed or not self.usable or shape in self.failed_shapes:
             return function(*args)
         try:
             with self._installed(), _distinct_sizes():
                 return function(*args)
         except Exception as exc:  # the compiler's, or the model's: the eager rerun tells which
             result = function(*args)  # raises the model's own error
-            self.failed = True
-            logger.warning(
-                "could not compile %s (%s); scoring without compiling", self.what, first_line(exc)[:200]
-            )  # fmt: skip
+            if not self.failed_shapes:
+                logger.warning(
+                    "could not compile %s (%s); scoring these shapes without compiling",
+                    self.what, first_line(exc)[:200],
+                )  # fmt: skip
+            self.failed_shapes.add(shape)
+            self.failed = len(self.failed_shapes) >= MAX_FAILED_SHAPES
             return result
 
     @contextlib.contextmanager

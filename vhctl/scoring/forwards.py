@@ -96,6 +96,17 @@ class Forwards:
             padded=min(lengths) != width,
         )
 
+    def fits_compiled(self, lengths: list[int]) -> bool:
+        """Whether rows of these lengths, padded as a compiled batch is (see :meth:`pad`), stay within
+        the model's position limit: a batch of records at the limit would index past it."""
+        limit = self.parts.position_limit
+        if limit is None or self.parts.seq2seq:
+            return True
+        width = round_up(max(lengths), BUCKET)
+        if min(lengths) == width:
+            width += BUCKET
+        return width <= limit
+
     def upload(self, tensor: torch.Tensor) -> torch.Tensor:
         """``tensor`` on the model's input device."""
         device = self.parts.device
@@ -138,6 +149,8 @@ class Forwards:
     def plain(self, batch: list[Item], per_token: bool) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
         """A padded causal forward over ``batch``: see :meth:`gather` for what comes back."""
         compiled = self._compiled if self.compiling and len(batch) > 1 else None
+        if compiled is not None and not self.fits_compiled([len(item.ids) for item in batch]):
+            compiled = None  # the bucket's padding would run past the model's positions: eager
         padded = self.pad([item.ids for item in batch], BUCKET if compiled is not None else 1)
         if compiled is not None:  # always with a mask: the graph was traced with one
             hidden = self._run(compiled, self._backbone_hidden, padded.ids, padded.mask)

@@ -25,7 +25,9 @@ from vhctl.scoring.compiled import BUCKET, CompilePolicy, check_compile_choice, 
 from vhctl.scoring.forwards import Forwards, torch_stack_last
 from vhctl.scoring.items import Item, ScoreStats, results
 from vhctl.scoring.model_parts import ModelParts, decoder_start_id, find_parts
+from vhctl.scoring.options import WINDOW_PER_BATCH
 from vhctl.scoring.plan import PromptGroup, group_prompts, length_batches, prompt_packs
+from vhctl.scoring.prefix_cache import CachedPasses, PrefixStore
 from vhctl.scoring.readback import Pending, read_back
 from vhctl.scoring.sharding import Shards, check_shard
 from vhctl.scoring.shared_prefix import SharedPrefix
@@ -35,8 +37,6 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = ["WINDOW_PER_BATCH", "Scorer"]
-
-WINDOW_PER_BATCH = 32  # default window = batch_size * WINDOW_PER_BATCH records
 
 
 class Scorer:
@@ -56,7 +56,7 @@ class Scorer:
         reward: Also return ``reward`` from the PEFT reward adapter of this name (``True``: the
             model's ``rm_adapter_name``).
         window: Records read ahead, sorted and batched together (memory is bounded by it).
-            Default ``batch_size * 32``.
+            Default ``batch_size * WINDOW_PER_BATCH``.
         prefix_sharing: Compute a prompt shared by several records of a window once.
         max_batch_tokens: Padded tokens per forward pass. Default: ``batch_size`` times the
             longest sequence of the window, so memory stays what ``batch_size`` of those need.
@@ -85,6 +85,11 @@ class Scorer:
             that many tokens have been scored. Values stay within float noise (about 1e-6 in
             float32) of the eager ones; a compile that fails warns once and scoring goes on
             eagerly. See :mod:`vhctl.scoring.compiled`.
+        prefix_store: A :class:`~vhctl.scoring.prefix_cache.PrefixStore` to keep the keys and values
+            of scored sequences in, across windows: a record then computes only what follows its
+            longest stored prefix (a server's best-of-n samples that arrive in different requests).
+            Used by the values and reward passes of causal models that take position ids, not by
+            per-token scoring nor under ``shard``; runs eagerly. None: no store.
 
     Attributes:
         stats: A :class:`ScoreStats`, updated as results are produced.
@@ -116,6 +121,7 @@ class Scorer:
         shard: tuple[int, int] | None = None,
         gather: Callable[[Any], list[Any]] | None = None,
         compile: str = "auto",
+        prefix_store: PrefixStore | None = None,
     ) -> None:
         _check_arguments(tokenizer, batch_size, max_length, max_batch_tokens)
         check_shard(shard, gather)
@@ -160,6 +166,10 @@ class Scorer:
         )
         self._reward_name = check_reward(model, parts, reward) if reward else None
         self._tanh_gelus = tanh_gelus(parts.hf) if fuse_activations else []
+        self._cached: CachedPasses | None = None
+        storable = self._shared.enabled and parts.takes_positions and not parts.sliding_window
+        if prefix_store is not None and storable and not per_token and self._shards is None:
+            self._cached = CachedPasses(self._forwards, prefix_store, overhead=self._overhead)
 
     # ------------------------------------------------------------------ public API
 
@@ -172,6 +182,16 @@ class Scorer:
     def compiled(self) -> bool:
         """The current window runs compiled (False before ``auto`` decides, or after a failed compile)."""
         return self._forwards.compiling and not self._forwards.compile_failed
+
+    @property
+    def compiles_from_start(self) -> bool:
+        """The first window runs compiled (``compile="on"`` on a model whose layers can be)."""
+        return self._compile.on and self._forwards.can_compile
+
+    @property
+    def uses_prefix_store(self) -> bool:
+        """Records run on the prefix store (see ``prefix_store``)."""
+        return self._cached is not None and self._cached.enabled
 
     @property
     def max_length(self) -> int | None:
@@ -254,7 +274,8 @@ class Scorer:
             if item.record.has_id:
                 item.result["id"] = item.record.id
         if good:
-            groups, plain = group_prompts(good, self.stats) if self._shared.enabled else ([], good)
+            sharing = self._shared.enabled and not self.uses_prefix_store  # the store shares across windows
+            groups, plain = group_prompts(good, self.stats) if sharing else ([], good)
             self._start_window(good)
             longest = max(round_up(item.tokens, self._bucket) for item in good)
             self._budget = self.max_batch_tokens or self.batch_size * longest
@@ -287,7 +308,17 @@ class Scorer:
         self._pending = []
         if self._shards is not None:
             self._shards.start_pass()
-        if self._parts.seq2seq:
+        if self.uses_prefix_store and not per_token:
+            assert self._cached is not None
+            self._cached.run(
+                plain,
+                f"reward:{self._reward_name}" if reward else "values",
+                budget=self._budget,
+                stats=self.stats if not reward else ScoreStats(),  # counted once, in the values pass
+                queue=lambda batch, last, seq: self._queue(batch, last, seq, reward=reward),
+                fallback=lambda items: self._run_plain_items(items, per_token, reward=reward),
+            )
+        elif self._parts.seq2seq:
             for batch in self._batches(plain, lambda i: (len(i.ids), len(i.dec or ()))):
                 if self._owns_next():
                     self._queue(batch, *self._forwards.seq2seq(batch, per_token), reward=reward)

@@ -99,7 +99,7 @@ class _Handlers:
     async def health(self, request: Request) -> Response:
         if not self.worker.ready:
             return JSONResponse(
-                {"status": "loading" if self.worker.loaded is None else "stopping"},
+                {"status": "loading" if self.worker.session is None else "stopping"},
                 status_code=503,
                 headers={"Retry-After": RETRY_AFTER},
             )
@@ -115,11 +115,11 @@ class _Handlers:
 
     @property
     def _reward(self) -> bool:
-        loaded = self.worker.loaded
+        loaded = self.worker.session
         return loaded is not None and loaded.reward is not None
 
     def _special_texts(self) -> tuple[str, str]:
-        loaded = self.worker.loaded
+        loaded = self.worker.session
         if loaded is None:
             raise BadRequest("the model is not ready", status=503)
         if self._specials is None:
@@ -148,7 +148,7 @@ class _Handlers:
         """Queue the records as one job and wait for their results (the event loop stays free)."""
         if not self.worker.ready:
             raise BadRequest(
-                "the model is not ready" if self.worker.loaded is None else "the server is stopping",
+                "the model is not ready" if self.worker.session is None else "the server is stopping",
                 status=503,
             )
         if not records:

@@ -1,6 +1,6 @@
 """Request bodies into scoring records: ``/v1/score``'s records and OpenRLHF's ``/get_reward`` queries.
 
-Every record goes through :func:`vhctl.io.records.parse_line`, so the server accepts exactly the
+Every record goes through :func:`vhctl.io.records.record_from_object`, so the server accepts exactly the
 records ``vhctl score`` reads and reports a bad one with the same words, naming the record's index
 in the request instead of a line number.
 """
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vhctl.errors import InputError
-from vhctl.io.records import Record, parse_line
+from vhctl.io.records import Record, record_from_object
 
 
 class BadRequest(Exception):
@@ -126,14 +126,12 @@ def _strip_specials(text: str, specials: tuple[str, str]) -> str:
 
 
 def _record(obj: dict[str, Any], index: int) -> Record:
+    """The record of a request's object, checked as ``vhctl score`` checks a JSON line."""
     line = index + 1
     try:
-        record = parse_line(json.dumps(obj, ensure_ascii=False), line)
+        return record_from_object(obj, line)
     except InputError as exc:
         raise BadRequest(f"record {index}: {str(exc).removeprefix(f'line {line}: ')}", index=index) from None
-    if record is None:  # unreachable: an object's line is never blank
-        raise BadRequest(f"record {index}: empty", index=index)
-    return record
 
 
 def special_texts(tokenizer: Any) -> tuple[str, str]:

@@ -14,24 +14,26 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from vhctl._version import __version__
+from vhctl.constants import SERVE_PREFIX_CACHE_MB
 from vhctl.errors import VhctlError
-from vhctl.scoring.pipeline import ScoreOptions
+from vhctl.scoring.options import ScoreOptions
+from vhctl.scoring.session import ScoringSession
 from vhctl.serve.app import AppConfig, build_app
 from vhctl.serve.metrics import Metrics
-from vhctl.serve.model import LoadedModel, load_model
-from vhctl.serve.worker import ModelWorker, ScoringOptions
+from vhctl.serve.worker import ModelWorker
+
+__all__ = ["HttpServer", "ServeOptions", "load_session", "serve", "server_score_options"]
 
 
 @dataclass(frozen=True)
 class ServeOptions:
-    """Everything ``vhctl serve`` takes (see ``docs/serving.md``)."""
+    """Everything ``vhctl serve`` takes (see ``docs/serving.md``): the scoring options, the HTTP side's."""
 
     model: ScoreOptions
-    scoring: ScoringOptions = field(default_factory=ScoringOptions)
     host: str = "127.0.0.1"
     port: int = 8000
     max_queue: int = 4096
@@ -55,7 +57,7 @@ class HttpServer:
         self.metrics = Metrics()
         self.worker = ModelWorker(
             max_queue=options.max_queue,
-            options=options.scoring,
+            window=options.model.window_records,
             on_batch=self.metrics.window,
             on_queue=self.metrics.queue.set,
         )
@@ -86,10 +88,10 @@ class HttpServer:
         self._thread.start()
         return self.url
 
-    def serve_model(self, loaded: LoadedModel) -> None:
-        """Start scoring with ``loaded`` (the worker checks the options against the model)."""
-        self.worker.start(loaded)
-        self.config.info.update(_model_info(self.options, loaded, self.worker.max_length))
+    def serve_model(self, session: ScoringSession) -> None:
+        """Start scoring with ``session``: from now on ``/health`` says 200."""
+        self.worker.start(session)
+        self.config.info.update(_model_info(self.options, session))
         self.metrics.ready.set(1)
 
     def request_stop(self, *, force: bool = False) -> None:
@@ -132,7 +134,7 @@ def serve(
     *,
     say: Callable[[str], None],
     log: Callable[[str], None] | None = None,
-    load: Callable[[ScoreOptions], LoadedModel] = load_model,
+    load: Callable[[ScoreOptions], ScoringSession] | None = None,
 ) -> None:
     """``vhctl serve``: listen, load the model, answer until SIGTERM/SIGINT, drain, return.
 
@@ -140,7 +142,7 @@ def serve(
         options: What to serve.
         say: Where the start-up lines go (the URL once ready).
         log: Where request lines go.
-        load: Loads the model (a seam for tests).
+        load: Opens the scoring session (a seam for tests; default :func:`load_session`).
 
     Raises:
         VhctlError: the address cannot be used, or the model cannot be loaded.
@@ -153,13 +155,16 @@ def serve(
             say(
                 f"loading {options.model.ckpt} (listening on {url}; /health answers 503 until the model is loaded)"
             )
-            model = load(options.model)
-            server.serve_model(model)
+            session = (load or load_session)(options.model)
+            if session.scorer().compiles_from_start:
+                say("compiling the model's layers before answering (--compile on)")
+                session.warm_up()
+            server.serve_model(session)
             loaded.set()
             if not stopped.is_set():
                 say(
-                    f"ready: serving {options.model.ckpt} on {url} ({model.device}, "
-                    f"{str(model.dtype).removeprefix('torch.')})"
+                    f"ready: serving {options.model.ckpt} on {url} ({session.device}, "
+                    f"{str(session.dtype).removeprefix('torch.')})"
                 )
             while not server.wait(0.2):
                 pass
@@ -215,13 +220,35 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _model_info(options: ServeOptions, loaded: LoadedModel, max_length: int | None) -> dict[str, Any]:
+def server_score_options(ckpt: str, **fields: Any) -> ScoreOptions:
+    """The scoring options of a server: ``vhctl serve``'s defaults, and what a server always sets.
+
+    A bad record is its request's 400, not the server's end (``skip_bad``); a record cut to the
+    length limit is marked in its answer (``mark_truncated``); the prefix cache is on
+    (:data:`~vhctl.constants.SERVE_PREFIX_CACHE_MB`) unless ``prefix_cache_mb`` says otherwise.
+    """
+    fields.setdefault("prefix_cache_mb", SERVE_PREFIX_CACHE_MB)
+    return ScoreOptions(ckpt=ckpt, skip_bad=True, mark_truncated=True, **fields)
+
+
+def load_session(options: ScoreOptions) -> ScoringSession:
+    """The server's scoring session (no loading bar: a server's stderr is a log).
+
+    Raises:
+        VhctlError: the checkpoint, its tokenizer, reward adapter or normalisation cannot be used.
+    """
+    return ScoringSession.open(options, progress=False)
+
+
+def _model_info(options: ServeOptions, session: ScoringSession) -> dict[str, Any]:
     return {
         "model": options.model.ckpt,
-        "device": str(loaded.device),
-        "dtype": str(loaded.dtype).removeprefix("torch."),
-        "reward_adapter": loaded.reward,
-        "normalize": loaded.normalization is not None,
-        "max_length": max_length,
+        "device": str(session.device),
+        "dtype": str(session.dtype).removeprefix("torch."),
+        "reward_adapter": session.reward,
+        "normalize": session.normalization is not None,
+        "max_length": session.max_length,
+        "compiled": session.scorer().compiled,
+        "prefix_cache_mb": session.options.prefix_cache_mb,
         "vhctl": __version__,
     }

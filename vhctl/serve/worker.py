@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vhctl.io.records import Record
-from vhctl.scoring import Scorer
+from vhctl.scoring.session import ScoringSession
 from vhctl.serve.bodies import BadRequest
-from vhctl.serve.model import LoadedModel
-from vhctl.serve.results import finish_results
+
+__all__ = ["LINGER", "MAX_LINGER", "Job", "ModelWorker", "Outcome"]
 
 Outcome = list[dict[str, Any]] | BadRequest | Exception
 LINGER = 0.002  # seconds without a new job that end a burst
@@ -50,23 +50,12 @@ class Job:
     queued_at: float = field(default_factory=time.perf_counter)
 
 
-@dataclass(frozen=True)
-class ScoringOptions:
-    """How the worker's scorers batch (see :class:`vhctl.scoring.Scorer`)."""
-
-    batch_size: int = 16
-    max_length: int | None = None
-    max_batch_tokens: int | None = None
-    window: int | None = None  # records per scoring window; default batch_size * 32
-    compile: str = "off"  # the scorers' torch.compile choice (vhctl serve: on, see server_choice)
-
-
 class ModelWorker:
     """Owns the model thread and the bounded queue of jobs.
 
     Args:
         max_queue: Records that may wait for the model (the window being scored not counted).
-        options: Batching options for the scorers.
+        window: Records taken into one scoring window at most (the session's window is at least this).
         on_batch: Called after each scoring window with ``(records, tokens, shared_prompts)``
             (for metrics).
         on_queue: Called with the number of records waiting whenever it changes.
@@ -76,15 +65,14 @@ class ModelWorker:
         self,
         *,
         max_queue: int,
-        options: ScoringOptions,
+        window: int,
         on_batch: Callable[[int, int, int], None] | None = None,
         on_queue: Callable[[int], None] | None = None,
     ) -> None:
         if max_queue < 1:
             raise ValueError("max_queue must be at least 1")
         self.max_queue = max_queue
-        self.options = options
-        self.window = max(1, options.window or options.batch_size * 32)
+        self.window = max(1, window)
         self._on_batch = on_batch
         self._on_queue = on_queue
         self._jobs: deque[Job] = deque()
@@ -92,8 +80,7 @@ class ModelWorker:
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self._loaded: LoadedModel | None = None
-        self._scorers: dict[bool, Scorer] = {}
+        self._session: ScoringSession | None = None
 
     # ------------------------------------------------------------------ control
 
@@ -103,28 +90,25 @@ class ModelWorker:
         return self._thread is not None and not self._stopping
 
     @property
-    def loaded(self) -> LoadedModel | None:
-        return self._loaded
+    def session(self) -> ScoringSession | None:
+        """The scoring session (None before :meth:`start`)."""
+        return self._session
 
     @property
     def max_length(self) -> int | None:
         """Tokens kept per record (the model's limit unless ``max_length`` was given); None before start."""
-        scorer = self._scorers.get(False)
-        return scorer.max_length if scorer is not None else None
+        return self._session.max_length if self._session is not None else None
 
     @property
     def queued(self) -> int:
         """Records waiting for the model."""
         return self._queued
 
-    def start(self, loaded: LoadedModel) -> None:
-        """Serve with ``loaded``: build the scorer (which checks the options) and start the thread.
-
-        Raises:
-            VhctlError: options the model cannot take (e.g. a max length over its limit).
-        """
-        self._loaded = loaded
-        self._scorers[False] = self._scorer(per_token=False)
+    def start(self, session: ScoringSession) -> None:
+        """Serve with ``session`` (its window holds at least one of this worker's) and start the thread."""
+        if session.options.window_records < self.window:
+            raise ValueError("the session's scoring window is smaller than the worker's")
+        self._session = session
         self._thread = threading.Thread(target=self._run, name="vhctl-serve-model", daemon=True)
         self._thread.start()
 
@@ -165,23 +149,6 @@ class ModelWorker:
                 self._on_queue(self._queued)
 
     # ------------------------------------------------------------------ the thread
-
-    def _scorer(self, *, per_token: bool) -> Scorer:
-        loaded, options = self._loaded, self.options
-        assert loaded is not None
-        return Scorer(
-            loaded.model,
-            loaded.tokenizer,
-            batch_size=options.batch_size,
-            max_length=options.max_length,
-            max_batch_tokens=options.max_batch_tokens,
-            per_token=per_token,
-            reward=loaded.reward is not None,
-            window=max(self.window, self.max_queue),  # a whole drain is one window of the scorer
-            skip_bad=True,
-            mark_truncated=True,
-            compile=options.compile,
-        )
 
     def _take(self) -> list[Job] | None:
         """Every job that has come, up to ``window`` records (at least one job); None to end.
@@ -234,23 +201,20 @@ class ModelWorker:
 
     def _score(self, jobs: list[Job], per_token: bool) -> None:
         """Score the jobs' records as one window and hand each job its results (or its failure)."""
-        loaded = self._loaded
-        assert loaded is not None
-        if per_token not in self._scorers:
-            self._scorers[per_token] = self._scorer(per_token=per_token)
-        scorer = self._scorers[per_token]
+        session = self._session
+        assert session is not None
         records = [record for job in jobs for record in job.records]
-        before = (scorer.stats.truncated, scorer.stats.tokens, scorer.stats.shared_prompts)
+        scorer = session.scorer(per_token)
+        before = (scorer.stats.tokens, scorer.stats.shared_prompts)
         try:
-            results = list(scorer.score(records))
+            results = list(session.score(records, per_token=per_token))
         except Exception as exc:  # a failure of the model (out of memory...): these requests get a 500
             for job in jobs:
                 _deliver(job, exc)
             return
         stats = scorer.stats
-        finish_results(results, loaded.normalization)
         if self._on_batch is not None:
-            self._on_batch(len(records), stats.tokens - before[1], stats.shared_prompts - before[2])
+            self._on_batch(len(records), stats.tokens - before[0], stats.shared_prompts - before[1])
         start = 0
         for job in jobs:
             part = results[start : start + len(job.records)]
