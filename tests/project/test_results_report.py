@@ -309,13 +309,23 @@ def test_wrap_scaling_fits_and_judges(report) -> None:
     assert single["slope_ratio"] == pytest.approx(1.6 / 1.5)
     assert single["large_ratio"] == pytest.approx(8.0 / 4.5)
     assert single["large_ratio_without_fixed"] == pytest.approx(4.8 / 4.5)
-    data = {"sizes": ["124M", "774M"], "gb": gb, "runs": _scaling_runs(walls), "fit": fit, "reps": 3, "shards": 5}
+    data = {
+        "sizes": ["124M", "774M"],
+        "gb": gb,
+        "runs": _scaling_runs(walls),
+        "fit": fit,
+        "reps": 3,
+        "shards": 5,
+    }
     rows: list[list[str]] = []
     report_docs.section_wrap_scaling(data, rows, [])
     verdicts = {t: (m, v) for t, m, v in rows}
     slope = verdicts["11. wrap's marginal cost (single): slope <= 1.1x max(copy, hash) per GB"]
     assert slope == ("1.60 s/GB vs 1.50 s/GB = 1.07x", "**met**")
-    assert verdicts["11. wrap's fixed part (single) <= the import of torch + transformers + 0.5 s"][1] == "**met**"
+    assert (
+        verdicts["11. wrap's fixed part (single) <= the import of torch + transformers + 0.5 s"][1]
+        == "**met**"
+    )
     big = verdicts["11. wrap at 774M (single, 3.0 GB) <= 1.2x max(copy, hash)"]
     assert big[0] == "1.78x" and "the fixed part (3.20 s) is what keeps it above 1.2x" in big[1]
     # a steeper wrap: the slope misses, and the fixed part no longer explains the 3 GB ratio
@@ -327,7 +337,9 @@ def test_wrap_scaling_fits_and_judges(report) -> None:
     assert verdicts["11. wrap's marginal cost (single): slope <= 1.1x max(copy, hash) per GB"][1].startswith(
         "**missed**"
     )
-    assert "not only the fixed part" in verdicts["11. wrap at 774M (single, 3.0 GB) <= 1.2x max(copy, hash)"][1]
+    assert (
+        "not only the fixed part" in verdicts["11. wrap at 774M (single, 3.0 GB) <= 1.2x max(copy, hash)"][1]
+    )
 
 
 def test_profile_categories() -> None:
