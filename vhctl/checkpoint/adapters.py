@@ -22,6 +22,16 @@ from vhctl.errors import AdapterError
 from vhctl.io.files import safe_relpath
 from vhctl.io.resolve import resolve_model
 
+__all__ = [
+    "check_adapter_fits",
+    "read_adapter_config",
+    "read_adapter_weights",
+    "read_reward_adapter",
+    "resolve_adapter_dir",
+    "score_state_of",
+    "store_adapter",
+]
+
 
 def resolve_adapter_dir(
     adapter: str | os.PathLike[str],

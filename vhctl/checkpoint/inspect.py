@@ -35,6 +35,14 @@ from vhctl.constants import (
 from vhctl.errors import CheckpointError, ManifestError, NotAModelError, VhctlError
 from vhctl.io.files import existing_folder, safe_relpath
 
+__all__ = [
+    "LAYOUT_PEFT",
+    "LAYOUT_TRANSFORMERS",
+    "LAYOUT_TRL",
+    "LAYOUT_VHCTL",
+    "inspect_checkpoint",
+]
+
 LAYOUT_VHCTL = "vhctl"
 LAYOUT_TRL = "trl"
 LAYOUT_TRANSFORMERS = "transformers"

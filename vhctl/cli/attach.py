@@ -10,6 +10,8 @@ from vhctl.cli._errors import handle_errors
 from vhctl.cli._options import AllowPickleOpt, CkptArg, JsonOpt, RevisionOpt, TokenOpt
 from vhctl.cli._output import Reporter
 
+__all__ = ["attach_reward_adapter"]
+
 
 @handle_errors
 def attach_reward_adapter(

@@ -11,6 +11,8 @@ from vhctl.cli._errors import handle_errors
 from vhctl.cli._options import CkptArg, ForceOpt, JsonOpt, RevisionOpt, TokenOpt
 from vhctl.cli._output import Reporter
 
+__all__ = ["export"]
+
 
 @handle_errors
 def export(

@@ -8,6 +8,8 @@ from vhctl.cli._errors import handle_errors
 from vhctl.cli._options import CkptArg, JsonOpt
 from vhctl.cli._output import emit_json, emit_pairs, emit_table
 
+__all__ = ["info"]
+
 
 def _text(key: str, value: Any) -> Any:
     """One value as a person reads it: yes/no, ``-`` for nothing, shapes as ``1 x 64``."""

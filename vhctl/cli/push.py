@@ -12,6 +12,8 @@ from vhctl.cli._errors import handle_errors
 from vhctl.cli._options import CkptArg, JsonOpt, TokenOpt
 from vhctl.cli._output import emit_json, emit_table, message, progress_enabled, success
 
+__all__ = ["push"]
+
 
 @contextlib.contextmanager
 def _hub_progress_bars(enabled: bool) -> Iterator[None]:

@@ -17,6 +17,14 @@ from vhctl.errors import UsageError, VhctlError
 if TYPE_CHECKING:
     from vhctl.checkpoint.validate import Validation
 
+__all__ = [
+    "CkptsArg",
+    "FormatOpt",
+    "FromManifestsOpt",
+    "ReportFormat",
+    "validate",
+]
+
 
 class ReportFormat(str, Enum):
     """What ``--format`` writes to stdout."""

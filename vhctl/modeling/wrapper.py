@@ -27,6 +27,8 @@ from vhctl.modeling.reward import reward_score_head
 from vhctl.modeling.saving import save_wrapper
 from vhctl.modeling.value_head import ValueHead
 
+__all__ = ["PreTrainedModelWrapper"]
+
 logger = logging.getLogger("vhctl")
 
 _PEFT_POP = ("peft_config", "reward_adapter", "reward_adapter_name", "is_trainable")

@@ -14,6 +14,8 @@ from vhctl.constants import ADAPTERS_DIR, KIND_POLICY
 from vhctl.errors import AdapterError, DestinationExistsError, SourceNotFoundError, UsageError
 from vhctl.io.files import atomic_output_dir, link_tree, safe_relpath, sha256_file
 
+__all__ = ["attach_adapter"]
+
 
 def attach_adapter(
     ckpt: str | os.PathLike[str],

@@ -25,6 +25,14 @@ from vhctl.checkpoint.validate.references import check_reference, nested_referen
 from vhctl.checkpoint.validate.state import CheckState
 from vhctl.io.files import existing_folder
 
+__all__ = [
+    "CHECKS",
+    "DEEP_ONLY",
+    "Validation",
+    "run_checks",
+    "validate_checkpoint",
+]
+
 # The check families, in report order, with what each covers (JUnit writes one test case per family).
 CHECKS: dict[str, str] = {
     "manifest": "vhctl.json reads and follows the format",
