@@ -46,6 +46,6 @@ def attach_reward_adapter(
     )
     Reporter(json_output=json_).done(
         result,
-        f"attached {adapter} as {result['path']} in {ckpt}",
+        f"attached {adapter} as {result.path} in {ckpt}",
         hint=f"vhctl score {ckpt} --reward {name}",
     )

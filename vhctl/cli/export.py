@@ -64,7 +64,8 @@ def export(
     json_: JsonOpt = False,
 ) -> None:
     """Export CKPT for TRL, OpenRLHF or transformers/vLLM, exactly (values equal within 1e-6)."""
-    from vhctl.formats import export_checkpoint, format_spec
+    from vhctl.formats import format_spec
+    from vhctl.ops.export import export_checkpoint
 
     result = export_checkpoint(
         checkpoint,

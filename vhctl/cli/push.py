@@ -68,7 +68,8 @@ def push(
     json_: JsonOpt = False,
 ) -> None:
     """Validate CKPT, write its model card (README.md) and upload it to REPO_ID in one commit."""
-    from vhctl.hub import format_size, push_checkpoint
+    from vhctl.hub import format_size
+    from vhctl.ops.push import push_checkpoint
 
     with _hub_progress_bars(progress_enabled()):
         result = push_checkpoint(

@@ -38,6 +38,7 @@ from vhctl.constants import (
 )
 from vhctl.errors import CheckpointError, IntegrityError, UnsafeLoadError, UnsupportedModelError, UsageError
 from vhctl.formats import detect_foreign_layout
+from vhctl.io.hub import HubToken
 from vhctl.io.resolve import ResolvedModel, resolve_model
 from vhctl.modeling.peft_types import peft_model_types
 from vhctl.modeling.provenance import Provenance
@@ -65,7 +66,7 @@ def open_source(
     name: str | os.PathLike[str],
     *,
     revision: str | None = None,
-    token: Any = None,
+    token: HubToken = None,
     allow_pickle: bool = False,
 ) -> Source:
     """Resolve ``name`` (tiny model, folder or hub id) and read its manifest, once."""

@@ -39,6 +39,7 @@ from vhctl.constants import (
 )
 from vhctl.dtypes import canonical_dtype, dtype_name, torch_dtype
 from vhctl.errors import NotAModelError, UnsafeLoadError, UnsupportedModelError, UsageError
+from vhctl.io.hub import HubToken
 from vhctl.io.resolve import ResolvedModel, resolve_model
 from vhctl.io.transfer import FileTransfers
 from vhctl.ops.base_files import (
@@ -51,6 +52,7 @@ from vhctl.ops.base_files import (
 
 if TYPE_CHECKING:
     import torch
+    from transformers import PretrainedConfig
 
     from vhctl.checkpoint.heads import FoundHead
     from vhctl.formats import ForeignLayout, ImportResult, RewardHead
@@ -139,7 +141,7 @@ def check_head_options(
         )
 
 
-def _remote_code_files(src: Path, config: Any) -> list[str]:
+def _remote_code_files(src: Path, config: PretrainedConfig) -> list[str]:
     """The local ``*.py`` modules a config's ``auto_map`` names (``module.Class``), which a trusted
     remote-code checkpoint needs next to its config."""
     auto_map = getattr(config, "auto_map", None) or {}
@@ -153,7 +155,7 @@ def _remote_code_files(src: Path, config: Any) -> list[str]:
     return sorted(names)
 
 
-def _detect(config: Any, *, where: str, trust_remote_code: bool) -> str:
+def _detect(config: PretrainedConfig, *, where: str, trust_remote_code: bool) -> str:
     """Causal or seq2seq; a trusted remote-code model says which through its ``auto_map``."""
     try:
         return detect_architecture(config, where=where)
@@ -172,7 +174,7 @@ class _Plan:
 
     source: str
     resolved: ResolvedModel
-    config: Any
+    config: PretrainedConfig
     architecture: str
     hidden: int
     dropout: float
@@ -181,7 +183,7 @@ class _Plan:
     reward: RewardHead | None
 
 
-def _resolve(source: str | os.PathLike[str], out_path: Path, *, revision: str | None, token: Any,
+def _resolve(source: str | os.PathLike[str], out_path: Path, *, revision: str | None, token: HubToken,
              allow_pickle: bool) -> ResolvedModel:  # fmt: skip
     resolved = resolve_model(source, revision=revision, token=token, allow_pickle=allow_pickle)
     src = resolved.path
@@ -202,7 +204,7 @@ def _resolve(source: str | os.PathLike[str], out_path: Path, *, revision: str | 
 
 
 def _plan(source: str, resolved: ResolvedModel, *, dropout: float | None, trust_remote_code: bool,
-          allow_pickle: bool, init_from_reward: Any, token: Any) -> _Plan:  # fmt: skip
+          allow_pickle: bool, init_from_reward: str | os.PathLike[str] | None, token: HubToken) -> _Plan:  # fmt: skip
     """Read the source's config and find its head (or the reward model's) without writing anything."""
     from vhctl.checkpoint.heads import check_head_state, find_head
     from vhctl.formats import detect_foreign_layout, read_reward_head
@@ -320,7 +322,7 @@ def wrap_model(
     dtype: str | None = None,
     force: bool = False,
     link: bool = False,
-    token: Any = None,
+    token: HubToken = None,
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
     init_from_reward: str | os.PathLike[str] | None = None,
