@@ -14,7 +14,7 @@ import os
 import pickle
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -43,6 +43,9 @@ from vhctl.io.resolve import ResolvedModel, resolve_model
 from vhctl.modeling.peft_types import peft_model_types
 from vhctl.modeling.provenance import Provenance
 from vhctl.modeling.reference import split_shared
+
+if TYPE_CHECKING:
+    from peft import PeftConfig
 
 __all__ = ["LoadOptions", "Source", "freeze_shared", "load_base", "load_wrapper", "open_source"]
 
@@ -83,8 +86,8 @@ class LoadOptions:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     kbit_kwargs: dict[str, Any] = field(default_factory=dict)
     model_args: tuple[Any, ...] = ()
-    peft_config: Any = None
-    reward_adapter: Any = None
+    peft_config: PeftConfig | None = None  # checked when loading: these come from the caller's kwargs
+    reward_adapter: str | os.PathLike[str] | None = None
     reward_adapter_name: str = "reward_adapter"
     is_trainable: bool = False
     allow_pickle: bool = False
