@@ -1,4 +1,4 @@
-"""Operations on checkpoints: wrap, make-ref, attach an adapter.
+"""Every operation that writes: wrap, make-ref, attach an adapter, export, push.
 
 Each module is one operation the CLI calls; they may use every layer below (modeling, formats,
 checkpoint storage, io) and none of them imports another operation's private parts.
