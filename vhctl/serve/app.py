@@ -32,6 +32,8 @@ from vhctl.serve.bodies import BadRequest, parse_json, reward_request, score_req
 from vhctl.serve.metrics import CONTENT_TYPE, SCORING, Metrics
 from vhctl.serve.worker import Job, ModelWorker, Outcome
 
+__all__ = ["AppConfig", "Guard", "RECORDS_KEY", "RETRY_AFTER", "authorized", "build_app"]
+
 RECORDS_KEY = "vhctl.records"  # set in the ASGI scope by a handler: records answered (for the log)
 RETRY_AFTER = "1"
 
