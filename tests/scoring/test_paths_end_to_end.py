@@ -175,3 +175,36 @@ def test_torchrun_two_ranks(ckpt, reference, tmp_path) -> None:
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     results = [json.loads(line) for line in done.stdout.decode().splitlines()]
     check(results, reference, per_token=True, reward=True, atol=EAGER_TOL)
+
+
+def test_a_compiled_server_keeps_its_errors_limits_and_metrics(ckpt, reference, aot_eager) -> None:
+    """On the compiled session, with records over the length limit: 401 without the key, 400 naming
+    the bad record, 413 for a body too large, 503 when the queue is full, 200 with the plain
+    forward's values otherwise, and /metrics counting each."""
+    from helpers.servekit import Gate, wait_for
+
+    session = load_session(server_score_options(str(ckpt), device="cpu", compile="on", prefix_cache_mb=0))
+    session.warm_up()
+    records = [as_json(r) for r in reference["records"]]
+    auth = {"Authorization": "Bearer k-1"}
+    with served(session, api_key="k-1", max_body_bytes=20_000, max_queue=len(records)) as server:
+        url = f"{server.url}/v1/score"
+        assert httpx.post(url, json=records, timeout=TIMEOUT).status_code == 401
+        bad = httpx.post(url, json=[records[0], {"prompt": 3}], headers=auth, timeout=TIMEOUT)
+        assert bad.status_code == 400 and bad.json()["index"] == 1 and "prompt" in bad.json()["error"]
+        big = httpx.post(url, json=["the " * 6000], headers=auth, timeout=TIMEOUT)
+        assert big.status_code == 413
+        good = httpx.post(url, json=records, headers=auth, timeout=TIMEOUT)
+        assert good.status_code == 200 and sum(bool(r.get("truncated")) for r in good.json()) >= 2
+        check(good.json(), reference, per_token=False, reward=False, atol=COMPILED_TOL)
+        gate = Gate(server)
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(httpx.post, url, json=records, headers=auth, timeout=TIMEOUT)
+            wait_for(lambda: server.worker.queued == len(records), "the first request queued")
+            full = httpx.post(url, json=records[:1], headers=auth, timeout=TIMEOUT)
+            gate.open()
+            assert waiting.result(TIMEOUT).status_code == 200
+        assert full.status_code == 503
+        metrics = httpx.get(f"{server.url}/metrics", headers=auth, timeout=TIMEOUT).text
+    for status in ("200", "400", "401", "413", "503"):
+        assert f'endpoint="/v1/score",status="{status}"' in metrics, status
