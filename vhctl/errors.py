@@ -8,6 +8,31 @@ import os
 import re
 from collections.abc import Iterator
 
+__all__ = [
+    "AdapterError",
+    "AuthError",
+    "CheckpointError",
+    "DestinationExistsError",
+    "HubError",
+    "InputError",
+    "IntegrityError",
+    "LayerPatternError",
+    "ManifestError",
+    "ModelError",
+    "NotAModelError",
+    "OfflineError",
+    "PeerError",
+    "SourceNotFoundError",
+    "UnsafeLoadError",
+    "UnsupportedModelError",
+    "UsageError",
+    "VhctlError",
+    "describe_error",
+    "first_line",
+    "is_safetensors_io_error",
+    "model_failures",
+]
+
 
 class VhctlError(Exception):
     """Base of every error vhctl raises on purpose; the message says what, where and what to do."""

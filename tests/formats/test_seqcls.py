@@ -21,9 +21,9 @@ from helpers.tiny_models import CAUSAL_ARCHS, tiny_config
 from vhctl.checkpoint.manifest import Manifest
 from vhctl.constants import V_HEAD_BIAS, V_HEAD_WEIGHT
 from vhctl.errors import UnsupportedModelError, UsageError
-from vhctl.formats import export_checkpoint
 from vhctl.formats.keymaps import FOLDABLE_NORM_BIAS, VHCTL_EXPORT_FIELD
 from vhctl.formats.padding import PAD_EOS as EOS  # the tiny tokenizer pads with EOS, no spare row
+from vhctl.ops.export import export_checkpoint
 from vhctl.ops.wrap import wrap_model
 
 

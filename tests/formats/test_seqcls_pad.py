@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 
 from vhctl.cli.app import app
 from vhctl.errors import UnsupportedModelError
-from vhctl.formats import export_checkpoint
 from vhctl.formats.padding import NEW_PAD_TOKEN
+from vhctl.ops.export import export_checkpoint
 from vhctl.ops.wrap import wrap_model
 
 EOS = "<|endoftext|>"

@@ -29,9 +29,9 @@ from vhctl.checkpoint.manifest import Manifest
 from vhctl.checkpoint.validate import validate_checkpoint
 from vhctl.constants import MANIFEST_NAME, OLD_PREFIX, TMP_PREFIX
 from vhctl.errors import DestinationExistsError
-from vhctl.formats import export_checkpoint
 from vhctl.io.files import atomic_output_dir, clean_stale_siblings
 from vhctl.ops.attach import attach_adapter
+from vhctl.ops.export import export_checkpoint
 from vhctl.ops.make_ref import make_reference
 from vhctl.ops.wrap import wrap_model
 

@@ -16,6 +16,8 @@ import typer
 
 from vhctl.cli._output import progress_enabled, silence_stdout, success, warning
 
+__all__ = ["report_summary", "write_results"]
+
 
 def write_results(results: Iterable[dict[str, Any]], on_closed: Callable[[], None] | None = None) -> None:
     """One compact JSON object per line, flushed as it comes; a closed pipe (``| head``) ends quietly.

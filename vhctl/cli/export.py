@@ -11,6 +11,8 @@ from vhctl.cli._errors import handle_errors
 from vhctl.cli._options import CkptArg, ForceOpt, JsonOpt, RevisionOpt, TokenOpt
 from vhctl.cli._output import Reporter
 
+__all__ = ["export"]
+
 
 @handle_errors
 def export(
@@ -72,7 +74,8 @@ def export(
     json_: JsonOpt = False,
 ) -> None:
     """Export CKPT for TRL, OpenRLHF or transformers/vLLM, exactly (values equal within 1e-6)."""
-    from vhctl.formats import export_checkpoint, format_spec
+    from vhctl.formats import format_spec
+    from vhctl.ops.export import export_checkpoint
 
     result = export_checkpoint(
         checkpoint,

@@ -35,6 +35,8 @@ from vhctl.cli._output import error, message, progress_enabled, state
 from vhctl.cli._results import report_summary, write_results
 from vhctl.errors import UsageError, describe_error
 
+__all__ = ["score"]
+
 if TYPE_CHECKING:
     from vhctl.scoring.distributed import Group
     from vhctl.scoring.options import ScoreOptions

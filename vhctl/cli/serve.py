@@ -32,6 +32,8 @@ from vhctl.cli._output import message, state, warning
 from vhctl.constants import SERVE_PREFIX_CACHE_MB
 from vhctl.errors import VhctlError
 
+__all__ = ["EXTRA_MODULES", "serve"]
+
 EXTRA_MODULES = ("starlette", "uvicorn", "prometheus_client")
 
 

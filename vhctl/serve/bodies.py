@@ -14,6 +14,8 @@ from typing import Any
 from vhctl.errors import InputError, UsageError
 from vhctl.io.records import Record, record_from_object
 
+__all__ = ["BadRequest", "ScoreRequest", "parse_json", "reward_request", "score_request", "special_texts"]
+
 
 class BadRequest(Exception):
     """A request the server refuses: the HTTP status and one line saying why.

@@ -9,6 +9,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+__all__ = ["CONTENT_TYPE", "ENDPOINTS", "Metrics", "SCORING"]
+
 SCORING = ("/get_reward", "/v1/score", "/classify")
 ENDPOINTS = (*SCORING, "/v1/models", "/health", "/metrics")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)

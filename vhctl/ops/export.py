@@ -1,15 +1,16 @@
 """``vhctl export``: a vhctl checkpoint in the layout TRL, OpenRLHF or transformers reads.
 
-Exports are exact: tensors are copied bit for bit under the format's names
-(:mod:`vhctl.formats.keymaps`), and a head bias the format cannot hold is kept as ``--bias`` says.
-Nothing written is a pickle; the output folder appears only once complete.
+The operation: check the options and the checkpoint, then hand the weights to the format's
+exporter (:mod:`vhctl.formats`, one module per format, their key maps in
+:mod:`vhctl.formats.keymaps`) inside an atomic output folder. Exports are exact: tensors are copied
+bit for bit under the format's names, and a head bias the format cannot hold is kept as ``--bias``
+says. Nothing written is a pickle; the output folder appears only once complete.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -34,9 +35,10 @@ from vhctl.formats.registry import format_spec
 from vhctl.formats.trl import PEFT_NOTE, export_peft
 from vhctl.formats.weights import read_weight_set
 from vhctl.io.files import atomic_output_dir
+from vhctl.io.hub import HubToken
 from vhctl.io.resolve import resolve_model
 
-__all__ = ["ExportResult", "export_checkpoint"]
+__all__ = ["export_checkpoint"]
 
 
 def _check_options(
@@ -114,7 +116,7 @@ def export_checkpoint(
     value_head_prefix: str | None = None,
     pad_token: str = PAD_AUTO,
     revision: str | None = None,
-    token: Any = None,
+    token: HubToken = None,
 ) -> ExportResult:
     """Export the vhctl checkpoint ``checkpoint`` to ``out`` in format ``fmt``.
 
