@@ -34,7 +34,7 @@ from vhctl.serve.metrics import CONTENT_TYPE, SCORING, Metrics
 from vhctl.serve.pooling import classify_request, classify_response, models_response
 from vhctl.serve.worker import Job, ModelWorker, Outcome
 
-__all__ = ["AppConfig", "Guard", "RECORDS_KEY", "RETRY_AFTER", "authorized", "build_app"]
+__all__ = ["ERROR_KEY", "AppConfig", "Guard", "RECORDS_KEY", "RETRY_AFTER", "authorized", "build_app"]
 
 RECORDS_KEY = "vhctl.records"  # set in the ASGI scope by a handler: records answered (for the log)
 ERROR_KEY = "vhctl.error"  # set in the ASGI scope on a refusal: why, and the record at fault (for the log)

@@ -14,7 +14,19 @@ from typing import Any
 from vhctl.errors import InputError, UsageError
 from vhctl.io.records import Record, record_from_object
 
-__all__ = ["BadRequest", "ScoreRequest", "parse_json", "reward_request", "score_request", "special_texts"]
+__all__ = [
+    "APART",
+    "TOKENIZE_CHOICES",
+    "WHOLE",
+    "BadRequest",
+    "ScoreRequest",
+    "check_tokenize",
+    "parse_json",
+    "record_of",
+    "reward_request",
+    "score_request",
+    "special_texts",
+]
 
 
 class BadRequest(Exception):
