@@ -35,6 +35,7 @@ from vhctl.scoring.tokenizing import RecordEncoder
 
 if TYPE_CHECKING:
     import torch
+    from transformers import PreTrainedTokenizerBase
 
 __all__ = ["WINDOW_PER_BATCH", "Scorer"]
 
@@ -106,7 +107,7 @@ class Scorer:
     def __init__(
         self,
         model: Any,
-        tokenizer: Any,
+        tokenizer: PreTrainedTokenizerBase,
         *,
         batch_size: int = 16,
         max_length: int | None = None,
@@ -395,7 +396,10 @@ class Scorer:
 
 
 def _check_arguments(
-    tokenizer: Any, batch_size: int, max_length: int | None, max_batch_tokens: int | None
+    tokenizer: PreTrainedTokenizerBase | None,
+    batch_size: int,
+    max_length: int | None,
+    max_batch_tokens: int | None,
 ) -> None:
     if tokenizer is None:
         raise UsageError(

@@ -20,11 +20,14 @@ that matters).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vhctl.errors import InputError
 from vhctl.io.records import Record
 from vhctl.scoring.items import Item, ScoreStats
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 __all__ = ["RecordEncoder", "special_tokens_around"]
 
@@ -40,7 +43,12 @@ class RecordEncoder:
     """
 
     def __init__(
-        self, tokenizer: Any, *, seq2seq: bool, max_length: int | None, decoder_start: int = 0
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        seq2seq: bool,
+        max_length: int | None,
+        decoder_start: int = 0,
     ) -> None:
         self.tokenizer = tokenizer
         self.seq2seq = seq2seq
@@ -219,7 +227,7 @@ class RecordEncoder:
                 hint="give 'text' or 'prompt' + 'response' instead",
             )
         try:
-            rendered = self.tokenizer.apply_chat_template(record.messages, tokenize=False)
+            rendered = self.tokenizer.apply_chat_template(record.messages or [], tokenize=False)
         except Exception as exc:  # jinja errors, e.g. "roles must alternate"
             raise InputError(f"line {line}: the chat template failed: {exc}", line=line) from exc
         if not isinstance(rendered, str):
@@ -237,7 +245,7 @@ def _shared_len(prompt: list[int], ids: list[int]) -> int:
     return shared if shared < len(ids) else 0
 
 
-def special_tokens_around(tokenizer: Any) -> tuple[list[int], list[int]]:
+def special_tokens_around(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
     """The ids the tokenizer puts before and after a text (e.g. ([bos], []) for Llama, ([], []) for GPT-2).
 
     Found by encoding a probe with and without special tokens, so it works for any tokenizer.

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vhctl.errors import InputError, UsageError
 from vhctl.io.records import Record, record_from_object
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 __all__ = [
     "APART",
@@ -180,11 +183,11 @@ def record_of(obj: dict[str, Any], index: int) -> Record:
         raise BadRequest(f"record {index}: {str(exc).removeprefix(f'line {line}: ')}", index=index) from None
 
 
-def special_texts(tokenizer: Any) -> tuple[str, str]:
+def special_texts(tokenizer: PreTrainedTokenizerBase) -> tuple[str, str]:
     """The texts of the special tokens ``tokenizer`` puts before and after a text (``("", "")`` for GPT-2)."""
     bare = list(tokenizer("hello world", add_special_tokens=False)["input_ids"])
     full = list(tokenizer("hello world", add_special_tokens=True)["input_ids"])
     for start in range(len(full) - len(bare) + 1):
         if bare and full[start : start + len(bare)] == bare:
-            return tokenizer.decode(full[:start]), tokenizer.decode(full[start + len(bare) :])
+            return str(tokenizer.decode(full[:start])), str(tokenizer.decode(full[start + len(bare) :]))
     return "", ""
