@@ -5,7 +5,7 @@ kernel, no hashing); ``--verify`` copies and hashes it in one read (``copy_hashi
 thread hashes behind the copy). With ``--link`` the difference is a hard link against a hard link
 plus a full read. This script times both pairs side by side, in one process, on one file of
 ``--mb`` MiB (default 512), interleaved, and writes the ratios with every repetition to
-``benchmarks/results/cache-verify.json``. The file is in the page cache (it was just written), as
+``benchmarks/results/cache-verify.json`` (``common.Recorder``). The file is in the page cache (it was just written), as
 a blob downloaded shortly before a wrap is; from a cold disk both sides read it once.
 
     python benchmarks/bench_cache_verify.py [--mb 512] [--reps 5] [--dir DIR]
@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,10 +25,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import common  # noqa: E402
 
 from vhctl.io.hashing import copy_file, copy_hashing, hash_stable  # noqa: E402
-
-OUT = ROOT / "benchmarks" / "results" / "cache-verify.json"
 
 
 def _make_blob(folder: Path, mib: int) -> tuple[Path, str]:
@@ -57,14 +55,6 @@ def _timed(action: Callable[[Path], object], target: Path) -> float:
     return seconds
 
 
-def _git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=int, default=512)
@@ -72,9 +62,9 @@ def main() -> None:
     parser.add_argument(
         "--dir", type=Path, default=None, help="where to write the test file (default: a temp dir)"
     )
-    parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     load_before = os.getloadavg()
+    recorder = common.Recorder("cache-verify", ["vhctl/io/hashing.py"])
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="vhctl-verify-") as tmp:
         folder = Path(tmp)
         blob, digest = _make_blob(folder, args.mb)
@@ -101,16 +91,6 @@ def main() -> None:
                 times[name].append(_timed(action, dst))
     median = {name: statistics.median(values) for name, values in times.items()}
     result = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "commit": _git_commit(),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-        },
-        "load_before": load_before,
-        "load_after": os.getloadavg(),
         "file_mib": args.mb,
         "repetitions_s": times,
         "median_s": median,
@@ -119,13 +99,12 @@ def main() -> None:
         "hash_gib_per_s": args.mb / 1024 / (median["link_and_hash"] - median["link"]),
         "copy_gib_per_s": args.mb / 1024 / median["copy"],
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    recorder.write(result)
     print(
         f"{args.mb} MiB: copy {median['copy']:.3f} s, copy+hash {median['copy_and_hash']:.3f} s "
         f"(ratio {result['ratio_verify_copy']:.2f}x); link {median['link'] * 1000:.2f} ms, link+hash "
         f"{median['link_and_hash']:.3f} s (ratio {result['ratio_verify_link']:.0f}x); load {load_before[0]:.2f} -> "
-        f"{result['load_after'][0]:.2f}; -> {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}"
+        f"{os.getloadavg()[0]:.2f}"
     )
 
 
