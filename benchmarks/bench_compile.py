@@ -353,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_only:
         result = common.load_result("compile")
     else:
+        recorder = common.Recorder("compile", common.CODE["scoring"], argv)
         common.set_threads()
         started = time.perf_counter()
         result = {"args": vars(args), "threads": common.THREADS, "load_start": list(os.getloadavg()),
@@ -364,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         result["elapsed_s"] = time.perf_counter() - started
         result["command"] = command
         common.save_result("compile", result)
+        recorder.write({**result, "report_md": report(result, command)})
     Path(args.out).write_text(report(result, result.get("command", command)), encoding="utf-8")
     print(Path(args.out).read_text(encoding="utf-8"))
     return 0

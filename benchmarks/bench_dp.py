@@ -44,6 +44,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import common  # noqa: E402
 from common import build_tokenizer, special_tokens  # noqa: E402  (same tokenizers as the main benchmark)
 
 WORK = ROOT / "benchmarks" / "_work" / "dp"
@@ -206,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     out_file = WORK / "RESULTS-dp-quick.md" if args.quick and args.out == RESULTS else args.out
     WORK.mkdir(parents=True, exist_ok=True)
     setups = ["1x2", "2x1"] + ([] if args.skip_single_thread else ["1x1"])
+    recorder = common.Recorder("dp", common.CODE["scoring"] + ["vhctl/cli", "vhctl/distributed.py"], argv)
     load_start = os.getloadavg()
     began = time.time()
     rows = []
@@ -289,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
         ]
     )
     out_file.write_text(text)
+    if not args.quick:
+        raw = {name: runs for name, runs, _ in rows}
+        recorder.write({"runs": raw, "report_md": text})
     print()
     print(text)
     print(f"written to {out_file}")

@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shared", default="0,4,11")
     parser.add_argument("--reps", type=int, default=2)
     args = parser.parse_args(argv)
+    recorder = common.Recorder("memory", common.CODE["make-ref"], argv)
     ckpt = common.WORK / "ckpt" / args.model
     base = common.WORK / "models" / args.model
     out_root = common.WORK / "refs"
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         cases[str(n)] = summary
     shutil.rmtree(out_root, ignore_errors=True)
-    common.save_result("memory", {"model": args.model, "cases": cases, "reps": args.reps})
+    recorder.write({"model": args.model, "cases": cases, "reps": args.reps})
     return 0
 
 

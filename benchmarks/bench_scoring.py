@@ -441,6 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mm-tokens", type=int, default=2048)
     parser.add_argument("--section", default="scoring")
     args = parser.parse_args(argv)
+    recorder = common.Recorder(args.section, common.CODE["scoring"], argv)
     common.set_threads()
     result: dict[str, Any] = {
         "args": vars(args),
@@ -452,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"scoring: {name}", flush=True)
         result["models"][name] = run_model(name, args)
     result["loadavg_end"] = list(os.getloadavg())
-    common.save_result(args.section, result)
+    recorder.write(result)
     return 0
 
 

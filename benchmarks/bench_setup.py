@@ -1,10 +1,12 @@
-"""Set-up for a benchmark run: machine info, the models built from configs, their vhctl checkpoints."""
+"""Set-up for a benchmark run: the models built from configs and their vhctl checkpoints (under _work/).
+
+Each benchmark records its own machine, versions and load in its result file (``common.Recorder``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -18,13 +20,7 @@ import common  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", default=",".join(common.MODELS))
-    parser.add_argument("--end", action="store_true", help="only record the machine state at the end")
     args = parser.parse_args(argv)
-    if args.end:
-        common.save_result("machine_end", {"loadavg": list(os.getloadavg())})
-        return 0
-    shutil.rmtree(common.RESULTS_DIR, ignore_errors=True)
-    common.save_result("machine", common.machine_info())
     import transformers
 
     for name in args.models.split(","):

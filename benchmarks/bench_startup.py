@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--help-reps", type=int, default=7)
     parser.add_argument("--inputs", default="1,16", help="input sizes (lines) for the first-line timing")
     args = parser.parse_args(argv)
+    recorder = common.Recorder("startup", common.CODE["startup"], argv)
     py = sys.executable
     vhctl_bin = str(Path(py).with_name("vhctl"))
     base = common.WORK / "models" / args.model
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             [a / b for a, b in zip(t[who], t["trl"], strict=True)]
         )
         summary["first_line"][n]["ratio_of"] = who
-    common.save_result("startup", {"model": args.model, "reps": args.reps, **summary})
+    recorder.write({"model": args.model, "reps": args.reps, **summary})
     return 0
 
 

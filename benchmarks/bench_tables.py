@@ -16,7 +16,6 @@ larger count (target >= 0.95: the table path costs nothing over the stream).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import random
@@ -27,9 +26,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-WORK = ROOT / "benchmarks" / "_work" / "tables"
-RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, WORK, Recorder  # noqa: E402
+
+WORK = WORK / "tables"
+MEASURES = ["vhctl/io", "vhctl/scoring", "vhctl/cli", "pyproject.toml"]
 WORDS = "the a cat dog sat ran on under mat rug quickly slowly red blue big small".split()
 
 
@@ -81,23 +82,14 @@ def make_rows(count: int) -> tuple[Path, Path]:
     return parquet, jsonl
 
 
-def commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
-    except OSError:
-        return "unknown"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
+    recorder = Recorder("tables", MEASURES)
     WORK.mkdir(parents=True, exist_ok=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
     ckpt = WORK / "ckpt"
     if not ckpt.exists():
         vhctl("wrap", "vhctl:tiny", "--out", str(ckpt), "--init", "normal", "--seed", "0")
@@ -137,21 +129,8 @@ def main() -> None:
         "throughput_ratios": ratios,
         "targets": {"parquet_peak_rss_growth": "<= 0.05", "throughput_ratio_parquet_over_jsonl": ">= 0.95"},
     }
-    result = {
-        "benchmark": "bench_tables",
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "commit": commit(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "load_average": os.getloadavg(),
-        "cpus": os.cpu_count(),
-        "batch_size": args.batch_size,
-        "runs": runs,
-        "summary": summary,
-    }
-    out = RESULTS / "bench_tables.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    recorder.write({"batch_size": args.batch_size, "rows": args.rows, "runs": runs, "summary": summary})
     print(json.dumps(summary, indent=2))
-    print(f"written to {out}")
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="gpt2")
     parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args(argv)
+    recorder = common.Recorder("wrap", common.CODE["wrap"], argv)
     src = common.WORK / "models" / args.model
     root = common.WORK / "wrap_out"
     shutil.rmtree(root, ignore_errors=True)
@@ -88,8 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         for v, rs in runs.items()
     }
     _, model_bytes = common.param_count_and_bytes(src)
-    common.save_result(
-        "wrap",
+    recorder.write(
         {
             "model": args.model,
             "reps": args.reps,

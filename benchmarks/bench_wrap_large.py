@@ -1,7 +1,7 @@
 """wrap and make-ref at a real model size (issue #17): GPT-2-large shape, 774M parameters, 3.1 GB.
 
     python benchmarks/bench_wrap_large.py [--reps 3] [--out benchmarks/RESULTS-wrap-large.md] [--keep]
-                                          [--baseline DIR]
+                                          [--baseline REV]
 
 Builds the model from its config with random weights (one ``model.safetensors``, written tensor by
 tensor) and a 5-shard copy of it (see ``large_model.py``), then measures whole processes, with
@@ -14,9 +14,10 @@ interleaved repetitions (the order rotates each rep), in the same run:
 
 and writes a markdown table with each target of the issue met or missed; a miss comes with the
 timeline of one in-process run (``wrap_large_profile.py``). Wall time, user + system CPU and peak
-RSS come from ``/usr/bin/time -v``. ``--baseline DIR`` also runs ``vhctl wrap`` (single file) and
-``make-ref`` from another checkout's ``vhctl/`` (e.g. ``git archive main vhctl | tar -x -C DIR``) in
-the same repetitions. The big files are removed at the end unless ``--keep``.
+RSS come from ``/usr/bin/time -v``. ``--baseline REV`` also runs ``vhctl wrap`` (single file) and
+``make-ref`` from the ``vhctl/`` of git revision REV (pinned: resolved to its full commit, which the
+report and the result name; extracted with ``git archive``) in the same repetitions. The result goes
+to ``benchmarks/results/wrap-large.json``; the big files are removed at the end unless ``--keep``.
 """
 
 from __future__ import annotations
@@ -129,6 +130,14 @@ def measure(paths: dict[str, Path], reps: int, baseline: Path | None) -> dict[st
         for name in BASELINE:
             cmds[f"{name}@baseline"] = cmds[name]
             envs[f"{name}@baseline"] = {**common.thread_env(), "PYTHONPATH": str(baseline.absolute())}
+    return interleaved(cmds, envs, reps, out)
+
+
+def interleaved(
+    cmds: dict[str, list[str]], envs: dict[str, dict[str, str]], reps: int, out: Path
+) -> dict[str, list[dict[str, float]]]:
+    """Each command once per repetition, the order rotated (and reversed every other time); ``out``
+    (the folder they write) removed and the disk synced before each run."""
     names = list(cmds)
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     for rep in range(reps):
@@ -235,7 +244,7 @@ def report(
     lines = [
         "# wrap and make-ref at GPT-2-large size (issue #17)", "",
         f"Command: `python benchmarks/bench_wrap_large.py --reps {args.reps}"
-        f"{f' --baseline {args.baseline}' if args.baseline else ''}` ({info['elapsed_s'] / 60:.1f} min). "
+        f"{f' --baseline {args.baseline_commit}' if args.baseline else ''}` ({info['elapsed_s'] / 60:.1f} min). "
         f"Commit {info['commit']}; {info['cpu']}, {info['cores']} cores, {info['mem_gib']:.0f} GiB; "
         f"{common.load_note(info['load_start'], info['load_end'])}; the walls are not comparable across "
         "runs.", "",
@@ -248,7 +257,9 @@ def report(
     labels = dict(LABELS)
     for name in BASELINE:
         if f"{name}@baseline" in runs:
-            labels[f"{name}@baseline"] = f"{LABELS[name].split(' (')[0]}, **baseline** `{args.baseline}`"
+            labels[f"{name}@baseline"] = (
+                f"{LABELS[name].split(' (')[0]}, **baseline** commit {args.baseline_commit[:12]}"
+            )
     for name, label in labels.items():
         walls = [r["wall_s"] for r in runs[name]]
         cores = med(runs[name], "cpu_s") / med(runs[name])
@@ -289,6 +300,23 @@ def report(
     return "\n".join(lines) + "\n"
 
 
+def pin_baseline(rev: str) -> tuple[str, Path]:
+    """The full commit of ``rev`` and a folder holding its ``vhctl/`` (``git archive``)."""
+    found = subprocess.run(["git", "rev-parse", "--verify", f"{rev}^{{commit}}"], capture_output=True,
+                           text=True, cwd=common.ROOT)  # fmt: skip
+    if found.returncode != 0:
+        raise SystemExit(f"bench_wrap_large: --baseline {rev}: not a commit of this repository")
+    commit = found.stdout.strip()
+    folder = common.WORK / f"baseline-{commit[:12]}"
+    if not (folder / "vhctl").is_dir():
+        folder.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(
+            ["git", "archive", commit, "vhctl"], capture_output=True, check=True, cwd=common.ROOT
+        )
+        subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
+    return commit, folder
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -297,9 +325,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=common.BENCH / "RESULTS-wrap-large.md")
     parser.add_argument("--keep", action="store_true", help="keep the built models for the next run")
     parser.add_argument(
-        "--baseline", type=Path, help="a folder holding another vhctl/ to run wrap and make-ref from"
+        "--baseline", metavar="REV", help="a git revision whose vhctl/ also runs wrap and make-ref (pinned)"
     )
     args = parser.parse_args(argv)
+    recorder = common.Recorder("wrap-large", common.CODE["make-ref"], argv)
+    if args.baseline:
+        args.baseline_commit, args.baseline = pin_baseline(args.baseline)
     ROOT.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(ROOT).free
     if free < MIN_FREE and not (ROOT / "sharded").is_dir():
@@ -327,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
         text = report(runs, paths, info, args)
         info["elapsed_s"] = time.time() - start
         args.out.write_text(text, encoding="utf-8")
-        common.save_result("wrap_large", {"runs": runs, "info": info})
+        recorder.write({"runs": runs, "info": info, "baseline_commit": getattr(args, "baseline_commit", None),
+                        "report_md": text})  # fmt: skip
         print(text)
     finally:
         shutil.rmtree(ROOT / "out", ignore_errors=True)

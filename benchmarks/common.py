@@ -7,6 +7,7 @@ n words is exactly n tokens (plus the tokenizer's special tokens) and token leng
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -21,8 +22,22 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
-WORK = BENCH / "_work"
-RESULTS_DIR = WORK / "results"
+WORK = BENCH / "_work"  # scratch: models, outputs, smoke runs (gitignored)
+# Committed results, one JSON file per benchmark (``record``); BENCH_RESULTS_DIR points a smoke run elsewhere.
+RESULTS_DIR = Path(os.environ.get("BENCH_RESULTS_DIR") or BENCH / "results").resolve()
+SCHEMA = "vhctl-bench-result/1"
+
+# The vhctl code each benchmark's figures depend on (what its measured commands execute, imports
+# included, traced with sys.setprofile over `vhctl score`, `wrap`, `make-ref` and `--help`). A result
+# records these paths and their fingerprint; report.py marks its section stale when they change.
+_TOP = ["vhctl/__init__.py", "vhctl/_version.py", "vhctl/constants.py", "vhctl/dtypes.py", "vhctl/errors.py"]
+_LOAD = ["vhctl/_tiny", "vhctl/checkpoint", "vhctl/formats", "vhctl/hub", "vhctl/io", "vhctl/modeling"]
+CODE = {
+    "scoring": [*_TOP, *_LOAD, "vhctl/scoring"],
+    "make-ref": [*_TOP, *_LOAD, "vhctl/ops", "vhctl/cli"],
+    "wrap": [*_TOP, "vhctl/_tiny", "vhctl/checkpoint", "vhctl/formats", "vhctl/io", "vhctl/ops", "vhctl/cli"],
+    "startup": [*_TOP, *_LOAD, "vhctl/scoring", "vhctl/cli"],
+}
 
 MODELS = ("gpt2", "llama")
 MODEL_LABEL = {"gpt2": "GPT-2 124M", "llama": "Llama-style 110M"}
@@ -175,9 +190,16 @@ def param_count_and_bytes(folder: Path) -> tuple[int, int]:
 # ---------------------------------------------------------------------------------------------- stats
 
 
-def median_range(values: Sequence[float]) -> dict[str, float]:
+def median_range(values: Sequence[float]) -> dict[str, Any]:
+    """Median, min, max and count of the repetitions, with the repetitions themselves (``values``)."""
     vals = [float(v) for v in values]
-    return {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "n": len(vals)}
+    return {
+        "median": statistics.median(vals),
+        "min": min(vals),
+        "max": max(vals),
+        "n": len(vals),
+        "values": vals,
+    }
 
 
 def fmt_mr(stat: dict[str, float] | None, fmt: str = "{:.0f}", unit: str = "") -> str:
@@ -249,17 +271,146 @@ def run_timed(
 
 
 def save_result(section: str, data: dict[str, Any]) -> Path:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{section}.json"
+    """Scratch JSON under ``_work/`` (intermediate state; committed results go through ``record``)."""
+    folder = WORK / "state"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{section}.json"
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return path
 
 
-def load_result(section: str) -> dict[str, Any] | None:
-    path = RESULTS_DIR / f"{section}.json"
+def load_result(name: str, folder: Path | None = None) -> dict[str, Any] | None:
+    """A committed result (``record``'s file ``NAME.json``), or None when there is none."""
+    path = (folder or RESULTS_DIR) / f"{name}.json"
     if not path.is_file():
         return None
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _git(*args: str) -> str | None:
+    """``git ARGS`` in the repository, its stdout stripped; None when git or the repository is missing."""
+    try:
+        proc = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def code_files(paths: Sequence[str], root: Path = ROOT) -> list[Path]:
+    """The files under ``paths`` (repository-relative files or folders), sorted; caches left out."""
+    found: set[Path] = set()
+    for rel in paths:
+        path = root / rel
+        if path.is_file():
+            found.add(path)
+        elif path.is_dir():
+            found.update(
+                p
+                for p in path.rglob("*")
+                if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo")
+            )
+    return sorted(found)
+
+
+def code_fingerprint(paths: Sequence[str], root: Path = ROOT) -> str:
+    """sha256 over the names and contents of the files a benchmark measures.
+
+    The report compares it with the checkout's own, so it knows whether a result is stale without
+    any git history (CI clones shallow); a path that is gone changes it too.
+    """
+    digest = hashlib.sha256()
+    for rel in paths:
+        digest.update(f"path {rel}\n".encode())
+    for path in code_files(paths, root):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).hexdigest().encode() + b"\n")
+    return digest.hexdigest()
+
+
+class Recorder:
+    """One benchmark run's result file: what ran, where, on which code, and the raw repetitions.
+
+    Create it before measuring (it takes the load average and the code's fingerprint then), and call
+    ``write(data)`` at the end. ``measures`` lists the ``vhctl/`` paths whose code the figures
+    depend on; ``report.py`` marks the section stale once they differ from the checkout's.
+    """
+
+    def __init__(self, name: str, measures: Sequence[str], argv: Sequence[str] | None = None) -> None:
+        self.name = name
+        self.measures = list(measures)
+        args = list(sys.argv[1:] if argv is None else argv)
+        script = Path(sys.argv[0]).resolve()
+        try:
+            shown = script.relative_to(ROOT).as_posix()
+        except ValueError:
+            shown = script.name
+        self.command = " ".join(["python", shown, *args])
+        self.start = time.time()
+        self.load_before = [round(x, 2) for x in os.getloadavg()]
+        self.fingerprint = code_fingerprint(self.measures)
+        dirty = _git("status", "--porcelain", "--", *self.measures)
+        self.commit = _git("rev-parse", "HEAD") or "unknown"
+        self.dirty = bool(dirty) if dirty is not None else None
+
+    def write(self, data: dict[str, Any], folder: Path | None = None) -> Path:
+        """``RESULTS_DIR/NAME.json``: the run's metadata and ``data``."""
+        if code_fingerprint(self.measures) != self.fingerprint:
+            raise SystemExit(f"{self.name}: the code it measures changed during the run; not recorded")
+        info = machine_info()
+        result = {
+            "schema": SCHEMA,
+            "name": self.name,
+            "command": self.command,
+            "commit": self.commit,
+            "measured_code_dirty": self.dirty,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(self.start)),
+            "elapsed_s": round(time.time() - self.start, 1),
+            "machine": {k: info[k] for k in ("cpu", "isa", "cores", "mem_gib", "threads", "platform")},
+            "versions": {k: info[k] for k in ("python", "torch", "transformers", "trl", "vhctl")},
+            "load": {"before": self.load_before, "after": [round(x, 2) for x in os.getloadavg()]},
+            "measures": self.measures,
+            "code_fingerprint": self.fingerprint,
+            "data": data,
+        }
+        out = folder or RESULTS_DIR
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"{self.name}.json"
+        path.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        print(f"  result: {path}", flush=True)
+        return path
+
+
+def code_status(result: dict[str, Any], root: Path = ROOT) -> tuple[str, str]:
+    """(``current`` | ``stale`` | ``unknown``, a sentence) for a result's code against the checkout's.
+
+    Compares the fingerprint recorded with the result with that of the same paths now: it needs
+    the files only, not git's history, so a shallow clone gets the same answer as a full one.
+    """
+    recorded, paths = result.get("code_fingerprint"), result.get("measures")
+    commit = str(result.get("commit", "unknown"))[:12]
+    if not recorded or not paths:
+        return "unknown", "whether its code is current is unknown (the result records no code fingerprint)"
+    dirty = " (with uncommitted changes to it)" if result.get("measured_code_dirty") else ""
+    if code_fingerprint(paths, root) == recorded:
+        return "current", f"the code it measures is unchanged since it ran at commit {commit}{dirty}"
+    return "stale", (
+        f"**stale**: the code it measures has changed since it ran at commit {commit}{dirty}; "
+        f"rerun `{result.get('command', '?')}`"
+    )
+
+
+def provenance(result: dict[str, Any]) -> str:
+    """One paragraph: where a result's figures come from, and whether its code is still current."""
+    m, v, load = result["machine"], result["versions"], result["load"]
+    paths = ", ".join(f"`{p}`" for p in result["measures"])
+    return (
+        f"Result `benchmarks/results/{result['name']}.json`: `{result['command']}` on {result['date']} "
+        f"({result['elapsed_s'] / 60:.1f} min), commit {result['commit'][:12]}; {m['cpu']}, {m['cores']} cores, "
+        f"{m['mem_gib']} GiB, {m['threads']} threads; Python {v['python']}, torch {v['torch']}, transformers "
+        f"{v['transformers']}, TRL {v['trl']}, vhctl {v['vhctl']}; "
+        f"{load_note(load['before'][0], load['after'][0])}. Code measured: {paths}; "
+        f"{code_status(result)[1]}."
+    )
 
 
 def machine_info() -> dict[str, Any]:

@@ -45,8 +45,7 @@ Method, per model and workload:
    tok/s = real tokens of all passes / their seconds (tokenization included on both sides).
 
 MFU = model FLOPs / seconds / the GPU's dense bf16 peak (H200: 989 TFLOP/s, NVIDIA's H200 datasheet;
-``/work/.library/device/H200.md``: "dense bf16 about 990 TFLOP/s"; unknown GPUs: ``--peak-tflops``,
-else the matmul rate measured here, labelled so). Model FLOPs count the least work scoring needs:
+unknown GPUs: ``--peak-tflops``, else the matmul rate measured here, labelled so). Model FLOPs count the least work scoring needs:
 ``2 x N x tokens + 4 x layers x d_attn x (keys each query attends to)``, N = the backbone's parameters
 without its embeddings (token and position), d_attn = heads x head_dim; each input's tokens attend
 causally to the tokens before them; in best-of-8 each prompt counts once and a response's tokens
@@ -100,8 +99,7 @@ PER_PROMPT = 8
 PEAKS = {
     "H200": (
         989e12,
-        "NVIDIA H200 datasheet, dense bf16 989 TFLOP/s (1,979 with sparsity); "
-        "/work/.library/device/H200.md: 'dense bf16 about 990 TFLOP/s'",
+        "NVIDIA H200 datasheet, dense bf16 989 TFLOP/s (1,979 with sparsity)",
     ),
     "H100 80GB HBM3": (989e12, "NVIDIA H100 SXM datasheet, dense bf16 989 TFLOP/s"),
     "A100": (312e12, "NVIDIA A100 datasheet, dense bf16 312 TFLOP/s"),

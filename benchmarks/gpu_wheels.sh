@@ -10,8 +10,8 @@
 #
 # The set is computed, not typed: start from trl==1.12.0, read each wheel's Requires-Dist (markers
 # evaluated for CPython 3.12 on x86-64 Linux, extras skipped), and follow every requirement that the
-# image does not already hold (IMAGE_PACKAGES below, the package list of the 'cuda' image in
-# /work/.library/device/KINDS.md, read 2026-11-17). A package's version is the one installed in this
+# image does not already hold (IMAGE_PACKAGES below: the packages the GPU machines' 'cuda' image
+# ships, as its provider listed them on 2026-11-17). A package's version is the one installed in this
 # repo's .venv when it satisfies the requirement (the combination the test suite runs trl with),
 # else the newest that pip finds for the requirement. One version of each: .whl/*.whl is emptied first.
 set -euo pipefail

@@ -15,16 +15,17 @@ from pathlib import Path
 from typing import Any
 
 CONFIG = {"n_embd": 1280, "n_layer": 36, "n_head": 20}  # GPT-2 large; vocab 50257, 1024 positions
+SIZES = {"124M": {"n_embd": 768, "n_layer": 12, "n_head": 12}, "774M": CONFIG}  # GPT-2 and GPT-2 large
 _ALIGN = 8
 _CHUNK = 16 * 1024 * 1024
 
 
-def _shapes() -> tuple[Any, dict[str, tuple[int, ...]]]:
+def _shapes(shape: dict[str, int]) -> tuple[Any, dict[str, tuple[int, ...]]]:
     """The config and the stored parameters' shapes (tied ``lm_head.weight`` left out, as saved)."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    config = GPT2Config(**CONFIG)
+    config = GPT2Config(**shape)
     with torch.device("meta"):
         model = GPT2LMHeadModel(config)
     shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}  # remove_duplicate: tied once
@@ -50,12 +51,13 @@ def _nbytes(shape: tuple[int, ...]) -> int:
     return n
 
 
-def build_single(out: Path, *, seed: int = 0) -> Path:
-    """``out/model.safetensors`` (random weights, seeded) + ``config.json`` + ``generation_config.json``."""
+def build_single(out: Path, *, seed: int = 0, shape: dict[str, int] | None = None) -> Path:
+    """``out/model.safetensors`` (random weights, seeded) + ``config.json`` + ``generation_config.json``;
+    GPT-2-large-shaped unless ``shape`` gives other ``GPT2Config`` sizes."""
     import torch
     from transformers import GenerationConfig
 
-    config, shapes = _shapes()
+    config, shapes = _shapes(shape or CONFIG)
     out.mkdir(parents=True, exist_ok=True)
     names = sorted(shapes)
     generator = torch.Generator().manual_seed(seed)

@@ -1,4 +1,15 @@
-"""Write benchmarks/RESULTS.md from the JSON results of the sections (benchmarks/_work/results/)."""
+"""Write benchmarks/RESULTS.md, and the figures in the docs, from the committed results alone.
+
+Every benchmark writes its result into ``benchmarks/results/NAME.json`` (``common.Recorder``: the
+command, commit, date, machine, versions, load and the raw repetitions). This script reads those
+files (and the reports of the benchmarks that still write markdown, carried as recorded), nothing
+else: the same files give the same bytes, which ``tests/project/test_results_report.py`` checks in
+a copy of the tracked files. A section whose code (the ``vhctl/`` paths its result lists) differs
+from the checkout's is marked stale, from a fingerprint of those files, so no git history is needed.
+
+    python benchmarks/report.py            # RESULTS.md and the generated blocks of the docs
+    python benchmarks/report.py --check    # exit 1 if either differs from what the results give
+"""
 
 from __future__ import annotations
 
@@ -6,7 +17,6 @@ import argparse
 import json
 import re
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -15,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 import gpu  # noqa: E402  (its renderer and code fingerprint; importing it loads no torch)
+import report_docs  # noqa: E402
 from common import fmt_mr  # noqa: E402
 
 GPU_RESULTS = common.BENCH / "results" / "gpu.json"
@@ -320,10 +331,10 @@ def section_startup(res: dict[str, Any], targets: list[list[str]], lines: list[s
         )
 
 
-def section_why(lines: list[str]) -> None:
+def section_why(results: dict[str, dict[str, Any]], lines: list[str]) -> None:
     """Why each missed target is missed, from the measured numbers."""
     why: list[str] = []
-    sc = common.load_result("scoring")
+    sc = results.get("scoring")
     for m in (sc or {}).get("models", {}).values():
         for key, goal, label in (("mixed", 2.5, "workload 1"), ("best_of_n", 5.0, "workload 2")):
             r = m.get(key)
@@ -359,15 +370,21 @@ def section_why(lines: list[str]) -> None:
                 )
             if key == "mixed" and "of_matmul" in r and r["of_matmul"]["median"] < 0.9:
                 f = r["of_matmul"]
+                prof = (results.get("profile-scoring") or {}).get("models", {}).get(m.get("model", ""))
+                share = (
+                    f"; section 12's profile puts {1 - prof['shares']['matmul']:.0%} of the operators' time "
+                    "outside the matmuls for this model"
+                    if prof
+                    else ""
+                )
                 why.append(
                     f"- {m['label']}, {f['median']:.0%} of the matmul-bound rate (range {f['min']:.0%}–"
                     f"{f['max']:.0%}): vhctl runs transformers' backbone module as is; what is not a matmul "
                     "(layer norms / RMSNorm, rotary embeddings, GELU / SiLU-gate, attention softmax, KV "
-                    "concatenation) is memory-bound work that the 2 shared cores do slowly, about a third "
-                    "of the time in a CPU profile of the Llama path. The matmul reference itself moves with the "
-                    "machine's load (it is timed after each block)."
+                    f"concatenation) is memory-bound work that the 2 shared cores do slowly{share}. The matmul "
+                    "reference itself moves with the machine's load (it is timed after each block)."
                 )
-    wr = common.load_result("wrap")
+    wr = results.get("wrap")
     if wr:
         v, imp = wr["variants"], wr.get("import_s", {})
         for key in ("vhctl", "vhctl-link"):
@@ -379,15 +396,14 @@ def section_why(lines: list[str]) -> None:
                 why.append(
                     f"- `vhctl wrap{' --link' if key == 'vhctl-link' else ''}` {v[key]['wall_s']['median']:.2f} s vs "
                     f"{v['copy']['wall_s']['median']:.2f} s ({ratio:.2f}x): {extra}vhctl imports transformers and "
-                    "builds an `AutoConfig` (transformers then scans its whole model registry: 0.85 s in a "
-                    "profile), which the floor does not, and fsyncs the folder (the floor with fsync is "
-                    f"{v['copy-fsync']['vs_copy']['median']:.2f}x). The manifest's sha256 of the weights is "
-                    "computed on a worker thread during the import and the copy, so it no longer adds a second "
-                    "read. What is left is the transformers import: vhctl needs the config class to tell a "
+                    "builds an `AutoConfig` (transformers then scans its whole model registry), "
+                    "which the floor does not, and fsyncs the folder (the floor with fsync is "
+                    f"{v['copy-fsync']['vs_copy']['median']:.2f}x). vhctl needs the config class to tell a "
                     "causal from a seq2seq model and to read the hidden size the way transformers does "
-                    "(defaults, attribute maps), and does not guess them from config.json."
+                    "(defaults, attribute maps), and does not guess them from config.json; section 11 "
+                    "separates that fixed part from the per-GB work."
                 )
-    st = common.load_result("startup")
+    st = results.get("startup")
     if st:
         floor = st.get("import_floor", {}).get("import torch + transformers' model code", {}).get("median")
         for n, t in st["first_line"].items():
@@ -642,28 +658,45 @@ CARRIED = (
     Carried(10, "wrap and make-ref at GPT-2-large size", "RESULTS-wrap-large.md", "bench_wrap_large.py",
             "about 5 min", table_targets, "GPT-2-large (774M): "),
 )  # fmt: skip
+RESULT_OF = {"RESULTS-dp.md": "dp", "RESULTS-serve.md": "serve", "RESULTS-compile.md": "compile",
+             "RESULTS-wrap-large.md": "wrap-large"}  # fmt: skip
 
 
-def section_carried(targets: list[list[str]], lines: list[str]) -> None:
-    """Sections 7 and later: each benchmark run on its own, as its own command last wrote its report.
+def section_carried(targets: list[list[str]], lines: list[str], results: Path | None = None) -> None:
+    """Sections 7 to 10: each benchmark run on its own, as its own command last wrote its report.
 
-    Those take minutes to tens of minutes each, so ``run.sh`` does not run them; their recorded
-    reports are carried in with the command and date each came from.
+    Those take minutes to tens of minutes each, so ``run.sh`` does not run them. Their report comes
+    from their result file (``report_md``, with its provenance and code status) when one is
+    committed, else from the markdown report they wrote before result files existed, said so.
     """
     for number, title, name, script, duration, read_targets, subject in CARRIED:
+        res = common.load_result(RESULT_OF[name], results)
         source = common.BENCH / name
-        if not source.is_file():
+        if res is not None:
+            text = res["data"]["report_md"].splitlines()
+            note = " (older code)" if common.code_status(res)[0] == "stale" else ""
+            intro = [common.provenance(res)]
+        elif source.is_file():
+            text = source.read_text(encoding="utf-8").splitlines()
+            note = " (no result file)"
+            intro = [
+                f"Its report [`{name}`]({name}) predates the result files of `benchmarks/results/` (issue #26): "
+                "no result records the code it measured, so whether that code is current is unknown; rerun "
+                f"`python benchmarks/{script}` for figures of the current code."
+            ]
+        else:
             continue
-        text = source.read_text(encoding="utf-8").splitlines()
-        targets += [[f"{number}. {subject}{t}", m, v] for t, m, v in read_targets(text)]
+        targets += [[f"{number}. {subject}{t}", f"{m}{note}", v] for t, m, v in read_targets(text)]
         body = text[1:]  # its title becomes this section's
         while body and not body[0].strip():
             body.pop(0)
         lines += [
             f"## {number}. {title}",
             "",
-            f"Measured by `benchmarks/{script}`, a separate command ({duration}; not part of `run.sh`); "
-            f"its report [`{name}`]({name}) is carried in here as recorded:",
+            f"Measured by `benchmarks/{script}`, a separate command ({duration}; not part of `run.sh`); its report "
+            "is carried in here as recorded.",
+            "",
+            *intro,
             "",
             *[f"> {row}" if row else ">" for row in body],
             "",
@@ -673,8 +706,13 @@ def section_carried(targets: list[list[str]], lines: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=common.BENCH / "RESULTS.md")
-    parser.add_argument("--command", default="bash benchmarks/run.sh")
-    parser.add_argument("--elapsed", type=float, default=None)
+    parser.add_argument("--results", type=Path, default=common.RESULTS_DIR, help="the result files' folder")
+    parser.add_argument("--no-docs", action="store_true", help="leave the docs' generated blocks alone")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 if RESULTS.md or a docs block is out of date",
+    )
     parser.add_argument(
         "--gpu-json", type=Path, default=GPU_RESULTS, help="the committed GPU results (gpu.py)"
     )
@@ -702,58 +740,87 @@ def main(argv: list[str] | None = None) -> int:
             args.out, {6}, lambda rows, lines: section_gpu(rows, lines, args.gpu_json, args.gpu_check_json)
         )
     if args.carried_only:
-        return rewrite_sections(args.out, {c.number for c in CARRIED}, section_carried)
-    info = common.load_result("machine") or {}
+        return rewrite_sections(
+            args.out,
+            {c.number for c in CARRIED},
+            lambda rows, lines: section_carried(rows, lines, args.results),
+        )
+    text = build(args.results, args.gpu_json, args.gpu_check_json)
+    blocks = {} if args.no_docs else report_docs.blocks(args.results)
+    if args.check:
+        stale = [] if args.out.is_file() and args.out.read_text(encoding="utf-8") == text else [args.out]
+        stale += report_docs.rewrite(blocks, write=False) if blocks else []
+        for path in stale:
+            print(f"{path}: differs from what benchmarks/results gives; run python benchmarks/report.py")
+        return 1 if stale else 0
+    args.out.write_text(text, encoding="utf-8")
+    print(f"wrote {args.out}")
+    for path in report_docs.rewrite(blocks, write=True) if blocks else []:
+        print(f"rewrote the generated blocks of {path}")
+    return 0
+
+
+SECTIONS = (
+    ("scoring", section_scoring),
+    ("memory", section_memory),
+    ("wrap", section_wrap),
+    ("startup", section_startup),
+)
+
+
+def with_meta(
+    res: dict[str, Any], fn: Callable[..., None], targets: list[list[str]], body: list[str]
+) -> None:
+    """A section from a result's data, its provenance line under its heading, stale rows marked."""
+    first_row, first_line = len(targets), len(body)
+    fn(res["data"], targets, body)
+    body[first_line + 2 : first_line + 2] = [common.provenance(res), ""]
+    if common.code_status(res)[0] == "stale":
+        for row in targets[first_row:]:
+            row[1] += " (older code)"
+
+
+def build(results: Path, gpu_json: Path = GPU_RESULTS, gpu_check_json: Path = GPU_CHECK_RESULTS) -> str:
+    """RESULTS.md's text from the result files in ``results`` (and the carried reports)."""
+    found = {name: common.load_result(name, results) for name, _ in SECTIONS}
+    found.update({name: common.load_result(name, results) for name in report_docs.EXTRA})
+    loaded = {name: res for name, res in found.items() if res is not None}
     targets: list[list[str]] = []
     body: list[str] = []
-    for name, fn in (
-        ("scoring", section_scoring),
-        ("memory", section_memory),
-        ("wrap", section_wrap),
-        ("startup", section_startup),
-    ):
-        res = common.load_result(name)
-        if res is not None:
-            fn(res, targets, body)
-    section_why(body)
-    section_gpu(
-        targets, body, args.gpu_json, args.gpu_check_json, dry_run=common.RESULTS_DIR / "gpu-dry-run.json"
-    )
-    section_carried(targets, body)
+    for name, fn in SECTIONS:
+        if name in loaded:
+            with_meta(loaded[name], fn, targets, body)
+    section_why({name: res["data"] for name, res in loaded.items()}, body)
+    section_gpu(targets, body, gpu_json, gpu_check_json)
+    section_carried(targets, body, results)
+    for name, fn in report_docs.EXTRA.items():
+        if name in loaded:
+            with_meta(loaded[name], fn, targets, body)
+    missing = [name for name in found if name not in loaded]
     head = [
         "# vhctl benchmarks",
         "",
-        f"Produced by `{args.command}` on {time.strftime('%Y-%m-%d %H:%M %Z')}"
-        + (f" in {args.elapsed / 60:.1f} min" if args.elapsed else "")
-        + ". Regenerate with the same command "
-        "(`bash benchmarks/run.sh --quick` for a smoke run; its numbers are not results).",
+        "Generated by `python benchmarks/report.py` from the result files in "
+        "[`benchmarks/results/`](results/) (and the reports of sections 7 to 10, carried as recorded); "
+        "do not edit it by hand: a test rebuilds it from those files and compares it byte for byte. "
+        "Each section says which command, commit, machine and load its figures come from, and whether "
+        "the code it measures has changed since (**stale**). [README.md](README.md) gives the commands.",
         "",
-        f"Machine: {info.get('cpu', '?')} ({info.get('isa', '')}), {info.get('cores', '?')} cores, "
-        f"{info.get('mem_gib', '?')} GiB; {info.get('threads', 2)} threads "
-        "(`torch.set_num_threads(2)`, OMP/MKL 2). Versions: Python {python}, torch {torch}, transformers "
-        "{transformers}, TRL {trl} (benchmark environment only), vhctl {vhctl}.".format(
-            **{k: info.get(k, "?") for k in ("python", "torch", "transformers", "trl", "vhctl")}
-        ),
-        f"Load average at start {tuple(round(x, 2) for x in info.get('loadavg', ()))}, at end "
-        f"{tuple(round(x, 2) for x in (common.load_result('machine_end') or {}).get('loadavg', ()))}: the machine "
-        "is shared with other engineers' test runs, so absolute rates are noisy; every comparison is measured "
-        "side by side in the same run with interleaved repetitions, and the ratios are what the targets judge.",
+        "Speed is judged by ratios of things run side by side in one run, with interleaved repetitions; "
+        "the machine is shared (its load is recorded with each result), so absolute rates are noisy.",
         "",
-        "Models are built from configs with random weights (seed 0): GPT-2 124M = `GPT2Config()`, "
-        "Llama-style 110M = hidden 768, 12 layers, 12 heads, intermediate 2048, vocab 32000, tied embeddings. "
-        "Their tokenizers are word-level (`w123` = token 123; the Llama one puts a BOS first), so token "
-        "lengths are exact; this makes tokenization cheaper than a real BPE for both sides alike.",
-        "",
+    ]
+    if missing:
+        head += [f"No result file yet for: {', '.join(missing)}.", ""]
+    head += [
         "## Targets",
         "",
         "| target | measured | verdict |",
         "| --- | --- | --- |",
+        *[f"| {t} | {m} | {v} |" for t, m, v in targets],
+        "",
     ]
-    head += [f"| {t} | {m} | {v} |" for t, m, v in targets]
-    head.append("")
-    args.out.write_text("\n".join(head + body) + "\n", encoding="utf-8")
-    print(f"wrote {args.out}")
-    return 0
+    return "\n".join(head + body).rstrip("\n") + "\n"
 
 
 if __name__ == "__main__":

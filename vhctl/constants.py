@@ -2,6 +2,37 @@
 
 from __future__ import annotations
 
+__all__ = [
+    "ADAPTERS_DIR",
+    "ADAPTER_CONFIG_NAME",
+    "ADAPTER_PT_NAME",
+    "ADAPTER_SAFE_NAME",
+    "ARCH_CAUSAL",
+    "ARCH_SEQ2SEQ",
+    "CONFIG_NAME",
+    "DEFAULT_REF_DIR",
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "GENERATION_CONFIG_NAME",
+    "KIND_POLICY",
+    "KIND_REFERENCE",
+    "LAYER_PATTERNS",
+    "MANIFEST_NAME",
+    "MODEL_CARD_NAME",
+    "OLD_PREFIX",
+    "PT_WEIGHTS_INDEX_NAME",
+    "PT_WEIGHTS_NAME",
+    "SAFE_WEIGHTS_INDEX_NAME",
+    "SAFE_WEIGHTS_NAME",
+    "TINY_MODEL_NAME",
+    "TMP_PREFIX",
+    "TOKENIZER_FILES",
+    "VALUE_HEAD_NAME",
+    "V_HEAD_BIAS",
+    "V_HEAD_PREFIX",
+    "V_HEAD_WEIGHT",
+]
+
 FORMAT_NAME = "vhctl"
 FORMAT_VERSION = 1
 

@@ -8,6 +8,31 @@ import os
 import re
 from collections.abc import Iterator
 
+__all__ = [
+    "AdapterError",
+    "AuthError",
+    "CheckpointError",
+    "DestinationExistsError",
+    "HubError",
+    "InputError",
+    "IntegrityError",
+    "LayerPatternError",
+    "ManifestError",
+    "ModelError",
+    "NotAModelError",
+    "OfflineError",
+    "PeerError",
+    "SourceNotFoundError",
+    "UnsafeLoadError",
+    "UnsupportedModelError",
+    "UsageError",
+    "VhctlError",
+    "describe_error",
+    "first_line",
+    "is_safetensors_io_error",
+    "model_failures",
+]
+
 
 class VhctlError(Exception):
     """Base of every error vhctl raises on purpose; the message says what, where and what to do."""
@@ -102,6 +127,15 @@ class PeerError(VhctlError):
     def __init__(self, message: str, *, exit_code: int = 1) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class ServerError(VhctlError):
+    """A vhctl server (``vhctl serve``) refused a request or could not be reached; ``status`` is the
+    HTTP status (None: no answer)."""
+
+    def __init__(self, message: str, *, status: int | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
 
 
 class ModelError(VhctlError):

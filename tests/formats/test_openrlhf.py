@@ -22,8 +22,9 @@ from helpers.tiny_models import tiny_config
 from vhctl.checkpoint.manifest import Manifest
 from vhctl.constants import CONFIG_NAME, V_HEAD_BIAS, V_HEAD_WEIGHT
 from vhctl.errors import CheckpointError, UnsupportedModelError
-from vhctl.formats import export_checkpoint, normalization_of, normalize
+from vhctl.formats import normalization_of, normalize
 from vhctl.formats.keymaps import VHCTL_EXPORT_FIELD
+from vhctl.ops.export import export_checkpoint
 from vhctl.ops.wrap import wrap_model
 
 

@@ -21,8 +21,9 @@ from helpers.tiny_models import CAUSAL_ARCHS, tiny_config
 from vhctl.checkpoint.manifest import Manifest
 from vhctl.constants import V_HEAD_BIAS, V_HEAD_WEIGHT
 from vhctl.errors import UnsupportedModelError, UsageError
-from vhctl.formats import export_checkpoint
 from vhctl.formats.keymaps import FOLDABLE_NORM_BIAS, VHCTL_EXPORT_FIELD
+from vhctl.formats.padding import PAD_EOS as EOS  # the tiny tokenizer pads with EOS, no spare row
+from vhctl.ops.export import export_checkpoint
 from vhctl.ops.wrap import wrap_model
 
 
@@ -52,7 +53,7 @@ def test_import_seqcls_gives_its_scores_as_values(arch: str, tmp_path) -> None:
 def test_export_folds_a_nonzero_bias_into_the_final_norm(arch: str, tmp_path) -> None:
     ck = trl_checkpoint(arch, tmp_path)
     assert head_of(ck)[V_HEAD_BIAS].item() == 0.25
-    result = export_checkpoint(ck, "seqcls", tmp_path / "rm")
+    result = export_checkpoint(ck, "seqcls", tmp_path / "rm", pad_token=EOS)
     assert result.bias == "norm" and result.norm_bias_key == FOLDABLE_NORM_BIAS[arch][0]
     ids = input_ids()
     assert torch.allclose(seqcls_scores(tmp_path / "rm", ids), vhctl_values(ck, ids)[:, -1], atol=TOL, rtol=0)
@@ -69,7 +70,7 @@ def test_opt_fold_needs_a_final_norm_without_projection(tmp_path) -> None:
     # The tiny OPT projects its output (word_embed_proj_dim != hidden_size): no exact fold there.
     ck = trl_checkpoint("opt", tmp_path)
     with pytest.raises(UnsupportedModelError, match="--bias config"):
-        export_checkpoint(ck, "seqcls", tmp_path / "rm")
+        export_checkpoint(ck, "seqcls", tmp_path / "rm", pad_token=EOS)
     assert not (tmp_path / "rm").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".vhctl-")]
     # An OPT with a final norm and no projection folds exactly.
@@ -93,7 +94,7 @@ def test_opt_fold_needs_a_final_norm_without_projection(tmp_path) -> None:
     AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "opt")
     wrap_model(str(tmp_path / "opt"), tmp_path / "ck2", init="normal", std=0.5, seed=0)
     set_head(tmp_path / "ck2", bias=-0.75)
-    result = export_checkpoint(tmp_path / "ck2", "seqcls", tmp_path / "rm2")
+    result = export_checkpoint(tmp_path / "ck2", "seqcls", tmp_path / "rm2", pad_token=EOS)
     assert result.norm_bias_key == "model.decoder.final_layer_norm.bias"
     ids = input_ids()
     assert torch.allclose(
@@ -105,11 +106,11 @@ def test_llama_zero_bias_is_exact_and_nonzero_bias_needs_config_mode(tmp_path) -
     ck = trl_checkpoint("llama", tmp_path)
     ids = input_ids()
     with pytest.raises(UnsupportedModelError, match="bias 0.25"):
-        export_checkpoint(ck, "seqcls", tmp_path / "refused")
+        export_checkpoint(ck, "seqcls", tmp_path / "refused", pad_token=EOS)
     with pytest.raises(UsageError):
-        export_checkpoint(ck, "seqcls", tmp_path / "refused", bias="mean")
+        export_checkpoint(ck, "seqcls", tmp_path / "refused", bias="mean", pad_token=EOS)
 
-    result = export_checkpoint(ck, "seqcls", tmp_path / "cfg", bias="config")
+    result = export_checkpoint(ck, "seqcls", tmp_path / "cfg", bias="config", pad_token=EOS)
     assert result.bias == "config"
     assert config_of(tmp_path / "cfg")[VHCTL_EXPORT_FIELD]["value_head_bias"] == 0.25
     values = vhctl_values(ck, ids)[:, -1]
@@ -120,7 +121,7 @@ def test_llama_zero_bias_is_exact_and_nonzero_bias_needs_config_mode(tmp_path) -
     assert_same_base(ck, tmp_path / "back")  # exact; the LM head (not in the format) comes back as zeros
 
     set_head(ck, bias=0.0)
-    assert export_checkpoint(ck, "seqcls", tmp_path / "zero").bias == "zero"
+    assert export_checkpoint(ck, "seqcls", tmp_path / "zero", pad_token=EOS).bias == "zero"
     assert torch.allclose(
         seqcls_scores(tmp_path / "zero", ids), vhctl_values(ck, ids)[:, -1], atol=TOL, rtol=0
     )
@@ -136,7 +137,7 @@ def test_retrained_export_reimports_as_the_model_scores(tmp_path) -> None:
     for arch, mode in (("gpt2", "auto"), ("llama", "config")):
         ck = trl_checkpoint(arch, tmp_path)
         rm = tmp_path / f"rm-{arch}"
-        export_checkpoint(ck, "seqcls", rm, bias=mode)
+        export_checkpoint(ck, "seqcls", rm, bias=mode, pad_token=EOS)
         tensors = load_file(str(rm / "model.safetensors"))
         tensors["score.weight"] = tensors["score.weight"] * 1.5
         save_file(tensors, str(rm / "model.safetensors"), metadata={"format": "pt"})
@@ -150,7 +151,7 @@ def test_sharded_checkpoint_keeps_its_shards(tmp_path) -> None:
 
     base = save_tiny_model("gpt2", tmp_path / "base", max_shard_size="60KB")
     wrap_model(str(base), tmp_path / "ck", init="normal", std=0.5, seed=3)
-    result = export_checkpoint(tmp_path / "ck", "seqcls", tmp_path / "rm")
+    result = export_checkpoint(tmp_path / "ck", "seqcls", tmp_path / "rm", pad_token=EOS)
     assert "model.safetensors.index.json" in result.files
     ids = input_ids()
     assert torch.allclose(
@@ -161,11 +162,11 @@ def test_sharded_checkpoint_keeps_its_shards(tmp_path) -> None:
 def test_formats_without_a_score_head_are_refused(tmp_path) -> None:
     ck = trl_checkpoint("t5", tmp_path)
     with pytest.raises(UnsupportedModelError, match="seq2seq"):
-        export_checkpoint(ck, "seqcls", tmp_path / "x")
+        export_checkpoint(ck, "seqcls", tmp_path / "x", pad_token=EOS)
     assert "cohere" in CAUSAL_ARCHS
     cohere = trl_checkpoint("cohere", tmp_path)
     with pytest.raises(UnsupportedModelError, match="sequence-classification"):
-        export_checkpoint(cohere, "seqcls", tmp_path / "y")
+        export_checkpoint(cohere, "seqcls", tmp_path / "y", pad_token=EOS)
 
 
 def test_multi_label_classifier_is_refused(tmp_path) -> None:

@@ -10,8 +10,8 @@ from helpers.formats import TOL, folder_tensors, head_of, input_ids, trl_checkpo
 from helpers.tiny_models import _trl_class, make_trl_checkpoint, save_tiny_model
 
 from vhctl.constants import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, V_HEAD_BIAS, V_HEAD_WEIGHT
-from vhctl.formats import export_checkpoint
 from vhctl.formats.trl import TRL_SHARDED_NOTE
+from vhctl.ops.export import export_checkpoint
 from vhctl.ops.wrap import wrap_model
 
 

@@ -81,7 +81,7 @@ def test_seq2seq_classifier_is_refused_clearly(tmp_path) -> None:
 
 def test_export_refuses_a_checkpoint_whose_files_changed(tmp_path) -> None:
     from vhctl.errors import IntegrityError
-    from vhctl.formats import export_checkpoint
+    from vhctl.ops.export import export_checkpoint
 
     ck = trl_checkpoint("gpt2", tmp_path)
     with open(ck / "model.safetensors", "ab") as handle:

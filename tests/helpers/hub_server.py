@@ -5,8 +5,9 @@ No package serves the Hub's upload API, so the tests run this one: a standard li
 repos in a temporary folder. It speaks the subset of the Hub API that ``huggingface_hub`` uses to
 create repos, upload (regular files inline, LFS batch + PUT, or Xet through a ``local://`` CAS
 folder that ``hf_xet`` reads and writes itself), commit (branches and ``refs/pr/N``) and download
-(revision, tree, resolve with HEAD and Range). Endpoint shapes follow huggingface_hub 2.4.0; see
-/work/shared/HUB-TESTING.md and ``tests/hub/test_hub_contract.py``.
+(revision, tree, resolve with HEAD and Range). Endpoint shapes follow huggingface_hub 2.4.0 (its
+``HfApi`` calls, and the Hub's own API documentation); ``tests/hub/test_hub_contract.py`` fails when
+a newer client calls them differently.
 
 Auth: one valid token (``hub.token``). Writes, and reads of private repos, need it; any other
 ``Authorization`` gets 401, as on the Hub. Every request is logged (``hub.requests``) so that tests

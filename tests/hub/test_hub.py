@@ -35,7 +35,8 @@ from vhctl.errors import (
     UnsafeLoadError,
     UsageError,
 )
-from vhctl.hub import CARD_MARKER, model_card, push_checkpoint, resolve_model, resolve_model_dir
+from vhctl.hub import CARD_MARKER, model_card, resolve_model, resolve_model_dir
+from vhctl.ops.push import push_checkpoint
 
 if TYPE_CHECKING:
     from helpers.hub_server import LoopbackHub

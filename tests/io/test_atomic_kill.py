@@ -29,9 +29,9 @@ from vhctl.checkpoint.manifest import Manifest
 from vhctl.checkpoint.validate import validate_checkpoint
 from vhctl.constants import MANIFEST_NAME, OLD_PREFIX, TMP_PREFIX
 from vhctl.errors import DestinationExistsError
-from vhctl.formats import export_checkpoint
 from vhctl.io.files import atomic_output_dir, clean_stale_siblings
 from vhctl.ops.attach import attach_adapter
+from vhctl.ops.export import export_checkpoint
 from vhctl.ops.make_ref import make_reference
 from vhctl.ops.wrap import wrap_model
 
@@ -77,7 +77,7 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> Sources:
     for folder in (policy, policy_ref, policy_rm):
         assert validate_checkpoint(folder, deep=True) == []
     export_checkpoint(policy, "trl", root / "export_trl")
-    export_checkpoint(policy, "seqcls", root / "export_seqcls")
+    export_checkpoint(policy, "seqcls", root / "export_seqcls", pad_token="eos")
     return Sources(src, rm, rm2, policy, policy_ref, policy_rm, root / "export_trl", root / "export_seqcls")
 
 

@@ -1,4 +1,5 @@
-"""A model in the Hugging Face cache: an LFS blob's name is its sha256, so wrap does not read it again.
+"""A model in the Hugging Face cache: an LFS blob's name is its sha256, so wrap does not read it again,
+says so in the manifest, and reads it anyway with ``--verify``.
 
 The cache is laid out by hand the way huggingface_hub lays it out (``blobs/<sha256>`` for LFS files,
 ``blobs/<git sha1>`` for the others, ``snapshots/<commit>/`` symlinks, ``refs/main``), and once by
@@ -11,6 +12,8 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +24,7 @@ import vhctl.checkpoint.manifest as manifest_module
 import vhctl.io.transfer as transfer
 from vhctl.checkpoint.validate import validate_checkpoint
 from vhctl.constants import MANIFEST_NAME, SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
+from vhctl.errors import IntegrityError
 from vhctl.io.hf_cache import cached_blob_digest
 from vhctl.ops.base_files import copy_safetensors_base
 from vhctl.ops.wrap import wrap_model
@@ -35,6 +39,18 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _blob_entry(snapshot: Path, name: str = SAFE_WEIGHTS_NAME) -> Path:
+    """``<repo>/blobs/<sha256>`` as the snapshot's link names it (not resolved further)."""
+    return Path(os.path.normpath(snapshot.resolve() / os.readlink(snapshot / name)))
+
+
+def _corrupt(blob: Path) -> None:
+    """Flip the last byte of the last tensor: same size, other bytes, the name unchanged."""
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 0xFF
+    blob.write_bytes(bytes(data))
 
 
 def _cache_repo(cache: Path, model: Path, repo: str = REPO) -> Path:
@@ -93,6 +109,8 @@ def test_wrap_takes_the_digest_from_the_blob_name(tmp_path: Path, offline_cache:
     manifest = json.loads((out / MANIFEST_NAME).read_text())
     assert manifest["base_model"] == {"source": REPO, "revision": COMMIT}
     assert manifest["files"][SAFE_WEIGHTS_NAME]["sha256"] == blob.name == _sha(out / SAFE_WEIGHTS_NAME)
+    # where that digest came from: the blob's name, not the bytes (the other files were hashed)
+    assert manifest["extra"] == {"sha256_from_cache_blob": {SAFE_WEIGHTS_NAME: str(_blob_entry(snapshot))}}
     assert SAFE_WEIGHTS_NAME not in hashed  # neither while copying nor for the manifest
     assert "value_head.safetensors" in hashed  # written here: hashed as before
     assert (os.stat(out / SAFE_WEIGHTS_NAME).st_ino == blob.stat().st_ino) is link
@@ -124,21 +142,92 @@ def test_a_blob_of_the_wrong_size_is_read(tmp_path: Path, hashed: list[str]) -> 
     (tmp_path / "out").mkdir()
     known = copy_safetensors_base(snapshot, tmp_path / "out", head_files=[], dtype=None, link=False)
     assert SAFE_WEIGHTS_NAME in hashed
-    assert known[SAFE_WEIGHTS_NAME] == _sha(tmp_path / "out" / SAFE_WEIGHTS_NAME) == _sha(blob) != blob.name
+    assert (
+        known.sha256[SAFE_WEIGHTS_NAME]
+        == _sha(tmp_path / "out" / SAFE_WEIGHTS_NAME)
+        == _sha(blob)
+        != blob.name
+    )
+    assert known.from_blob == {}  # hashed: no blob to name
 
 
-def test_validate_catches_a_blob_whose_content_is_not_its_name(tmp_path: Path, offline_cache: Path) -> None:
-    """Same size, other bytes: wrap trusts the name; validate reads every byte and says so."""
+def test_validate_names_the_cache_blob_a_wrong_digest_came_from(tmp_path: Path, offline_cache: Path) -> None:
+    """Same size, other bytes: plain wrap trusts the name and records that it did; validate reads
+    every byte, and its message names the blob and the cache as the likely cause."""
     snapshot = _cache_repo(offline_cache, save_tiny_model("gpt2", tmp_path / "model"))
     blob = (snapshot / SAFE_WEIGHTS_NAME).resolve()
-    data = bytearray(blob.read_bytes())
-    data[-1] ^= 0xFF  # the last byte of the last tensor
-    blob.write_bytes(bytes(data))
+    _corrupt(blob)
     out = tmp_path / "ckpt"
     wrap_model(REPO, out, seed=0)
-    assert json.loads((out / MANIFEST_NAME).read_text())["files"][SAFE_WEIGHTS_NAME]["sha256"] == blob.name
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    assert manifest["files"][SAFE_WEIGHTS_NAME]["sha256"] == blob.name != _sha(out / SAFE_WEIGHTS_NAME)
+    assert manifest["extra"]["sha256_from_cache_blob"] == {SAFE_WEIGHTS_NAME: str(_blob_entry(snapshot))}
     problems = validate_checkpoint(out)
     assert [(p.code, p.file) for p in problems] == [("hash-mismatch", SAFE_WEIGHTS_NAME)]
+    assert str(_blob_entry(snapshot)) in problems[0].message
+    assert f"corrupt in the cache {offline_cache}" in problems[0].message
+    assert "the manifest was edited" not in problems[0].message
+
+
+def test_validate_blames_the_file_when_the_digest_was_hashed(tmp_path: Path, offline_cache: Path) -> None:
+    """A digest wrap computed from the bytes: a later mismatch is the file's (or the manifest's)."""
+    _cache_repo(offline_cache, save_tiny_model("gpt2", tmp_path / "model"))
+    out = tmp_path / "ckpt"
+    wrap_model(REPO, out, seed=0, verify=True)
+    assert "sha256_from_cache_blob" not in json.loads((out / MANIFEST_NAME).read_text())["extra"]
+    _corrupt(out / SAFE_WEIGHTS_NAME)
+    problems = validate_checkpoint(out)
+    assert [(p.code, p.file) for p in problems] == [("hash-mismatch", SAFE_WEIGHTS_NAME)]
+    assert "the file changed, or the manifest was edited" in problems[0].message
+    assert "cache" not in problems[0].message
+
+
+@pytest.mark.parametrize("link", [False, True])
+def test_wrap_verify_hashes_a_good_blob(
+    tmp_path: Path, offline_cache: Path, hashed: list[str], link: bool
+) -> None:
+    snapshot = _cache_repo(offline_cache, save_tiny_model("gpt2", tmp_path / "model"))
+    out = tmp_path / "ckpt"
+    wrap_model(REPO, out, seed=0, verify=True, link=link)
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    assert SAFE_WEIGHTS_NAME in hashed  # read this time
+    assert manifest["files"][SAFE_WEIGHTS_NAME]["sha256"] == (snapshot / SAFE_WEIGHTS_NAME).resolve().name
+    assert manifest["extra"] == {}  # every digest is that of the bytes written
+    assert validate_checkpoint(out) == []
+
+
+@pytest.mark.parametrize("link", [False, True])
+def test_wrap_verify_refuses_a_corrupt_blob_and_writes_nothing(tmp_path: Path, offline_cache: Path,
+                                                              link: bool) -> None:  # fmt: skip
+    snapshot = _cache_repo(offline_cache, save_tiny_model("gpt2", tmp_path / "model"))
+    _corrupt((snapshot / SAFE_WEIGHTS_NAME).resolve())
+    out = tmp_path / "ckpt"
+    with pytest.raises(IntegrityError) as caught:
+        wrap_model(REPO, out, seed=0, verify=True, link=link)
+    assert str(_blob_entry(snapshot)) in caught.value.message and str(offline_cache) in caught.value.message
+    assert "corrupt" in caught.value.message and REPO in (caught.value.hint or "")
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf-cache", "model"]  # no half-written folder
+
+
+def test_cli_wrap_verify_refuses_with_one_line(tmp_path: Path, offline_cache: Path) -> None:
+    """The command: exit non-zero, one line naming the blob and the cache, no traceback, no folder."""
+    snapshot = _cache_repo(offline_cache, save_tiny_model("gpt2", tmp_path / "model"))
+    _corrupt((snapshot / SAFE_WEIGHTS_NAME).resolve())
+    out = tmp_path / "ckpt"
+    env = {**os.environ, "HF_HUB_CACHE": str(offline_cache), "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run([sys.executable, "-m", "vhctl", "wrap", REPO, "--out", str(out), "--verify"],
+                         capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert run.returncode == IntegrityError.exit_code != 0, run.stderr
+    errors = [line for line in run.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and str(_blob_entry(snapshot)) in errors[0] and str(offline_cache) in errors[0]
+    assert "Traceback" not in run.stderr and not out.exists()
+    plain = subprocess.run([sys.executable, "-m", "vhctl", "wrap", REPO, "--out", str(out), "--json"],
+                           capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert plain.returncode == 0, plain.stderr  # without --verify the name is trusted, and recorded
+    check = subprocess.run([sys.executable, "-m", "vhctl", "validate", str(out)],
+                           capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert check.returncode != 0 and str(_blob_entry(snapshot)) in check.stdout + check.stderr
 
 
 def test_only_a_blob_of_the_snapshot_s_own_repo_counts(tmp_path: Path) -> None:

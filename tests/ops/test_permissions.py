@@ -48,7 +48,11 @@ def test_every_command_that_writes(tmp_path: Path, umask: int) -> None:
     run("attach-reward-adapter", str(ck), str(adapter))
     assert_like_cp(ck, umask)  # the nested reference and the adapter folder included
     assert_like_cp(tmp_path / "full-ref", umask)
-    for fmt, extra in (("trl", ()), ("openrlhf", ("--bias", "config")), ("seqcls", ("--bias", "config"))):
+    for fmt, extra in (
+        ("trl", ()),
+        ("openrlhf", ("--bias", "config")),
+        ("seqcls", ("--bias", "config", "--pad-token", "eos")),
+    ):
         run("export", str(ck), "--format", fmt, "--out", str(tmp_path / fmt), *extra)
         assert_like_cp(tmp_path / fmt, umask)
     run("wrap", str(tmp_path / "seqcls"), "--out", str(tmp_path / "back"))

@@ -93,3 +93,31 @@ def test_the_checker_sees_deferred_and_relative_imports() -> None:
     assert vhctl_imports(PKG / "checkpoint" / "__init__.py", "from .heads import find_head\n") == {
         "checkpoint"
     }
+
+
+# Each command that writes, and the module of vhctl/ops/ that is its operation.
+WRITING_COMMANDS = {
+    "wrap": "wrap",
+    "make_ref": "make_ref",
+    "attach": "attach",
+    "export": "export",
+    "push": "push",
+}
+
+
+def test_every_writing_command_runs_its_operation_from_ops() -> None:
+    """A contributor finds what each writing command does in one package: the command's module
+    imports its operation from ``vhctl.ops`` and nothing else that writes."""
+    for command, operation in WRITING_COMMANDS.items():
+        path = PKG / "cli" / f"{command}.py"
+        modules = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                modules.add(node.module)
+        assert f"vhctl.ops.{operation}" in modules, f"cli/{command}.py does not call vhctl.ops.{operation}"
+        assert not {"vhctl.formats.export", "vhctl.hub.push"} & modules, command
+        assert (PKG / "ops" / f"{operation}.py").is_file()
+    page = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    row = next(line for line in page.splitlines() if line.startswith("| `vhctl/ops/` |"))
+    for operation in WRITING_COMMANDS.values():
+        assert f"`{operation}`" in row, f"the ops/ row of docs/architecture.md does not name {operation}"

@@ -81,8 +81,9 @@ def test_the_api_reference_renders_every_public_name() -> None:
             assert "`__version__`" in api
         else:
             assert f"vhctl.{name}" in directives, name
-    for entry in ("vhctl.modeling.load_checkpoint", "vhctl.scoring.Scorer", "vhctl.formats.export_checkpoint",
-                  "vhctl.hub.push_checkpoint", "vhctl.checkpoint.validate.validate_checkpoint"):  # fmt: skip
+    for entry in ("vhctl.modeling.load_checkpoint", "vhctl.scoring.Scorer", "vhctl.ops.export.export_checkpoint",
+                  "vhctl.ops.push.push_checkpoint", "vhctl.checkpoint.validate.validate_checkpoint",
+                  "vhctl.integrations.trl.trl_reward"):  # fmt: skip
         assert entry in directives, entry
 
 

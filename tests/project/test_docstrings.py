@@ -24,8 +24,9 @@ SHAPE = re.compile(r"\([\w\s+\-*]+,[\w\s+\-*,]*\)")  # (batch, seq), (1,), (batc
 ENTRY_POINTS = [
     ("vhctl.modeling", "load_checkpoint"),
     ("vhctl.scoring", "Scorer"),
-    ("vhctl.formats", "export_checkpoint"),
-    ("vhctl.hub", "push_checkpoint"),
+    ("vhctl.ops.export", "export_checkpoint"),
+    ("vhctl.ops.push", "push_checkpoint"),
+    ("vhctl.integrations.trl", "trl_reward"),
     ("vhctl.checkpoint.validate", "validate_checkpoint"),
 ]
 

@@ -273,3 +273,41 @@ def test_scoring_wraps_the_model_error(tiny, monkeypatch):
     monkeypatch.setattr(forwards.Forwards, "_backbone_hidden", boom)
     with pytest.raises(ModelError):
         Scorer(gpt2, tok, batch_size=4, compile="on").score_texts(texts(9, 6))
+
+
+def test_a_compile_that_fails_at_one_shape_keeps_the_others_compiled(monkeypatch, caplog):
+    """A shape whose compiled call fails runs eagerly (one warning for all); other shapes stay compiled,
+    and after MAX_FAILED_SHAPES failed shapes the blocks stop trying."""
+    model = torch.nn.Sequential(torch.nn.ModuleList([torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)]))
+    compiled_calls = []
+
+    def fake_compile(function, **kwargs):
+        def call(block, x):
+            if x.shape[0] == 3:
+                raise RuntimeError("InductorError: this shape does not lower")
+            compiled_calls.append(x.shape)
+            return function(block, x)
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    blocks = CompiledBlocks([model], "the model's layers")
+
+    def forward(x):
+        for block in model[0]:
+            x = block(x)
+        return x
+
+    with caplog.at_level(logging.WARNING, logger="vhctl"):
+        for rows in (2, 3, 2, 3, 4):
+            assert blocks(forward, torch.ones(rows, 2)).shape == (rows, 2)
+    assert [s[0] for s in compiled_calls] == [2, 2, 2, 2, 4, 4]  # shape 3 ran eagerly, the others compiled
+    assert blocks.failed_shapes == {((3, 2),)} and not blocks.failed
+    assert len([r for r in caplog.records if r.name == "vhctl"]) == 1
+    for rows in range(5, 5 + compiled_mod.MAX_FAILED_SHAPES):
+        monkeypatch.setattr(
+            torch, "compile", lambda function, **kw: lambda b, x: (_ for _ in ()).throw(RuntimeError("no"))
+        )
+        blocks._compiled = None
+        blocks(forward, torch.ones(rows, 2))
+    assert blocks.failed

@@ -150,22 +150,33 @@ def _bos_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
 
 
-def test_a_query_that_carries_the_bos_does_not_get_it_twice() -> None:
-    """OpenRLHF decodes queries with their special tokens: the server's tokens are the trainer's."""
+def test_queries_are_tokenized_whole_as_openrlhf_does_or_apart_when_asked() -> None:
+    """OpenRLHF decodes queries with their special tokens and its server tokenizes them whole without
+    adding any: the default. ``"tokenize": "apart"`` splits off the prompt and never adds the BOS twice."""
     from vhctl.serve.bodies import reward_request, special_texts
 
     tok = _bos_tokenizer()
     specials = special_texts(tok)
     assert specials == ("<s>", "")
     query, prompt = "<s> w5 w6 w7 w8 </s>", "<s> w5 w6"
-    (text,) = reward_request({"query": [query]}, specials)
+    (whole,) = reward_request({"query": [query], "prompts": [prompt], "labels": [None]}, specials)
+    assert (whole.text, whole.add_special_tokens, whole.prompt_hint) == (query, False, prompt)
+    (bare,) = reward_request({"query": ["w5 w6"]}, specials)  # no BOS in the query: none added
+    assert (bare.text, bare.add_special_tokens, bare.prompt_hint) == ("w5 w6", False, None)
+
+    apart = {"tokenize": "apart"}
+    (text,) = reward_request({"query": [query], **apart}, specials)
     assert (
         tok(text.text)["input_ids"] == tok(query, add_special_tokens=False)["input_ids"] == [1, 5, 6, 7, 8, 2]
     )
-    (pair,) = reward_request({"query": [query], "prompts": [prompt], "labels": [None]}, specials)
+    (pair,) = reward_request({"query": [query], "prompts": [prompt], "labels": [None], **apart}, specials)
     assert (pair.prompt, pair.response) == (" w5 w6", " w7 w8 </s>")
-    (plain,) = reward_request({"query": ["w5 w6"], "prompts": ["w5 w6"]}, specials)  # no response: a text
+    (plain,) = reward_request({"query": ["w5 w6"], "prompts": ["w5 w6"], **apart}, specials)  # a text
     assert plain.text == "w5 w6" and plain.prompt is None
+    from vhctl.serve.bodies import BadRequest
+
+    with pytest.raises(BadRequest, match="'tokenize' must be"):
+        reward_request({"query": [query], "tokenize": "split"}, specials)
 
 
 def test_the_cli_imports_no_http_stack_until_serve_runs() -> None:

@@ -49,7 +49,7 @@ def test_get_reward_answers_openrlhfs_exact_request(loaded, tiny_ckpt) -> None:
     """OpenRLHF's client: aiohttp ``json=`` of {"query", "prompts", "labels"}, one sample per request;
     it reads ``scores`` (or ``rewards``), and may send an empty shard to a second server."""
     queries = [PROMPT + r for r in RESPONSES[:3]]
-    expected = score_cli(tiny_ckpt, [{"prompt": PROMPT, "response": r} for r in RESPONSES[:3]])
+    expected = score_cli(tiny_ckpt, [{"text": q, "add_special_tokens": False} for q in queries])
     with served(loaded) as server:
         for query, want in zip(queries, expected, strict=True):
             response = httpx.post(
@@ -61,16 +61,20 @@ def test_get_reward_answers_openrlhfs_exact_request(loaded, tiny_ckpt) -> None:
             assert response.status_code == 200
             assert response.headers["content-type"].startswith("application/json")
             body = response.json()
-            assert set(body) == {"rewards", "scores"}
+            assert set(body) == {"rewards", "scores", "extra_logs"}  # the older client reads extra_logs
             assert body["rewards"] == body["scores"]
             assert abs(body["rewards"][0] - want["value"]) <= 1e-5
         empty = post(server.url, "/get_reward", {"query": [], "prompts": [], "labels": []})
-        assert empty.status_code == 200 and empty.json() == {"rewards": [], "scores": []}
-        # Without prompts (the older client sends only "query"), a query is scored as a text line.
+        assert empty.status_code == 200 and empty.json() == {"rewards": [], "scores": [], "extra_logs": {}}
+        # Without prompts (the older client sends only "query"), the same whole-text scores.
         texts = post(server.url, "/get_reward", {"query": queries})
+        apart = post(
+            server.url, "/get_reward", {"query": queries, "prompts": [PROMPT] * 3, "tokenize": "apart"}
+        )
     assert texts.status_code == 200
-    plain = score_cli(tiny_ckpt, [{"text": q} for q in queries])
-    assert texts.json()["rewards"] == pytest.approx([r["value"] for r in plain], abs=1e-5)
+    assert texts.json()["rewards"] == pytest.approx([r["value"] for r in expected], abs=1e-5)
+    pairs = score_cli(tiny_ckpt, [{"prompt": PROMPT, "response": r} for r in RESPONSES[:3]])
+    assert apart.json()["rewards"] == pytest.approx([r["value"] for r in pairs], abs=1e-5)
 
 
 def test_concurrent_clients_get_score_values_in_order(loaded, tiny_ckpt) -> None:
@@ -88,7 +92,7 @@ def test_concurrent_clients_get_score_values_in_order(loaded, tiny_ckpt) -> None
 
 def test_requests_that_arrive_together_share_one_window_and_the_prompt(loaded, tiny_ckpt) -> None:
     """8 best-of-n responses posted as 8 requests: one scoring window, one prompt forward."""
-    expected = score_cli(tiny_ckpt, [{"prompt": PROMPT, "response": r} for r in RESPONSES])
+    expected = score_cli(tiny_ckpt, [{"text": PROMPT + r, "add_special_tokens": False} for r in RESPONSES])
     loaded.prefix_store.clear()  # nothing of this prompt from earlier tests: the window computes it once
     with served(loaded) as server:
         gate = Gate(server)

@@ -35,6 +35,26 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
     from transformers import GPT2LMHeadModel, PreTrainedTokenizerBase
 
+__all__ = [
+    "BUILD_INFO_NAME",
+    "CHAT_TEMPLATE",
+    "N_EMBD",
+    "N_HEAD",
+    "N_LAYER",
+    "N_POSITIONS",
+    "OUTPUT_FILES",
+    "SEED",
+    "SPECIAL_TOKEN",
+    "VOCAB_SIZE",
+    "build",
+    "build_model",
+    "build_tokenizer",
+    "corpus_lines",
+    "main",
+    "read_build_info",
+    "train_tokenizer",
+]
+
 VOCAB_SIZE = 1024
 SPECIAL_TOKEN = "<|endoftext|>"
 N_EMBD = 64

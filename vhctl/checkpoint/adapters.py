@@ -20,13 +20,24 @@ from vhctl.constants import (
 )
 from vhctl.errors import AdapterError
 from vhctl.io.files import safe_relpath
+from vhctl.io.hub import HubToken
 from vhctl.io.resolve import resolve_model
+
+__all__ = [
+    "check_adapter_fits",
+    "read_adapter_config",
+    "read_adapter_weights",
+    "read_reward_adapter",
+    "resolve_adapter_dir",
+    "score_state_of",
+    "store_adapter",
+]
 
 
 def resolve_adapter_dir(
     adapter: str | os.PathLike[str],
     *,
-    token: Any = None,
+    token: HubToken = None,
     revision: str | None = None,
     allow_pickle: bool = False,
 ) -> Path:
@@ -76,7 +87,7 @@ def score_state_of(weights: dict[str, torch.Tensor], *, where: str) -> dict[str,
 
 
 def read_reward_adapter(
-    adapter: str | os.PathLike[str], *, token: Any = None, allow_pickle: bool = False
+    adapter: str | os.PathLike[str], *, token: HubToken = None, allow_pickle: bool = False
 ) -> tuple[Path, dict[str, torch.Tensor]]:
     folder = resolve_adapter_dir(adapter, token=token, allow_pickle=allow_pickle)
     weights = read_adapter_weights(folder, allow_pickle=allow_pickle)
@@ -165,7 +176,7 @@ def store_adapter(
     name: str,
     *,
     allow_pickle: bool = False,
-    token: Any = None,
+    token: HubToken = None,
     revision: str | None = None,
 ) -> Any:
     """Copy an adapter into ``dest`` (``adapters/<name>/`` of a checkpoint) as safetensors.

@@ -22,6 +22,17 @@ from vhctl.constants import (
 from vhctl.errors import CheckpointError, IntegrityError, UnsafeLoadError, VhctlError
 from vhctl.io.files import safe_relpath, sha256_file
 
+__all__ = [
+    "FoundHead",
+    "check_head_file",
+    "check_head_state",
+    "find_head",
+    "load_pickle_weights",
+    "read_safetensors_keys",
+    "safetensors_keys",
+    "write_head",
+]
+
 
 @dataclass
 class FoundHead:

@@ -27,7 +27,23 @@ from vhctl.constants import (
 from vhctl.errors import ManifestError, VhctlError
 from vhctl.io.files import clean_stale_siblings, safe_relpath, sha256_file, temp_sibling
 
+__all__ = [
+    "FROM_CACHE_BLOB",
+    "AdapterInfo",
+    "FileEntry",
+    "Manifest",
+    "ReferenceInfo",
+    "ValueHeadInfo",
+    "finish_manifest",
+    "iter_checkpoint_files",
+    "manifest_type_errors",
+]
+
 _KINDS = (KIND_POLICY, KIND_REFERENCE)
+# ``extra`` key: files whose sha256 was taken from the name of the Hugging Face cache blob they were
+# copied from, without reading them (relative path -> the blob's path); every other digest is that
+# of the bytes written. In ``extra`` so that a vhctl that does not know it still reads the manifest.
+FROM_CACHE_BLOB = "sha256_from_cache_blob"
 _ARCHS = (ARCH_CAUSAL, ARCH_SEQ2SEQ)
 
 
@@ -186,28 +202,49 @@ class Manifest:
         return path
 
     # -- files ---------------------------------------------------------------------------
-    def refresh_files(self, folder: str | os.PathLike[str], known: Mapping[str, str] | None = None) -> None:
+    def refresh_files(self, folder: str | os.PathLike[str], known: Mapping[str, str] | None = None,
+                      from_blob: Mapping[str, os.PathLike[str] | str] | None = None) -> None:  # fmt: skip
         """Record size and sha256 of every file under ``folder`` except the manifest itself.
 
         Nested reference checkpoints (``ref/`` with their own manifest) are left to their own
         manifest. ``known`` gives digests the caller already has (files copied verbatim from a
-        source hashed while they were copied); the others are read and hashed here.
+        source hashed while they were copied); the others are read and hashed here. ``from_blob``
+        names the files among ``known`` whose digest is a Hugging Face cache blob's name, not read
+        (recorded under ``extra["sha256_from_cache_blob"]``).
         """
         root = Path(folder)
         known = known or {}
+        from_blob = from_blob or {}
         self.files = {}
+        blobs: dict[str, str] = {}
         for rel in iter_checkpoint_files(root):
             p = root / rel
-            sha = known.get(rel) or sha256_file(p)
+            sha = known.get(rel)
+            if sha is None:
+                sha = sha256_file(p)
+            elif rel in from_blob:
+                blobs[rel] = str(from_blob[rel])
             self.files[rel] = FileEntry(size=p.stat().st_size, sha256=sha)
+        if isinstance(self.extra, dict):
+            self.extra = {k: v for k, v in self.extra.items() if k != FROM_CACHE_BLOB}
+            if blobs:
+                self.extra[FROM_CACHE_BLOB] = blobs
+
+    def cache_blob_of(self, rel: str) -> str | None:
+        """The Hugging Face cache blob whose name was taken as ``rel``'s sha256 (None: it was hashed)."""
+        blobs = self.extra.get(FROM_CACHE_BLOB) if isinstance(self.extra, dict) else None
+        blob = blobs.get(rel) if isinstance(blobs, dict) else None
+        return blob if isinstance(blob, str) else None
 
 
-def finish_manifest(folder: Path, manifest: Manifest, known: Mapping[str, str] | None = None) -> Manifest:
+def finish_manifest(folder: Path, manifest: Manifest, known: Mapping[str, str] | None = None,
+                    from_blob: Mapping[str, os.PathLike[str] | str] | None = None) -> Manifest:  # fmt: skip
     """Hash every file and write ``vhctl.json`` last, so a checkpoint with a manifest is complete.
 
-    ``known``: digests of files the caller hashed already (see :meth:`Manifest.refresh_files`).
+    ``known``, ``from_blob``: digests of files the caller has already, and which of them are cache
+    blob names (see :meth:`Manifest.refresh_files`).
     """
-    manifest.refresh_files(folder, known)
+    manifest.refresh_files(folder, known, from_blob)
     manifest.write(folder)
     return manifest
 
@@ -244,6 +281,13 @@ def manifest_type_errors(manifest: Manifest) -> list[str]:
                 f"base_model.{key} must be a string or null",
             )
     _need(out, isinstance(manifest.extra, dict), "extra must be an object")
+    if isinstance(manifest.extra, dict) and FROM_CACHE_BLOB in manifest.extra:
+        blobs = manifest.extra[FROM_CACHE_BLOB]
+        _need(
+            out,
+            isinstance(blobs, dict) and all(isinstance(v, str) for v in blobs.values()),
+            f"extra.{FROM_CACHE_BLOB} must map file paths to blob paths",
+        )
     _need(out, isinstance(manifest.vhctl_version, str), "vhctl_version must be a string")
     _need(
         out,

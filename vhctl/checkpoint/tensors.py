@@ -21,6 +21,26 @@ from vhctl.constants import PT_WEIGHTS_INDEX_NAME, PT_WEIGHTS_NAME, SAFE_WEIGHTS
 from vhctl.errors import CheckpointError, IntegrityError, VhctlError
 from vhctl.io.files import safe_relpath
 
+__all__ = [
+    "DTYPES",
+    "FLOAT_CODES",
+    "HEAD_FLOAT_NAMES",
+    "MAX_HEADER_BYTES",
+    "SafetensorsHeader",
+    "TensorInfo",
+    "code_dtype_name",
+    "has_pickle_weights",
+    "has_safetensors_weights",
+    "iter_tensor_bytes",
+    "read_header",
+    "read_index",
+    "shared_tensors_sha256",
+    "state_dict_sha256",
+    "tensor_index",
+    "tensors_sha256",
+    "weight_files",
+]
+
 # safetensors refuses headers above 100 MB; so do we (a bigger length is a corrupt file).
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 _CHUNK_BYTES = 16 * 1024 * 1024

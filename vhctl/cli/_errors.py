@@ -17,6 +17,8 @@ import typer
 from vhctl.cli._output import error, silence_stdout, state
 from vhctl.errors import ModelError, VhctlError, describe_error, is_safetensors_io_error
 
+__all__ = ["handle_errors", "raised_in_model_code"]
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 # Packages that run a model's code (the first frame vhctl calls into decides).

@@ -7,6 +7,24 @@ from typing import Annotated
 
 import typer
 
+__all__ = [
+    "AllowPickleOpt",
+    "BatchSizeOpt",
+    "CkptArg",
+    "CompileOpt",
+    "DeviceOpt",
+    "DtypeOpt",
+    "ForceOpt",
+    "JsonOpt",
+    "MaxLengthOpt",
+    "NormalizeOpt",
+    "RevisionOpt",
+    "RewardAdapterOpt",
+    "RewardOpt",
+    "TokenOpt",
+    "TrustRemoteCodeOpt",
+]
+
 JsonOpt = Annotated[bool, typer.Option("--json", help="Write a JSON report to stdout.")]
 ForceOpt = Annotated[
     bool, typer.Option("--force", help="Replace DIR if it exists (only once the new one is complete).")

@@ -11,6 +11,22 @@ from typing import Any, Protocol
 
 from rich.console import Console
 
+__all__ = [
+    "Reportable",
+    "Reporter",
+    "emit_json",
+    "emit_pairs",
+    "emit_table",
+    "error",
+    "is_terminal",
+    "message",
+    "progress_enabled",
+    "silence_stdout",
+    "state",
+    "success",
+    "warning",
+]
+
 
 class _State:
     verbose: int = 0

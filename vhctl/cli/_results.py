@@ -10,11 +10,19 @@ import json
 import sys
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from vhctl.cli._output import progress_enabled, silence_stdout, success, warning
+
+if TYPE_CHECKING:
+    import torch
+
+    from vhctl.scoring.distributed import Group
+    from vhctl.scoring.scorer import Scorer
+
+__all__ = ["report_summary", "write_results"]
 
 
 def write_results(results: Iterable[dict[str, Any]], on_closed: Callable[[], None] | None = None) -> None:
@@ -51,7 +59,9 @@ def write_results(results: Iterable[dict[str, Any]], on_closed: Callable[[], Non
         raise typer.Exit(0) from None
 
 
-def report_summary(scorer: Any, elapsed: float, device: Any, dtype: Any, group: Any) -> None:
+def report_summary(
+    scorer: Scorer, elapsed: float, device: torch.device, dtype: torch.dtype, group: Group | None
+) -> None:
     """Warnings for skipped and truncated lines, then one line with counts and throughput."""
     stats = scorer.stats  # the same on every rank: each sees every record of the input
     if stats.errors:

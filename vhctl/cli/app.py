@@ -16,6 +16,8 @@ from vhctl.cli import attach, export, info, make_ref, push, score, serve, valida
 from vhctl.cli._help import Command
 from vhctl.cli._output import state
 
+__all__ = ["app", "main"]
+
 app = typer.Typer(
     name="vhctl",
     help="Build, check, score and share value-head checkpoints for RLHF.",

@@ -10,6 +10,8 @@ from vhctl.cli._errors import handle_errors
 from vhctl.cli._options import AllowPickleOpt, CkptArg, JsonOpt, RevisionOpt, TokenOpt
 from vhctl.cli._output import Reporter
 
+__all__ = ["attach_reward_adapter"]
+
 
 @handle_errors
 def attach_reward_adapter(
@@ -44,6 +46,6 @@ def attach_reward_adapter(
     )
     Reporter(json_output=json_).done(
         result,
-        f"attached {adapter} as {result['path']} in {ckpt}",
+        f"attached {adapter} as {result.path} in {ckpt}",
         hint=f"vhctl score {ckpt} --reward {name}",
     )

@@ -11,6 +11,8 @@ from vhctl.cli._errors import handle_errors
 from vhctl.cli._options import CkptArg, ForceOpt, JsonOpt, RevisionOpt, TokenOpt
 from vhctl.cli._output import Reporter
 
+__all__ = ["export"]
+
 
 @handle_errors
 def export(
@@ -57,12 +59,23 @@ def export(
             show_default=False,
         ),
     ] = None,
+    pad_token: Annotated[
+        str,
+        typer.Option(
+            "--pad-token",
+            metavar="auto|eos",
+            help="seqcls: auto gives a model that pads with its EOS token a pad token of its own (so "
+            "transformers and TRL score the last token, as vhctl does), refusing when the tokenizer has none; "
+            "eos keeps EOS (a text ending in EOS is then scored one token early).",
+        ),
+    ] = "auto",
     revision: RevisionOpt = None,
     token: TokenOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Export CKPT for TRL, OpenRLHF or transformers/vLLM, exactly (values equal within 1e-6)."""
-    from vhctl.formats import export_checkpoint, format_spec
+    from vhctl.formats import format_spec
+    from vhctl.ops.export import export_checkpoint
 
     result = export_checkpoint(
         checkpoint,
@@ -72,6 +85,7 @@ def export(
         keep_shards=keep_shards,
         bias=bias,
         value_head_prefix=value_head_prefix,
+        pad_token=pad_token,
         revision=revision,
         token=token,
     )

@@ -6,7 +6,9 @@ from typing import Any
 
 from vhctl.cli._errors import handle_errors
 from vhctl.cli._options import CkptArg, JsonOpt
-from vhctl.cli._output import emit_json, emit_pairs, emit_table
+from vhctl.cli._output import Reporter, emit_pairs, emit_table
+
+__all__ = ["info"]
 
 
 def _text(key: str, value: Any) -> Any:
@@ -58,13 +60,15 @@ def info(ckpt: CkptArg, json_: JsonOpt = False) -> None:
     """Show architecture, parameter counts, dtypes, head, adapters, references and files of CKPT."""
     from vhctl.checkpoint.inspect import inspect_checkpoint
 
-    data = inspect_checkpoint(ckpt)
-    if json_:
-        emit_json(data)
-        return
-    files = data.pop("files", None) or []
-    pairs: list[tuple[str, Any]] = []
-    _flatten("", data, pairs)
-    emit_pairs(f"checkpoint {ckpt}", pairs)
-    if files:
-        emit_table("files", ("path", "size"), ((f.get("path"), f.get("size")) for f in files))
+    result = inspect_checkpoint(ckpt)
+
+    def show() -> None:
+        data = result.to_dict()
+        files = data.pop("files", None) or []
+        pairs: list[tuple[str, Any]] = []
+        _flatten("", data, pairs)
+        emit_pairs(f"checkpoint {ckpt}", pairs)
+        if files:
+            emit_table("files", ("path", "size"), ((f.get("path"), f.get("size")) for f in files))
+
+    Reporter(json_output=json_).done(result, None, human=show)

@@ -13,6 +13,8 @@ from vhctl.cli._options import CkptArg, ForceOpt, JsonOpt
 from vhctl.cli._output import Reporter
 from vhctl.errors import LayerPatternError
 
+__all__ = ["make_ref"]
+
 # A parameter name's part before its first number: the layers' prefix ("transformer.h" in "transformer.h.3.mlp").
 _LAYER_PREFIX = re.compile(r"(.+?)\.\d+\.")
 

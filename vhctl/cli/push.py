@@ -10,7 +10,9 @@ import typer
 
 from vhctl.cli._errors import handle_errors
 from vhctl.cli._options import CkptArg, JsonOpt, TokenOpt
-from vhctl.cli._output import emit_json, emit_table, message, progress_enabled, success
+from vhctl.cli._output import Reporter, emit_table, message, progress_enabled
+
+__all__ = ["push"]
 
 
 @contextlib.contextmanager
@@ -66,7 +68,8 @@ def push(
     json_: JsonOpt = False,
 ) -> None:
     """Validate CKPT, write its model card (README.md) and upload it to REPO_ID in one commit."""
-    from vhctl.hub import format_size, push_checkpoint
+    from vhctl.hub import format_size
+    from vhctl.ops.push import push_checkpoint
 
     with _hub_progress_bars(progress_enabled()):
         result = push_checkpoint(
@@ -82,24 +85,24 @@ def push(
             progress=message,
         )
     where = f"{result.repo_id}@{result.revision}"
-    if json_:
-        emit_json(result.to_dict())
+    reporter = Reporter(json_output=json_)
     if result.dry_run:
-        if not json_:
-            rows = [(name, format_size(result.sizes[name])) for name in result.files]
-            emit_table(f"would upload to {where}", ("file", "size"), rows)
-        success(
+        rows = [(name, format_size(result.sizes[name])) for name in result.files]
+        reporter.done(
+            result,
             f"dry run: {len(result.files)} files ({format_size(result.size)}) would go to {where}; nothing was sent",
             hint=f"vhctl push {ckpt} {repo_id}" + (f" --revision {revision}" if revision else ""),
+            human=lambda: emit_table(f"would upload to {where}", ("file", "size"), rows),
         )
         return
     deleted = f", {len(result.deleted)} stale files removed" if result.deleted else ""
     if result.commit_oid is None:
-        success(f"{where} already holds this checkpoint: nothing changed, no commit made")
+        reporter.done(result, f"{where} already holds this checkpoint: nothing changed, no commit made")
     elif result.pr_url:
-        success(f"opened a pull request on {result.repo_id}: {result.pr_url}{deleted}")
+        reporter.done(result, f"opened a pull request on {result.repo_id}: {result.pr_url}{deleted}")
     else:
-        success(
+        reporter.done(
+            result,
             f"pushed {ckpt} to {where}: commit {result.commit_oid[:10]}{deleted}",
             hint=f"vhctl wrap {result.repo_id} --out DIR"
             + (f" --revision {result.revision}" if result.revision != "main" else ""),

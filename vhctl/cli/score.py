@@ -51,6 +51,8 @@ from vhctl.cli._score_data import (
 )
 from vhctl.errors import UsageError, describe_error
 
+__all__ = ["score"]
+
 if TYPE_CHECKING:
     from vhctl.scoring.distributed import Group
     from vhctl.scoring.options import ScoreOptions

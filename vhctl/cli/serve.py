@@ -32,6 +32,8 @@ from vhctl.cli._output import message, state, warning
 from vhctl.constants import SERVE_PREFIX_CACHE_MB
 from vhctl.errors import VhctlError
 
+__all__ = ["EXTRA_MODULES", "serve"]
+
 EXTRA_MODULES = ("starlette", "uvicorn", "prometheus_client")
 
 
@@ -80,6 +82,15 @@ ApiKeyFileOpt = Annotated[
         help="Require 'Authorization: Bearer KEY' (KEY: the file's first line; or set VHCTL_API_KEY).",
     ),
 ]
+GetRewardTokenizeOpt = Annotated[
+    str,
+    typer.Option(
+        "--get-reward-tokenize",
+        metavar="whole|apart",
+        help="/get_reward: whole scores each query as OpenRLHF's own server does (tokenized whole, no "
+        "special tokens added); apart scores the prompt and the rest apart, as score does prompt + response.",
+    ),
+]
 DrainTimeoutOpt = Annotated[
     float,
     typer.Option(
@@ -110,12 +121,14 @@ def serve(
     max_body_bytes: MaxBodyBytesOpt = 16 << 20,
     api_key_file: ApiKeyFileOpt = None,
     drain_timeout: DrainTimeoutOpt = 30.0,
+    get_reward_tokenize: GetRewardTokenizeOpt = "whole",
     revision: RevisionOpt = None,
     token: TokenOpt = None,
     allow_pickle: AllowPickleOpt = False,
     trust_remote_code: TrustRemoteCodeOpt = False,
 ) -> None:
-    """Serve CKPT over HTTP: POST /get_reward (OpenRLHF), POST /v1/score, GET /health, GET /metrics.
+    """Serve CKPT over HTTP: POST /get_reward (OpenRLHF), POST /classify and GET /v1/models (vLLM),
+    POST /v1/score, GET /health, GET /metrics.
 
     Requests that arrive together are scored together. SIGTERM or Ctrl-C stops accepting, finishes
     the requests in flight and exits 0. See docs/serving.md.
@@ -126,6 +139,7 @@ def serve(
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from vhctl.scoring.compiled import check_compile_choice
     from vhctl.scoring.options import reward_choice
+    from vhctl.serve.bodies import check_tokenize
     from vhctl.serve.security import is_loopback, read_api_key
     from vhctl.serve.server import ServeOptions, server_score_options
     from vhctl.serve.server import serve as run
@@ -160,6 +174,7 @@ def serve(
         max_body_bytes=max_body_bytes,
         api_key=key,
         drain_timeout=drain_timeout,
+        get_reward_tokenize=check_tokenize(get_reward_tokenize),
     )
     run(options, say=message, log=None if state.quiet else _log_line)
 

@@ -11,11 +11,19 @@ import typer
 
 from vhctl.cli._errors import handle_errors
 from vhctl.cli._options import JsonOpt
-from vhctl.cli._output import emit_json, emit_table, error, success
+from vhctl.cli._output import Reporter, emit_json, emit_table, error, success
 from vhctl.errors import UsageError, VhctlError
 
 if TYPE_CHECKING:
     from vhctl.checkpoint.validate import Validation
+
+__all__ = [
+    "CkptsArg",
+    "FormatOpt",
+    "FromManifestsOpt",
+    "ReportFormat",
+    "validate",
+]
 
 
 class ReportFormat(str, Enum):
@@ -80,16 +88,18 @@ def validate(
             _write_annotation(str(exc))
         raise
     validations = [run_checks(folder, deep=deep) for folder in folders]
-    _write_report(fmt, validations)
-    for v in validations:
-        _status_line(v)
     failed = [v.path for v in validations if not v.ok]
-    if len(validations) > 1:
-        if failed:
-            error(f"{len(failed)} of {len(validations)} checkpoints have errors: {', '.join(failed)}")
-        else:
-            success(f"all {len(validations)} checkpoints are valid" + (" (deep)" if deep else ""))
+
+    def show() -> None:  # the report in the format asked for (validate's own documents), then a line each
+        _write_report(fmt, validations)
+        for v in validations:
+            _status_line(v)
+
+    everything = f"all {len(validations)} checkpoints are valid" + (" (deep)" if deep else "")
+    Reporter().done(None, everything if len(validations) > 1 and not failed else None, human=show)
     if failed:
+        if len(validations) > 1:
+            error(f"{len(failed)} of {len(validations)} checkpoints have errors: {', '.join(failed)}")
         raise typer.Exit(1)
 
 

@@ -12,6 +12,20 @@ from vhctl.cli._options import AllowPickleOpt, ForceOpt, JsonOpt, RevisionOpt, T
 from vhctl.cli._output import Reporter
 from vhctl.constants import ADAPTER_CONFIG_NAME
 
+__all__ = [
+    "DropoutOpt",
+    "DtypeOpt",
+    "InitFromRewardOpt",
+    "InitOpt",
+    "LinkOpt",
+    "ModelArg",
+    "OutOpt",
+    "SeedOpt",
+    "StdOpt",
+    "VerifyOpt",
+    "wrap",
+]
+
 ModelArg = Annotated[
     str,
     typer.Argument(
@@ -61,6 +75,14 @@ DtypeOpt = Annotated[
         help="Convert the base weights: float32, bfloat16 or float16 (or fp32, bf16, fp16).",
     ),
 ]
+VerifyOpt = Annotated[
+    bool,
+    typer.Option(
+        "--verify",
+        help="Hash weight files from the Hugging Face cache too (their blob names are taken as their "
+        "sha256 otherwise) and refuse a corrupt blob.",
+    ),
+]
 LinkOpt = Annotated[bool, typer.Option("--link", help="Hard-link unchanged base files instead of copying.")]
 InitFromRewardOpt = Annotated[
     str | None,
@@ -84,6 +106,7 @@ def wrap(
     revision: RevisionOpt = None,
     dtype: DtypeOpt = None,
     link: LinkOpt = False,
+    verify: VerifyOpt = False,
     force: ForceOpt = False,
     allow_pickle: AllowPickleOpt = False,
     trust_remote_code: TrustRemoteCodeOpt = False,
@@ -109,6 +132,7 @@ def wrap(
         allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code,
         init_from_reward=init_from_reward,
+        verify=verify,
     )
     kept = (
         f", head kept from {result.head_from} layout"

@@ -1,6 +1,7 @@
 """Interop with the formats RLHF stacks use for critics and reward models.
 
-- :func:`export_checkpoint`: a vhctl checkpoint as TRL, OpenRLHF or ``*ForSequenceClassification``.
+- exporters: a vhctl checkpoint as TRL, OpenRLHF or ``*ForSequenceClassification``, each format's
+  ``export`` in :data:`FORMATS` (the operation that runs them is :func:`vhctl.ops.export.export_checkpoint`).
 - :func:`detect_foreign_layout` / :func:`import_foreign`: OpenRLHF, seqcls and DeepSpeed-Chat
   folders into vhctl (``vhctl wrap`` calls them; TRL layouts are read by the core loader).
 - :func:`read_reward_head`: a reward model's head for ``wrap --init-from-reward``.
@@ -14,7 +15,6 @@ One module per format (:mod:`~vhctl.formats.trl`, :mod:`~vhctl.formats.openrlhf`
 from __future__ import annotations
 
 from vhctl.formats.base import ExportResult, FormatSpec
-from vhctl.formats.export import export_checkpoint
 from vhctl.formats.importing import ImportResult, import_foreign
 from vhctl.formats.layout import ForeignLayout
 from vhctl.formats.normalization import normalization_of, normalize
@@ -29,7 +29,6 @@ __all__ = [
     "ImportResult",
     "RewardHead",
     "detect_foreign_layout",
-    "export_checkpoint",
     "format_spec",
     "import_foreign",
     "normalization_of",

@@ -73,6 +73,7 @@ class ExportJob:
     value_head_prefix: str | None
     keep_shards: bool
     result: ExportResult
+    pad_token: str = "auto"
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,14 @@ import torch
 from vhctl.errors import UnsupportedModelError
 from vhctl.formats.keymaps import FOLDABLE_NORM_BIAS
 
+__all__ = [
+    "FOLD_TOLERANCE",
+    "fold",
+    "foldable_key",
+    "head_fingerprint",
+    "unfold",
+]
+
 # A fold must reproduce the bias this closely (relative to max(1, |b|)), else it is refused.
 FOLD_TOLERANCE = 1e-7
 

@@ -9,6 +9,15 @@ import torch
 
 from vhctl.errors import UnsupportedModelError
 
+__all__ = [
+    "LmLayout",
+    "base_prefix",
+    "causal_class",
+    "check_seqcls_score",
+    "lm_layout",
+    "seqcls_class",
+]
+
 
 def _mapped_class(auto: Any, config: Any, message: str, hint: str) -> Any:
     """The class an auto class maps this config's type to, or an UnsupportedModelError."""

@@ -19,6 +19,7 @@ from vhctl.checkpoint.heads import find_head
 from vhctl.constants import ADAPTER_CONFIG_NAME, CONFIG_NAME, V_HEAD_BIAS, V_HEAD_WEIGHT
 from vhctl.errors import CheckpointError, NotAModelError, UnsupportedModelError
 from vhctl.formats.registry import detect_foreign_layout
+from vhctl.io.hub import HubToken
 from vhctl.io.resolve import resolve_model
 
 
@@ -40,7 +41,7 @@ def read_reward_head(
     *,
     hidden_size: int,
     allow_pickle: bool = False,
-    token: Any = None,
+    token: HubToken = None,
 ) -> RewardHead:
     """Read the scalar head of ``reward_model`` and check it fits a model of ``hidden_size``.
 

@@ -16,6 +16,7 @@ from vhctl.formats.exporting import (
 )
 from vhctl.formats.families import check_seqcls_score
 from vhctl.formats.layout import ForeignLayout
+from vhctl.formats.padding import apply_pad, plan_pad
 
 __all__ = ["FORMAT", "detect", "export"]
 
@@ -41,6 +42,7 @@ def export(job: ExportJob) -> None:
     where = job.result.source
     cls_name = check_seqcls_score(job.config, job.hidden, where=where)
     restored = restored_config(job, km.SEQCLS)
+    pad = plan_pad(job.src, job.config, job.pad_token, where=where)
     done = write_headless(job, km.SEQCLS, km.head_weight_key(km.SEQCLS))
     cfg = start_config(job, done, restored)
     cfg["architectures"] = [cls_name]
@@ -51,16 +53,16 @@ def export(job: ExportJob) -> None:
     if len(cfg["id2label"]) != 1:
         raise CheckpointError(f"{where}: the recorded id2label has {len(cfg['id2label'])} labels, not 1")
     cfg.pop("num_labels", None)
-    notes = [
-        "transformers pools at the last token that is not pad_token_id; vhctl's value is at the last "
-        "attention-mask token (they differ only when a text ends with the pad token)"
-    ]
-    if cfg.get("pad_token_id") is None:
+    notes = [pad.note] if pad.note else []
+    if pad.pad_id is not None:
+        cfg["pad_token_id"] = pad.pad_id
+    elif cfg.get("pad_token_id") is None:
         notes.append(
             "config.json has no pad_token_id: transformers' classifier then scores one text per batch "
-            "(set pad_token_id, e.g. to the eos id, to batch)"
+            "(give the tokenizer a pad token to batch)"
         )
     finish_headless(job, km.SEQCLS, cfg, done, notes)
+    apply_pad(pad, job.dst)
 
 
 FORMAT = FormatSpec(

@@ -24,6 +24,15 @@ from vhctl.constants import (
 )
 from vhctl.errors import CheckpointError, NotAModelError
 
+__all__ = [
+    "WeightSet",
+    "cast",
+    "read_weight_set",
+    "shard_name",
+    "write_json",
+    "write_weights",
+]
+
 
 @dataclass
 class WeightSet:

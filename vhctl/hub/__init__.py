@@ -1,7 +1,8 @@
-"""The Hugging Face Hub: pushing checkpoints with a model card (resolving ids is :mod:`vhctl.io.resolve`).
+"""The Hugging Face Hub: uploading checkpoints with a model card (resolving ids is :mod:`vhctl.io.resolve`).
 
-``from vhctl.hub import push_checkpoint, model_card, resolve_model`` keeps working as in vhctl 0.1;
-``resolve_model_dir`` (0.1) is ``resolve_model(...).path``.
+The ``vhctl push`` operation (validate, dry run, then this upload) is
+:func:`vhctl.ops.push.push_checkpoint`. ``from vhctl.hub import model_card, resolve_model`` keeps
+working as in vhctl 0.1; ``resolve_model_dir`` (0.1) is ``resolve_model(...).path``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from vhctl.hub.card import CARD_MARKER, format_size, model_card
-from vhctl.hub.push import PushResult, push_checkpoint
+from vhctl.hub.push import PushResult, upload_checkpoint
 from vhctl.io.resolve import PICKLE_PATTERNS, SAFE_PATTERNS, ResolvedModel, resolve_model
 
 __all__ = [
@@ -22,9 +23,9 @@ __all__ = [
     "ResolvedModel",
     "format_size",
     "model_card",
-    "push_checkpoint",
     "resolve_model",
     "resolve_model_dir",
+    "upload_checkpoint",
 ]
 
 

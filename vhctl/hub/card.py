@@ -77,7 +77,7 @@ def card_for_push(root: Path, repo_id: str) -> str:
     manifest = Manifest.read(root)
     card = ModelCard(existing, ignore_metadata_errors=True)
     data: Any = card.data  # a ModelCardData (its fields are set from the card's YAML)
-    data.library_name = "vhctl"
+    data["library_name"] = "vhctl"  # CardData sets the attribute
     tags = list(data.tags or [])
     data.tags = tags + [t for t in card_tags(manifest) if t not in tags]
     base = base_repo(manifest, repo_id)

@@ -1,8 +1,10 @@
-"""Push a checkpoint to the hub: validate it, write its model card, upload it in one commit.
+"""Upload a checkpoint to the hub in one commit, with its model card: the transfer ``vhctl push`` ends with.
 
 Every file the manifest lists goes up in one commit, and files an earlier vhctl push left that the
 checkpoint no longer has are deleted; anything else in the repo is left alone. The token comes from
 the ``token`` argument, else ``HF_TOKEN`` or the saved HF login; it is never printed or stored.
+Checking the checkpoint first and the dry run are the operation's
+(:func:`vhctl.ops.push.push_checkpoint`).
 """
 
 from __future__ import annotations
@@ -13,11 +15,10 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vhctl._version import __version__
 from vhctl.checkpoint.manifest import Manifest
-from vhctl.checkpoint.validate import validate_checkpoint
 from vhctl.constants import KIND_REFERENCE, MANIFEST_NAME, MODEL_CARD_NAME
 from vhctl.errors import (
     AuthError,
@@ -25,7 +26,6 @@ from vhctl.errors import (
     HubError,
     ManifestError,
     OfflineError,
-    SourceNotFoundError,
     UsageError,
     VhctlError,
 )
@@ -33,7 +33,10 @@ from vhctl.hub.card import card_for_push, format_size
 from vhctl.io.files import safe_relpath
 from vhctl.io.hub import hub_endpoint, hub_offline, is_repo_id, server_message, status_of, transport_errors
 
-__all__ = ["PushResult", "push_checkpoint"]
+if TYPE_CHECKING:
+    from huggingface_hub import HfApi
+
+__all__ = ["Progress", "PushResult", "check_repo_id", "files_to_upload", "upload_checkpoint", "upload_sizes"]
 
 _COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 
@@ -59,7 +62,13 @@ class PushResult:
         return asdict(self)
 
 
-def push_checkpoint(
+def check_repo_id(repo_id: str) -> None:
+    """Refuse a repo id that is not ``namespace/name`` (or a bare name)."""
+    if not is_repo_id(repo_id):
+        raise UsageError(f"invalid repo id {repo_id!r}", hint="use namespace/name, e.g. 'alice/gpt2-critic'")
+
+
+def upload_checkpoint(
     folder: str | os.PathLike[str],
     repo_id: str,
     *,
@@ -67,13 +76,11 @@ def push_checkpoint(
     revision: str | None = None,
     message: str | None = None,
     create_pr: bool = False,
-    dry_run: bool = False,
     endpoint: str | None = None,
     token: str | None = None,
-    validate: bool = True,
     progress: Progress | None = None,
 ) -> PushResult:
-    """Validate a checkpoint, write its model card and upload it to the hub in one commit.
+    """Upload the checkpoint ``folder`` (checked by the caller) and its model card in one commit.
 
     Args:
         folder: the checkpoint (a folder with ``vhctl.json``).
@@ -82,38 +89,22 @@ def push_checkpoint(
         revision: the branch to push to (created from ``main`` if missing).
         message: the commit title (default: one naming the checkpoint).
         create_pr: open a pull request instead of committing to the branch.
-        dry_run: validate and list what would be uploaded; no network, nothing written.
         endpoint: the hub URL (default ``HF_ENDPOINT``).
         token: default ``HF_TOKEN`` or the saved login.
-        validate: check the checkpoint first (an invalid one is never uploaded).
         progress: called with one-line progress messages.
 
     Returns:
         A :class:`PushResult`; its ``commit_oid`` is None when the hub already had these files.
 
     Raises:
-        CheckpointError: the checkpoint is invalid (``.problems`` lists why) or links outside itself.
-        AuthError: no token, a wrong token, or one without write access.
-        OfflineError: HF_HUB_OFFLINE is set or the hub cannot be reached.
-        HubError: the hub refused the push for another reason.
+        CheckpointError: a listed file links outside the checkpoint, or is not there.
+        AuthError, OfflineError, HubError: as :func:`vhctl.ops.push.push_checkpoint`.
     """
     say = progress or (lambda _msg: None)
     root = Path(folder)
-    if not root.is_dir():
-        raise SourceNotFoundError(
-            f"no such checkpoint folder: {root}", hint="give the folder vhctl wrap wrote"
-        )
-    if not is_repo_id(repo_id):
-        raise UsageError(f"invalid repo id {repo_id!r}", hint="use namespace/name, e.g. 'alice/gpt2-critic'")
-    if validate:
-        say(f"validating {root}")
-        _validate(root)
+    check_repo_id(repo_id)
     manifest = Manifest.read(root)
-    files = _files_to_upload(root, manifest)
-    if dry_run:
-        sizes = _sizes(files, card_for_push(root, repo_id).encode("utf-8"))
-        return PushResult(repo_id=repo_id, revision=revision or "main", commit_oid=None, pr_url=None,
-                          files=sorted(sizes), dry_run=True, size=sum(sizes.values()), sizes=sizes)  # fmt: skip
+    files = files_to_upload(root, manifest)
     if hub_offline():
         raise OfflineError(
             f"cannot push {root} to {repo_id}: HF_HUB_OFFLINE is set", hint="unset HF_HUB_OFFLINE to push"
@@ -128,26 +119,17 @@ def push_checkpoint(
         raise _push_error(exc, repo_id, url, token) from exc
 
 
-def _sizes(files: dict[str, Path], card: bytes) -> dict[str, int]:
+def upload_sizes(files: dict[str, Path], card: bytes) -> dict[str, int]:
+    """Bytes of each file an upload sends (the model card included)."""
     return {rel: path.stat().st_size for rel, path in files.items()} | {MODEL_CARD_NAME: len(card)}
 
 
-def _validate(root: Path) -> None:
-    problems = validate_checkpoint(root, deep=False)
-    errors = [p for p in problems if p.severity == "error"]
-    if errors:
-        shown = "; ".join(f"{p.file}: {p.message}" if p.file else p.message for p in errors[:3])
-        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
-        err = CheckpointError(
-            f"{root} is not a valid checkpoint, nothing was uploaded: {shown}{more}",
-            hint=f"run 'vhctl validate {root}' for the full list",
-        )
-        err.problems = errors  # type: ignore[attr-defined]
-        raise err
+def files_to_upload(root: Path, manifest: Manifest) -> dict[str, Path]:
+    """Every file the manifest (and its nested references' manifests) lists, plus the manifests.
 
-
-def _files_to_upload(root: Path, manifest: Manifest) -> dict[str, Path]:
-    """Every file the manifest (and its nested references' manifests) lists, plus the manifests."""
+    Raises:
+        CheckpointError: a file links outside the checkpoint, or is not a file.
+    """
     real_root = root.resolve()
     out: dict[str, Path] = {}
 
@@ -223,7 +205,7 @@ def _push(
         api.create_branch(repo_id, branch=revision, exist_ok=True)
     card = card_for_push(root, repo_id).encode("utf-8")
     _write_card(root, card)
-    sizes = _sizes(files, card)
+    sizes = upload_sizes(files, card)
     names, size = sorted(sizes), sum(sizes.values())
     parent = str(api.repo_info(repo_id, revision=target).sha)
     stale = _stale_files(api, repo_id, parent, set(names))
@@ -262,7 +244,7 @@ def _default_message(manifest: Manifest) -> str:
     return f"Upload {manifest.model_type} {kind} checkpoint with vhctl"
 
 
-def _ref_exists(api: Any, repo_id: str, revision: str) -> bool:
+def _ref_exists(api: HfApi, repo_id: str, revision: str) -> bool:
     if _COMMIT_RE.fullmatch(revision):
         return True
     refs = api.list_repo_refs(repo_id, include_pull_requests=True)
@@ -271,7 +253,7 @@ def _ref_exists(api: Any, repo_id: str, revision: str) -> bool:
     return revision in names
 
 
-def _stale_files(api: Any, repo_id: str, parent: str, keep: set[str]) -> list[str]:
+def _stale_files(api: HfApi, repo_id: str, parent: str, keep: set[str]) -> list[str]:
     """Files an earlier vhctl push uploaded (per the hub's vhctl.json) that this checkpoint lacks.
 
     Anything else in the repo (files the user added by hand) is left alone.

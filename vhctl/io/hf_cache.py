@@ -4,9 +4,11 @@ A snapshot in the cache (``models--org--name/snapshots/<commit>/``) holds symlin
 ``blobs/``; the blob of a file stored with Git LFS (every weight file) is named by the sha256 of
 its content (its ETag on the hub). With Xet, huggingface_hub keeps the bytes once in a cache-wide
 store and the repo's ``blobs/<sha256>`` is itself a link to them; the name is what counts. Reading a
-multi-GB blob again only to compute its name is what this saves. ``vhctl validate`` still reads
-and checks every byte of a checkpoint, so a blob whose content no longer matches its name is
-caught there.
+multi-GB blob again only to compute its name is what this saves, at a price: a blob whose bytes
+were damaged on disk keeps its name. So a digest taken from a name is recorded as such in the
+manifest (``vhctl validate`` then names the blob when the bytes do not match), and ``wrap --verify``
+hashes the bytes anyway and refuses a blob whose content is not its name
+(:func:`corrupt_blob_error`).
 """
 
 from __future__ import annotations
@@ -16,13 +18,16 @@ import re
 import stat
 from pathlib import Path
 
-__all__ = ["cached_blob_digest"]
+from vhctl.errors import IntegrityError
+
+__all__ = ["cache_repo_id", "cached_blob", "cached_blob_digest", "corrupt_blob_error"]
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-def cached_blob_digest(path: str | os.PathLike[str], expected_size: int) -> str | None:
-    """The sha256 that names the cache blob ``path`` links to, or None when it cannot be trusted.
+def cached_blob(path: str | os.PathLike[str], expected_size: int) -> Path | None:
+    """The cache blob ``path`` links to, whose name is the sha256 of its bytes; None when its name
+    cannot be trusted.
 
     Trusted only when ``path`` is a symlink to ``<repo>/blobs/<64 hex digits>`` of the same cache
     repo as the snapshot holding ``path``, and the bytes behind that entry (a regular file: the
@@ -32,6 +37,9 @@ def cached_blob_digest(path: str | os.PathLike[str], expected_size: int) -> str 
     Args:
         path: a file in a snapshot folder of the cache (or anywhere: then None).
         expected_size: the size the file must have (for safetensors: what its header describes).
+
+    Returns:
+        ``<cache>/models--org--name/blobs/<sha256>`` (not resolved further), or None.
     """
     link = Path(path)
     try:
@@ -48,4 +56,27 @@ def cached_blob_digest(path: str | os.PathLike[str], expected_size: int) -> str 
         return None  # a blob of another cache repo, or a symlink made by hand
     if not stat.S_ISREG(st.st_mode) or st.st_size != expected_size:
         return None
-    return entry.name
+    return entry
+
+
+def cached_blob_digest(path: str | os.PathLike[str], expected_size: int) -> str | None:
+    """The sha256 that names the cache blob ``path`` links to, or None (see :func:`cached_blob`)."""
+    blob = cached_blob(path, expected_size)
+    return None if blob is None else blob.name
+
+
+def cache_repo_id(blob: Path) -> str:
+    """``org/name`` for a blob of ``<cache>/models--org--name/blobs/`` (the folder's name otherwise)."""
+    folder = blob.parent.parent.name
+    kind, _, rest = folder.partition("--")
+    return rest.replace("--", "/") if kind in ("models", "datasets", "spaces") and rest else folder
+
+
+def corrupt_blob_error(blob: Path, actual: str) -> IntegrityError:
+    """The refusal for a cache blob whose bytes do not hash to its name."""
+    cache = blob.parent.parent.parent
+    return IntegrityError(
+        f"the Hugging Face cache blob {blob} is corrupt: its bytes hash to {actual[:12]}..., its name "
+        f"says {blob.name[:12]}... (cache {cache}); nothing was written",
+        hint=f"delete that blob and download {cache_repo_id(blob)} again (hf download REPO --force-download)",
+    )

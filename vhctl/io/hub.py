@@ -11,6 +11,7 @@ import importlib
 import os
 
 __all__ = [
+    "HubToken",
     "hub_cache_dir",
     "hub_endpoint",
     "hub_offline",
@@ -19,6 +20,10 @@ __all__ = [
     "status_of",
     "transport_errors",
 ]
+
+# A hub token as huggingface_hub takes it: the token, True (the saved login, required), False (none)
+# or None (``HF_TOKEN`` or the saved login, when there is one).
+HubToken = str | bool | None
 
 _TRUE = {"1", "on", "yes", "true"}
 

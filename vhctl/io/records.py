@@ -54,6 +54,13 @@ class Record:
             ``rejected``, the record is a pair and ``prompt`` (a string or a message list) is optional.
         rejected: The pair's other answer.
         subset: The pair's ``subset`` field (RewardBench's), any JSON value; None when absent.
+        add_special_tokens: False: a ``text`` (or ``prompt`` + ``response``) gets none of the
+            tokenizer's special tokens: the string is scored exactly as it tokenizes (OpenRLHF's
+            reward server does this); the ``add_special_tokens`` field of a JSON line.
+        prompt_hint: The text's beginning that other records share (a prompt): its tokens are
+            computed once for them; never changes a value. Set by the server, not read from input.
+        token_ids: Token ids scored as they are (a client that tokenized itself, e.g. vLLM's
+            ``/classify`` with ids); set by the server, not read from input.
     """
 
     line: int
@@ -67,14 +74,19 @@ class Record:
     chosen: Any = None
     rejected: Any = None
     subset: Any = None
+    add_special_tokens: bool = True
+    prompt_hint: str | None = None
+    token_ids: list[int] | None = None
 
     @property
     def kind(self) -> str:
-        """``"error"``, ``"pair"``, ``"messages"``, ``"prompt"`` or ``"text"``."""
+        """``"error"``, ``"pair"``, ``"tokens"``, ``"messages"``, ``"prompt"`` or ``"text"``."""
         if self.error is not None:
             return "error"
         if self.chosen is not None:
             return "pair"
+        if self.token_ids is not None:
+            return "tokens"
         if self.messages is not None:
             return "messages"
         if self.prompt is not None:
@@ -193,6 +205,15 @@ def record_from_object(obj: dict[str, Any], line: int, *, pairs: bool = False) -
             hint=f"accepted fields: {ACCEPTED_FIELDS}",
         )
     form = forms[0]
+    if "add_special_tokens" in obj:
+        flag = obj["add_special_tokens"]
+        if not isinstance(flag, bool):
+            raise _bad(line, f"field 'add_special_tokens' must be true or false, not {_json_type(flag)}")
+        if form == "messages":
+            raise _bad(
+                line, "'add_special_tokens' applies to 'text' and 'prompt'; a chat template writes its own"
+            )
+        record.add_special_tokens = flag
     if form == "text":
         if "response" in obj:
             raise _bad(line, "has both 'text' and 'response'; use 'prompt' + 'response'")

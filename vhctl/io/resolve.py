@@ -26,6 +26,7 @@ from vhctl.errors import (
     UnsafeLoadError,
 )
 from vhctl.io.hub import (
+    HubToken,
     hub_cache_dir,
     hub_endpoint,
     hub_offline,
@@ -71,7 +72,7 @@ def resolve_model(
     name_or_path: str | os.PathLike[str],
     *,
     revision: str | None = None,
-    token: str | bool | None = None,
+    token: HubToken = None,
     allow_patterns: list[str] | tuple[str, ...] | None = None,
     allow_pickle: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
@@ -132,7 +133,7 @@ def _download(
     repo_id: str,
     *,
     revision: str | None,
-    token: str | bool | None,
+    token: HubToken,
     patterns: list[str],
     allow_pickle: bool,
     cache_dir: str,

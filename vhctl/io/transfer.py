@@ -15,7 +15,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from vhctl.errors import IntegrityError
 from vhctl.io.hashing import Cancelled, copy_file, copy_hashing, hash_stable, overlapped_imports
+from vhctl.io.hf_cache import corrupt_blob_error
 
 __all__ = ["FileTransfers", "usable_cores"]
 
@@ -60,14 +62,18 @@ class FileTransfers:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def copy(self, src: Path, dst: Path, *, link: bool = False, digest: str | None = None) -> None:
+    def copy(self, src: Path, dst: Path, *, link: bool = False, digest: str | None = None,
+             verify: Path | None = None) -> None:  # fmt: skip
         """Start putting ``src`` at ``dst``: a hard link when ``link`` and the filesystem allows, else
-        a copy. ``digest``: the sha256 of ``src`` when known for sure (then nothing is hashed)."""
+        a copy. ``digest``: the sha256 of ``src`` when known for sure (then nothing is hashed).
+        ``verify``: a Hugging Face cache blob whose name the bytes written must hash to (they are
+        hashed, and :meth:`digest` raises :class:`~vhctl.errors.IntegrityError` when they do not)."""
         key = Path(dst).absolute()
         if key in self._jobs:
             raise ValueError(f"{dst} is being written already")
         cancel = threading.Event()
-        self._jobs[key] = _Job(self._pool.submit(_transfer, Path(src), key, link, digest, cancel), cancel)
+        job = self._pool.submit(_transfer, Path(src), key, link, digest, verify, cancel)
+        self._jobs[key] = _Job(job, cancel)
 
     def started(self, dst: Path) -> bool:
         """Whether a job writes ``dst``."""
@@ -87,7 +93,7 @@ class FileTransfers:
         if not job.future.cancel():
             try:
                 job.future.result()
-            except (Cancelled, OSError, EOFError):
+            except (Cancelled, OSError, EOFError, IntegrityError):
                 pass
         Path(dst).unlink(missing_ok=True)
 
@@ -104,7 +110,15 @@ class FileTransfers:
         self._handoffs.close()
 
 
-def _transfer(src: Path, dst: Path, link: bool, digest: str | None, cancel: threading.Event) -> str | None:
+def _transfer(src: Path, dst: Path, link: bool, digest: str | None, verify: Path | None,
+              cancel: threading.Event) -> str | None:  # fmt: skip
+    found = _put(src, dst, link, digest, cancel)
+    if verify is not None and found is not None and found != verify.name:
+        raise corrupt_blob_error(verify, found)
+    return found
+
+
+def _put(src: Path, dst: Path, link: bool, digest: str | None, cancel: threading.Event) -> str | None:
     if link:
         try:
             os.link(os.path.realpath(src), dst)  # the file itself: link() would link a symlink

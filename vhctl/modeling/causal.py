@@ -11,6 +11,8 @@ from vhctl.constants import ARCH_CAUSAL
 from vhctl.modeling.value_head import ValueHead
 from vhctl.modeling.wrapper import PreTrainedModelWrapper
 
+__all__ = ["AutoModelForCausalLMWithValueHead"]
+
 
 class AutoModelForCausalLMWithValueHead(PreTrainedModelWrapper):
     """An autoregressive LM with a value head, as used by PPO-style trainers.

@@ -14,7 +14,7 @@ import os
 import pickle
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -38,10 +38,14 @@ from vhctl.constants import (
 )
 from vhctl.errors import CheckpointError, IntegrityError, UnsafeLoadError, UnsupportedModelError, UsageError
 from vhctl.formats import detect_foreign_layout
+from vhctl.io.hub import HubToken
 from vhctl.io.resolve import ResolvedModel, resolve_model
 from vhctl.modeling.peft_types import peft_model_types
 from vhctl.modeling.provenance import Provenance
 from vhctl.modeling.reference import split_shared
+
+if TYPE_CHECKING:
+    from peft import PeftConfig
 
 __all__ = ["LoadOptions", "Source", "freeze_shared", "load_base", "load_wrapper", "open_source"]
 
@@ -65,7 +69,7 @@ def open_source(
     name: str | os.PathLike[str],
     *,
     revision: str | None = None,
-    token: Any = None,
+    token: HubToken = None,
     allow_pickle: bool = False,
 ) -> Source:
     """Resolve ``name`` (tiny model, folder or hub id) and read its manifest, once."""
@@ -82,8 +86,8 @@ class LoadOptions:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     kbit_kwargs: dict[str, Any] = field(default_factory=dict)
     model_args: tuple[Any, ...] = ()
-    peft_config: Any = None
-    reward_adapter: Any = None
+    peft_config: PeftConfig | None = None  # checked when loading: these come from the caller's kwargs
+    reward_adapter: str | os.PathLike[str] | None = None
     reward_adapter_name: str = "reward_adapter"
     is_trainable: bool = False
     allow_pickle: bool = False

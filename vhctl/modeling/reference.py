@@ -12,6 +12,13 @@ from torch import nn
 from vhctl.constants import LAYER_PATTERNS
 from vhctl.errors import LayerPatternError
 
+__all__ = [
+    "create_reference_model",
+    "detect_layer_pattern",
+    "layer_count",
+    "split_shared",
+]
+
 
 def _contains_layer(name: str, prefix: str) -> bool:
     return f".{prefix}." in f".{name}."

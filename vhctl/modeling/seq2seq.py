@@ -12,6 +12,8 @@ from vhctl.errors import UnsupportedModelError
 from vhctl.modeling.value_head import ValueHead
 from vhctl.modeling.wrapper import PreTrainedModelWrapper
 
+__all__ = ["AutoModelForSeq2SeqLMWithValueHead"]
+
 
 class AutoModelForSeq2SeqLMWithValueHead(PreTrainedModelWrapper):
     """A seq2seq LM (T5, BART...) with a value head on the decoder's last hidden state.

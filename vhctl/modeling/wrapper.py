@@ -17,15 +17,18 @@ import torch
 from torch import nn
 
 from vhctl.checkpoint.adapters import read_reward_adapter
+from vhctl.checkpoint.validate import require_valid
 from vhctl.constants import V_HEAD_PREFIX
 from vhctl.errors import AdapterError, UsageError
-from vhctl.hub.push import push_checkpoint
+from vhctl.hub.push import PushResult, upload_checkpoint
 from vhctl.modeling.loading import LoadOptions, load_wrapper
 from vhctl.modeling.peft_types import KBIT_ARGS, peft_model_types
 from vhctl.modeling.provenance import Provenance
 from vhctl.modeling.reward import reward_score_head
 from vhctl.modeling.saving import save_wrapper
 from vhctl.modeling.value_head import ValueHead
+
+__all__ = ["PreTrainedModelWrapper"]
 
 logger = logging.getLogger("vhctl")
 
@@ -229,11 +232,11 @@ class PreTrainedModelWrapper(nn.Module):
         return reward_score_head(score_state, dtype=dtype, device=cls._get_current_device())
 
     # ------------------------------------------------------------------------------------------
-    def push_to_hub(self, repo_id: str, *args: Any, **kwargs: Any) -> Any:
+    def push_to_hub(self, repo_id: str, *args: Any, **kwargs: Any) -> PushResult:
         """Save in the vhctl format (with a model card) and upload it in one commit.
 
         The checkpoint is written to a temporary folder with ``save_pretrained``, validated, and
-        pushed as ``vhctl push`` does (:func:`vhctl.hub.push_checkpoint`).
+        uploaded as ``vhctl push`` does (:func:`vhctl.hub.upload_checkpoint`).
 
         Args:
             repo_id: The hub repository, ``namespace/name`` (created when missing).
@@ -243,7 +246,7 @@ class PreTrainedModelWrapper(nn.Module):
                 to ``save_pretrained``.
 
         Returns:
-            A ``vhctl.hub.PushResult`` with the repo, revision, commit id (None when nothing
+            A :class:`vhctl.hub.PushResult` with the repo, revision, commit id (None when nothing
                 changed), pull-request URL and the files uploaded.
         """
         allowed = {"private", "revision", "create_pr", "token", "endpoint"}
@@ -251,7 +254,8 @@ class PreTrainedModelWrapper(nn.Module):
         message = kwargs.pop("commit_message", None) or (args[0] if args else None)
         with tempfile.TemporaryDirectory(prefix="vhctl-push-") as tmp:
             self.save_pretrained(tmp, **kwargs)
-            return push_checkpoint(tmp, repo_id, message=message, **push_kwargs)
+            require_valid(tmp, refusing="nothing was uploaded")
+            return upload_checkpoint(tmp, repo_id, message=message, **push_kwargs)
 
     def save_pretrained(self, save_directory: str | os.PathLike[str], *args: Any, **kwargs: Any) -> None:
         """Write the vhctl checkpoint format into ``save_directory``.

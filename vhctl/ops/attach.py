@@ -3,16 +3,34 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from vhctl.checkpoint.adapters import check_adapter_fits, resolve_adapter_dir, store_adapter
 from vhctl.checkpoint.config import load_config
-from vhctl.checkpoint.manifest import FileEntry, Manifest
+from vhctl.checkpoint.manifest import AdapterInfo, FileEntry, Manifest
 from vhctl.constants import ADAPTERS_DIR, KIND_POLICY
 from vhctl.errors import AdapterError, DestinationExistsError, SourceNotFoundError, UsageError
 from vhctl.io.files import atomic_output_dir, link_tree, safe_relpath, sha256_file
+
+__all__ = ["AttachResult", "attach_adapter"]
+
+
+@dataclass
+class AttachResult:
+    """The adapter stored: its name and what the manifest records about it."""
+
+    name: str
+    info: AdapterInfo
+
+    @property
+    def path(self) -> str:
+        """Where it is in the checkpoint (``adapters/NAME``)."""
+        return self.info.path
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **asdict(self.info)}
 
 
 def attach_adapter(
@@ -22,9 +40,9 @@ def attach_adapter(
     name: str = "reward_adapter",
     force: bool = False,
     revision: str | None = None,
-    token: Any = None,
+    token: str | None = None,
     allow_pickle: bool = False,
-) -> dict[str, Any]:
+) -> AttachResult:
     """Store ``adapter`` under ``ckpt/adapters/<name>/`` and record it in the manifest.
 
     The checkpoint is rebuilt next to itself (hard links, so no data is copied), the adapter and the
@@ -66,4 +84,4 @@ def attach_adapter(
         for item in sorted(dest.iterdir()):
             manifest.files[prefix + item.name] = FileEntry(size=item.stat().st_size, sha256=sha256_file(item))
         manifest.write(tmp)
-    return {"name": name, **asdict(info)}
+    return AttachResult(name, info)

@@ -3,13 +3,16 @@
 Weights are deserialised only when they must change: a file that also holds a TRL head, a dtype
 conversion, or pickle-only weights (converted to safetensors). Files copied verbatim are copied
 and hashed in one read, on worker threads (:class:`~vhctl.io.transfer.FileTransfers`); a file
-from the Hugging Face cache whose blob is named by its sha256 is not hashed at all.
+from the Hugging Face cache whose blob is named by its sha256 is not hashed at all (its digest is
+recorded as taken from the blob's name), unless ``verify`` asks for the bytes to be hashed and
+checked against that name.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,19 +21,29 @@ from vhctl.checkpoint.tensors import read_header, weight_files
 from vhctl.constants import SAFE_WEIGHTS_INDEX_NAME, V_HEAD_PREFIX
 from vhctl.errors import VhctlError
 from vhctl.io.files import atomic_output_dir
-from vhctl.io.hf_cache import cached_blob_digest
+from vhctl.io.hf_cache import cached_blob
 from vhctl.io.transfer import FileTransfers
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "KnownDigests",
     "convert_pickle_base",
     "copy_safetensors_base",
     "open_output_early",
     "start_verbatim_copies",
     "strip_head_from_safetensors",
 ]
+
+
+@dataclass
+class KnownDigests:
+    """The sha256 of base files copied (or linked) verbatim, and where each one came from."""
+
+    sha256: dict[str, str] = field(default_factory=dict)  # relative path -> hex digest
+    # relative path -> the cache blob whose name was taken as the digest (its bytes were not read)
+    from_blob: dict[str, Path] = field(default_factory=dict)
 
 
 def open_output_early(
@@ -77,38 +90,57 @@ def _header_size(path: Path) -> tuple[int, bool] | None:
     return size, any(V_HEAD_PREFIX in key for key in header.tensors)
 
 
-def _start_copy(src: Path, dst: Path, rel: str, transfers: FileTransfers, *, link: bool) -> None:
+def _start_copy(src: Path, dst: Path, rel: str, transfers: FileTransfers, *, link: bool,
+                verify: bool) -> Path | None:  # fmt: skip
+    """Start one copy; the cache blob whose name is taken as its digest (None: its bytes are hashed)."""
     described = _header_size(src / rel)
-    digest = cached_blob_digest(src / rel, described[0]) if described is not None else None
+    blob = cached_blob(src / rel, described[0]) if described is not None else None
     (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-    transfers.copy(src / rel, dst / rel, link=link, digest=digest)
+    if verify:
+        transfers.copy(src / rel, dst / rel, link=link, verify=blob)
+        return None
+    transfers.copy(src / rel, dst / rel, link=link, digest=None if blob is None else blob.name)
+    return blob
 
 
 def start_verbatim_copies(
-    src: Path, dst: Path, files: list[str], transfers: FileTransfers, *, link: bool
-) -> None:
+    src: Path, dst: Path, files: list[str], transfers: FileTransfers, *, link: bool, verify: bool = False
+) -> dict[str, Path]:
     """Start copying those of ``files`` (relative to ``src``) that no plan would rewrite: readable
-    safetensors files without ``v_head`` keys. :func:`copy_safetensors_base` takes them over."""
+    safetensors files without ``v_head`` keys. :func:`copy_safetensors_base` takes them over.
+
+    Returns:
+        The files whose digest is taken from their cache blob's name (relative path -> blob).
+    """
+    blobs: dict[str, Path] = {}
     for rel in files:
         described = _header_size(src / rel) if (src / rel).is_file() else None
         if described is not None and not described[1]:
-            _start_copy(src, dst, rel, transfers, link=link)
+            blob = _start_copy(src, dst, rel, transfers, link=link, verify=verify)
+            if blob is not None:
+                blobs[rel] = blob
+    return blobs
 
 
 def copy_safetensors_base(
     src: Path, dst: Path, *, head_files: list[str], dtype: torch.dtype | None, link: bool,
-    transfers: FileTransfers | None = None,
-) -> dict[str, str]:  # fmt: skip
+    transfers: FileTransfers | None = None, started: dict[str, Path] | None = None, verify: bool = False,
+) -> KnownDigests:  # fmt: skip
     """Copy (or link) the base's weight files; rewrite those holding ``v_head`` keys or needing ``dtype``.
 
     Args:
         transfers: copies already started (:func:`start_verbatim_copies`); files to rewrite are taken
             back from it. Default: a pool of its own.
+        started: what :func:`start_verbatim_copies` returned for the copies it started.
+        verify: hash the bytes of files from the Hugging Face cache too, and refuse a blob whose
+            bytes do not hash to its name (:class:`~vhctl.errors.IntegrityError`).
 
     Returns:
-        The sha256 of the files copied or linked verbatim, from the bytes written (relative path ->
-        hex digest); a file whose digest could not be told for sure is left out (hash it later).
+        The sha256 of the files copied or linked verbatim (from the bytes written, or from the name
+        of the cache blob they came from, which :attr:`KnownDigests.from_blob` lists); a file whose
+        digest could not be told for sure is left out (hash it later).
     """
+    blobs = dict(started or {})
     with contextlib.ExitStack() as stack:
         if transfers is None:
             transfers = stack.enter_context(FileTransfers())
@@ -116,7 +148,9 @@ def copy_safetensors_base(
         verbatim = [rel for rel in rels if rel not in head_files and dtype is None]
         for rel in verbatim:
             if not transfers.started(dst / rel):
-                _start_copy(src, dst, rel, transfers, link=link)
+                blob = _start_copy(src, dst, rel, transfers, link=link, verify=verify)
+                if blob is not None:
+                    blobs[rel] = blob
         for rel in rels:
             if rel not in verbatim:
                 transfers.discard(dst / rel)
@@ -133,7 +167,8 @@ def copy_safetensors_base(
         (dst / SAFE_WEIGHTS_INDEX_NAME).write_text(
             json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8"
         )
-    return {rel: digest for rel, digest in digests.items() if digest is not None}
+    known = {rel: digest for rel, digest in digests.items() if digest is not None}
+    return KnownDigests(known, {rel: blob for rel, blob in blobs.items() if rel in known})
 
 
 def convert_pickle_base(src: Path, dst: Path, architecture: str, dtype: torch.dtype | None) -> list[str]:

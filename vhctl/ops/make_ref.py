@@ -41,6 +41,13 @@ from vhctl.errors import CheckpointError, SourceNotFoundError, UsageError
 from vhctl.io.hashing import CHUNK, Cancelled, overlapped_imports, read_range, write_hashing
 from vhctl.ops.base_files import copy_safetensors_base, open_output_early
 
+__all__ = [
+    "ReferenceResult",
+    "make_reference",
+    "model_parameter_names",
+    "write_safetensors_subset",
+]
+
 _ALIGN = 8
 
 
@@ -192,8 +199,10 @@ class _ReferenceWeights:
         """The weights for the true split ``shared``: (bytes of tensor data stored, sha256 of the
         weight files written, ``shared_sha256`` or None when nothing is shared)."""
         if not shared:
-            known = copy_safetensors_base(self._policy_dir, tmp, head_files=[], dtype=None, link=False)
-            return sum(info.nbytes for _, _, info in self.stored([])), known, None
+            known = copy_safetensors_base(
+                self._policy_dir, tmp, head_files=[], dtype=None, link=False, verify=True
+            )
+            return sum(info.nbytes for _, _, info in self.stored([])), known.sha256, None
         self.start(tmp, shared)
         assert self._shared is not None and self._stored is not None
         stored_bytes, digest = self._stored[1].result()

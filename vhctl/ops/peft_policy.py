@@ -10,6 +10,7 @@ The conversion works on files: the adapter is copied byte for byte, only the hea
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ from vhctl.dtypes import dtype_name
 from vhctl.errors import HubError, NotAModelError, SourceNotFoundError, UnsafeLoadError, UsageError
 from vhctl.formats import read_reward_head
 from vhctl.io.files import atomic_output_dir, link_or_copy
+from vhctl.io.hub import HubToken
 from vhctl.io.resolve import ResolvedModel, resolve_model
 
 __all__ = ["PEFT_LAYOUT", "PeftPolicyResult", "wrap_peft_policy"]
@@ -56,7 +58,7 @@ class PeftPolicyResult:
 
 
 def _resolve_base(
-    source: str, adapter_config: dict[str, Any], *, token: Any, allow_pickle: bool
+    source: str, adapter_config: dict[str, Any], *, token: HubToken, allow_pickle: bool
 ) -> ResolvedModel:
     """The base model the adapter names, found like any model (a folder or a hub id)."""
     base = adapter_config.get("base_model_name_or_path")
@@ -102,10 +104,10 @@ def wrap_peft_policy(
     dtype: str | None = None,
     link: bool = False,
     force: bool = False,
-    token: Any = None,
+    token: HubToken = None,
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
-    init_from_reward: Any = None,
+    init_from_reward: str | os.PathLike[str] | None = None,
     head_options_given: bool = False,
 ) -> PeftPolicyResult:
     """Write the PEFT policy checkpoint of the adapter folder ``resolved`` (TRL's layout) into ``out``.

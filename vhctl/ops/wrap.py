@@ -39,9 +39,11 @@ from vhctl.constants import (
 )
 from vhctl.dtypes import canonical_dtype, dtype_name, torch_dtype
 from vhctl.errors import NotAModelError, UnsafeLoadError, UnsupportedModelError, UsageError
+from vhctl.io.hub import HubToken
 from vhctl.io.resolve import ResolvedModel, resolve_model
 from vhctl.io.transfer import FileTransfers
 from vhctl.ops.base_files import (
+    KnownDigests,
     convert_pickle_base,
     copy_safetensors_base,
     open_output_early,
@@ -50,6 +52,7 @@ from vhctl.ops.base_files import (
 
 if TYPE_CHECKING:
     import torch
+    from transformers import PretrainedConfig
 
     from vhctl.checkpoint.heads import FoundHead
     from vhctl.formats import ForeignLayout, ImportResult, RewardHead
@@ -138,7 +141,7 @@ def check_head_options(
         )
 
 
-def _remote_code_files(src: Path, config: Any) -> list[str]:
+def _remote_code_files(src: Path, config: PretrainedConfig) -> list[str]:
     """The local ``*.py`` modules a config's ``auto_map`` names (``module.Class``), which a trusted
     remote-code checkpoint needs next to its config."""
     auto_map = getattr(config, "auto_map", None) or {}
@@ -152,7 +155,7 @@ def _remote_code_files(src: Path, config: Any) -> list[str]:
     return sorted(names)
 
 
-def _detect(config: Any, *, where: str, trust_remote_code: bool) -> str:
+def _detect(config: PretrainedConfig, *, where: str, trust_remote_code: bool) -> str:
     """Causal or seq2seq; a trusted remote-code model says which through its ``auto_map``."""
     try:
         return detect_architecture(config, where=where)
@@ -171,7 +174,7 @@ class _Plan:
 
     source: str
     resolved: ResolvedModel
-    config: Any
+    config: PretrainedConfig
     architecture: str
     hidden: int
     dropout: float
@@ -180,7 +183,7 @@ class _Plan:
     reward: RewardHead | None
 
 
-def _resolve(source: str | os.PathLike[str], out_path: Path, *, revision: str | None, token: Any,
+def _resolve(source: str | os.PathLike[str], out_path: Path, *, revision: str | None, token: HubToken,
              allow_pickle: bool) -> ResolvedModel:  # fmt: skip
     resolved = resolve_model(source, revision=revision, token=token, allow_pickle=allow_pickle)
     src = resolved.path
@@ -201,7 +204,7 @@ def _resolve(source: str | os.PathLike[str], out_path: Path, *, revision: str | 
 
 
 def _plan(source: str, resolved: ResolvedModel, *, dropout: float | None, trust_remote_code: bool,
-          allow_pickle: bool, init_from_reward: Any, token: Any) -> _Plan:  # fmt: skip
+          allow_pickle: bool, init_from_reward: str | os.PathLike[str] | None, token: HubToken) -> _Plan:  # fmt: skip
     """Read the source's config and find its head (or the reward model's) without writing anything."""
     from vhctl.checkpoint.heads import check_head_state, find_head
     from vhctl.formats import detect_foreign_layout, read_reward_head
@@ -226,11 +229,11 @@ def _plan(source: str, resolved: ResolvedModel, *, dropout: float | None, trust_
 
 
 def _write_base(plan: _Plan, tmp: Path, *, target: torch.dtype | None, dtype: str | None, link: bool,
-                allow_pickle: bool, trust_remote_code: bool,
-                transfers: FileTransfers) -> tuple[ImportResult | None, dict[str, str]]:  # fmt: skip
+                allow_pickle: bool, trust_remote_code: bool, transfers: FileTransfers,
+                started: dict[str, Path], verify: bool) -> tuple[ImportResult | None, KnownDigests]:  # fmt: skip
     """The base model's files in ``tmp``; returns the import result (foreign formats) and known digests."""
     src = plan.resolved.path
-    imported, known = None, {}
+    imported, known = None, KnownDigests()
     if plan.foreign is not None:
         from vhctl.formats import import_foreign
 
@@ -239,8 +242,9 @@ def _write_base(plan: _Plan, tmp: Path, *, target: torch.dtype | None, dtype: st
     elif has_safetensors_weights(src):
         head_files = plan.found.base_files if plan.found else []
         known = copy_safetensors_base(
-            src, tmp, head_files=head_files, dtype=target, link=link, transfers=transfers
-        )
+            src, tmp, head_files=head_files, dtype=target, link=link, transfers=transfers, started=started,
+            verify=verify,
+        )  # fmt: skip
         config_data = json.loads((src / CONFIG_NAME).read_text(encoding="utf-8"))
         if target is not None:
             config_data["dtype"] = dtype
@@ -318,10 +322,11 @@ def wrap_model(
     dtype: str | None = None,
     force: bool = False,
     link: bool = False,
-    token: Any = None,
+    token: HubToken = None,
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
     init_from_reward: str | os.PathLike[str] | None = None,
+    verify: bool = False,
 ) -> WrapResult:
     """Write a vhctl checkpoint for ``source`` into ``out`` (atomically).
 
@@ -341,9 +346,15 @@ def wrap_model(
             default, and then such a config is refused rather than executed.
         init_from_reward: take the head from this reward model's score head (see
             :func:`vhctl.formats.read_reward_head`) instead of the source's or a new one.
+        verify: hash weight files from the Hugging Face cache too, whose blob names are otherwise
+            taken as their sha256 (and recorded as such in the manifest), and refuse a blob whose
+            bytes do not match its name, writing nothing.
 
     Returns:
         What was written (a :class:`WrapResult`).
+
+    Raises:
+        IntegrityError: with ``verify``, a cache blob whose bytes do not hash to its name.
     """
     check_head_options(
         init, std, dropout, seed=seed, init_from_reward=init_from_reward, link=link, dtype=dtype
@@ -375,18 +386,21 @@ def wrap_model(
     with contextlib.ExitStack() as stack:
         tmp, refused = open_output_early(stack, out_path, force=force)
         transfers = stack.enter_context(FileTransfers())
+        started: dict[str, Path] = {}
         if tmp is not None:  # copy and hash the weights while transformers is imported and the config read
-            start_verbatim_copies(src, tmp, verbatim, transfers, link=link)
+            started = start_verbatim_copies(src, tmp, verbatim, transfers, link=link, verify=verify)
         plan = _plan(str(source), resolved, dropout=dropout, trust_remote_code=trust_remote_code,
                      allow_pickle=allow_pickle, init_from_reward=init_from_reward, token=token)  # fmt: skip
         if refused is not None:
             raise refused
         assert tmp is not None
         imported, known = _write_base(plan, tmp, target=target, dtype=dtype, link=link, allow_pickle=allow_pickle,
-                                      trust_remote_code=trust_remote_code, transfers=transfers)  # fmt: skip
+                                      trust_remote_code=trust_remote_code, transfers=transfers, started=started,
+                                      verify=verify)  # fmt: skip
         weight, bias, head_info = _head(plan, imported, init=init, std=std, seed=seed)
         _write_head(tmp, weight, bias)
-        manifest = finish_manifest(tmp, _manifest(plan, head_info, imported, revision), known)
+        manifest = _manifest(plan, head_info, imported, revision)
+        manifest = finish_manifest(tmp, manifest, known.sha256, known.from_blob)
     notes = list(imported.notes) if imported else []
     if head_info.init == "loaded" and plan.reward is None and (init, std, seed) != (None, None, None):
         notes.append("--init/--std/--seed did nothing: the source's own value head was kept")

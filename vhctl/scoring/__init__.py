@@ -17,7 +17,7 @@ computes the same numbers with less work:
 Values match the plain padded forward within float noise (about 1e-6 in float32; the first use
 of prompt sharing is checked against the plain path, which takes over if they differ). Seq2seq
 models (T5, BART) and models whose cache cannot be reused run the plain path (without the LM
-head). GPT-2-style tanh GELUs written op by op run as PyTorch's fused kernel while scoring.
+head). GPT-2-style tanh GELUs written op by op run in place while scoring (the same values).
 
 What is scored:
 

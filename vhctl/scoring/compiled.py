@@ -1,10 +1,11 @@
 """A compiled backbone (``torch.compile``), where a measurement says it pays.
 
 Why it can pay: transformers' eager forward runs each norm, activation, softmax and mask as a
-kernel of its own; inductor fuses that work into a few loops. Why it often does not: on a CPU,
-eager scoring of a small model is already matmul-bound, and the compile costs tens of seconds
-on 2 cores. So ``auto`` compiles only on a kind of device where a committed measurement shows a
-clear gain (:data:`COMPILED_TIME_FRACTION` below :data:`PAYS_BELOW`): on a CPU it measured 0.95
+kernel of its own; inductor fuses that work into a few loops. Why it often does not: the matmuls,
+which a compile leaves as they are, take much of eager scoring's time on a CPU (how much is
+measured, not assumed: the profile section of benchmarks/RESULTS.md), and the compile costs tens
+of seconds on 2 cores. So ``auto`` compiles only on a kind of device where a committed measurement
+shows a clear gain (:data:`COMPILED_TIME_FRACTION` below :data:`PAYS_BELOW`): on a CPU it measured 0.95
 to 1.00 of the eager time, within noise, so ``auto`` stays eager there; a GPU is not measured
 yet, so ``auto`` stays eager there too. ``on`` compiles anyway.
 
@@ -87,7 +88,9 @@ _DEFAULT_COST_TOKENS = 500_000
 _REFERENCE = (12, 124_000_000)  # layers, backbone parameters of GPT-2 124M
 # Compiled passes take this fraction of the eager time, as measured on each kind of device
 # (benchmarks/bench_compile.py: eager over compiled tokens/s on mixed lengths, GPT-2 124M and a
-# Llama-style 110M): 0.95 to 1.00 on a 2-core CPU, where eager scoring is matmul-bound already.
+# Llama-style 110M): 0.95 to 1.00 on a 2-core CPU (0.95 and 1.00 in benchmarks/RESULTS-compile.md,
+# 0.97 and 0.96 in an earlier run whose report was not kept; where the eager time goes: the profile
+# in benchmarks/RESULTS.md).
 # A kind of device that is not listed has no measurement, and ``auto`` does not compile there.
 COMPILED_TIME_FRACTION = {"cpu": 0.97}
 # ``auto`` compiles only where the measured fraction is below this: a gain clear of run-to-run noise.

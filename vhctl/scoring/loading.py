@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -25,6 +25,9 @@ from vhctl.modeling import load_checkpoint
 from vhctl.modeling.loading import Source, open_source
 from vhctl.modeling.reward import attach_reward_adapter
 from vhctl.scoring.options import DEFAULT_REWARD, ScoreOptions
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 __all__ = ["LoadedModel", "load_for_scoring"]
 
@@ -42,7 +45,7 @@ class LoadedModel:
     """
 
     model: Any
-    tokenizer: Any
+    tokenizer: PreTrainedTokenizerBase
     normalization: tuple[float, float] | None
     source: Source
     reward: str | None = None

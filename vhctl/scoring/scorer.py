@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from vhctl.errors import InputError, UsageError
 from vhctl.io.records import Record
 from vhctl.modeling.cache import prefix_sharing_supported
-from vhctl.scoring.activations import fused_gelus, tanh_gelus
+from vhctl.scoring.activations import fused_gelus, gelu_mode, tanh_gelus
 from vhctl.scoring.adapters import check_reward, policy_adapter, reward_adapter
 from vhctl.scoring.batching import pass_overhead, round_up
 from vhctl.scoring.compiled import BUCKET, CompilePolicy, check_compile_choice, model_break_even
@@ -35,6 +35,7 @@ from vhctl.scoring.tokenizing import RecordEncoder
 
 if TYPE_CHECKING:
     import torch
+    from transformers import PreTrainedTokenizerBase
 
 __all__ = ["WINDOW_PER_BATCH", "Scorer"]
 
@@ -73,9 +74,11 @@ class Scorer:
         mark_truncated: Add ``"truncated": true`` to the result of a record cut to ``max_length``
             (a server answers each request; ``vhctl score`` only counts them, in ``stats``).
         fuse_activations: While scoring, run Python-written tanh-approximate GELUs (GPT-2's
-            ``gelu_new``, ``gelu_fast``, Bloom's) as PyTorch's fused kernel: the same function
-            (about 1e-7 apart in float32), a quarter less time for small GPT-2 models. The model
-            is restored after each window.
+            ``gelu_new``, ``gelu_fast``, Bloom's) with fewer passes over memory. True (or
+            ``"exact"``): the same ops in place, bit for bit the model's own values. ``"kernel"``:
+            PyTorch's fused kernel, faster but about 5e-7 apart per element in float32, which can
+            move a 12-layer model's values past 1e-5 (opt-in). False: as the model is. The model
+            is restored after each window. See :mod:`vhctl.scoring.activations`.
         compile: ``"on"``: run the model's repeated blocks compiled (``torch.compile``, one graph
             with dynamic shapes for every layer and batch; widths padded to multiples of 16). The
             first compiled batch waits for the compile: 20 to 30 s for a 124M model on 2
@@ -106,7 +109,7 @@ class Scorer:
     def __init__(
         self,
         model: Any,
-        tokenizer: Any,
+        tokenizer: PreTrainedTokenizerBase,
         *,
         batch_size: int = 16,
         max_length: int | None = None,
@@ -116,7 +119,7 @@ class Scorer:
         prefix_sharing: bool = True,
         max_batch_tokens: int | None = None,
         skip_bad: bool = False,
-        fuse_activations: bool = True,
+        fuse_activations: bool | str = True,
         mark_truncated: bool = False,
         shard: tuple[int, int] | None = None,
         gather: Callable[[Any], list[Any]] | None = None,
@@ -165,7 +168,8 @@ class Scorer:
             decoder_start=decoder_start_id(parts.hf) if parts.seq2seq else 0,
         )
         self._reward_name = check_reward(model, parts, reward) if reward else None
-        self._tanh_gelus = tanh_gelus(parts.hf) if fuse_activations else []
+        gelus = gelu_mode(fuse_activations)
+        self._tanh_gelus = tanh_gelus(parts.hf, gelus) if gelus is not None else []
         self._cached: CachedPasses | None = None
         storable = self._shared.enabled and parts.takes_positions and not parts.sliding_window
         if prefix_store is not None and storable and not per_token and self._shards is None:
@@ -395,7 +399,10 @@ class Scorer:
 
 
 def _check_arguments(
-    tokenizer: Any, batch_size: int, max_length: int | None, max_batch_tokens: int | None
+    tokenizer: PreTrainedTokenizerBase | None,
+    batch_size: int,
+    max_length: int | None,
+    max_batch_tokens: int | None,
 ) -> None:
     if tokenizer is None:
         raise UsageError(

@@ -1,12 +1,17 @@
 """Records to token ids: what each kind of record scores, with truncation and the encode cache.
 
-- ``text``: the text with the tokenizer's special tokens (as ``tokenizer(text)``);
+- ``text``: the text with the tokenizer's special tokens (as ``tokenizer(text)``), or without them
+  when the record says ``add_special_tokens=False``; a ``prompt_hint`` it starts with is its prompt
+  for prefix sharing (the tokens the two share);
 - ``prompt`` + ``response``: both tokenized **without** special tokens and concatenated, then the
-  tokenizer's special tokens are put around the whole, so every response to one prompt starts
-  with the same token ids (what prefix sharing keys on);
+  tokenizer's special tokens are put around the whole (unless ``add_special_tokens=False``), so
+  every response to one prompt starts with the same token ids (what prefix sharing keys on);
 - ``messages``: rendered with the tokenizer's chat template, then tokenized without extra special
-  tokens (the template writes them);
-- seq2seq: the text or prompt goes to the encoder; the decoder gets ``decoder_start_token_id``
+  tokens (the template writes them); when the last message is the assistant's, the tokens it shares
+  with the earlier messages rendered with the generation prompt are its prompt, so the answers to
+  one conversation share its forward pass as prompt + response records do;
+- token ids (``token_ids``): scored as they are (each must be an id of the tokenizer);
+- seq2seq: the text or prompt (or the token ids) goes to the encoder; the decoder gets ``decoder_start_token_id``
   followed by the tokenized response (none for a text).
 
 With ``max_length``, a longer sequence keeps its **end** (the value at the last token is the one
@@ -15,11 +20,14 @@ that matters).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vhctl.errors import InputError
 from vhctl.io.records import Record
 from vhctl.scoring.items import Item, ScoreStats
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 __all__ = ["RecordEncoder", "special_tokens_around"]
 
@@ -35,7 +43,12 @@ class RecordEncoder:
     """
 
     def __init__(
-        self, tokenizer: Any, *, seq2seq: bool, max_length: int | None, decoder_start: int = 0
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        seq2seq: bool,
+        max_length: int | None,
+        decoder_start: int = 0,
     ) -> None:
         self.tokenizer = tokenizer
         self.seq2seq = seq2seq
@@ -84,18 +97,25 @@ class RecordEncoder:
         if self.seq2seq:
             self._prepare_seq2seq(item, stats)
         else:
-            if record.messages is not None:
-                rendered = self._render_chat(record)
-                ids = self._encode(rendered, special=False, line=line)
-                item.prefix_len = self._chat_prompt_len(record, rendered, ids)
+            if record.token_ids is not None:
+                ids = self._check_ids(record.token_ids, line)
+            elif record.messages is not None:
+                ids = self._encode(self._render_chat(record), special=False, line=line)
+                item.prefix_len = self._chat_prompt_len(record.messages, ids)
             elif record.prompt is not None and record.response is not None:
                 prompt = self._encode(record.prompt, special=False, line=line)
                 response = self._encode(record.response, special=False, line=line)
-                ids = self.special_prefix + prompt + response + self.special_suffix
-                item.prefix_len = len(self.special_prefix) + len(prompt)
+                before, after = (
+                    (self.special_prefix, self.special_suffix) if record.add_special_tokens else ([], [])
+                )
+                ids = before + prompt + response + after
+                item.prefix_len = len(before) + len(prompt)
             else:
                 text = record.text if record.text is not None else record.prompt
-                ids = self._encode(text or "", special=True, line=line)
+                ids = self._encode(text or "", special=record.add_special_tokens, line=line)
+                if record.prompt_hint:
+                    hint = self._cached(record.prompt_hint, special=record.add_special_tokens)
+                    item.prefix_len = _shared_len(hint, ids)
             if self.max_length is not None and len(ids) > self.max_length:
                 cut = len(ids) - self.max_length
                 ids = ids[cut:]
@@ -112,11 +132,13 @@ class RecordEncoder:
 
     def _prepare_seq2seq(self, item: Item, stats: ScoreStats) -> None:
         record, line = item.record, item.record.line
-        if record.messages is not None:
+        if record.token_ids is not None:
+            enc = self._check_ids(record.token_ids, line)
+        elif record.messages is not None:
             enc = self._encode(self._render_chat(record), special=False, line=line)
         else:
             source = record.text if record.text is not None else record.prompt
-            enc = self._encode(source or "", special=True, line=line)
+            enc = self._encode(source or "", special=record.add_special_tokens, line=line)
         response = (
             self._encode(record.response, special=True, line=line) if record.response is not None else []
         )
@@ -141,10 +163,10 @@ class RecordEncoder:
             if record.error is not None or record.messages is not None:
                 continue
             if record.text is not None:
-                wanted[(record.text, True)] = None
+                wanted[(record.text, record.add_special_tokens)] = None
             elif record.prompt is not None:
                 pair = record.response is not None and not self.seq2seq
-                wanted[(record.prompt, not pair)] = None
+                wanted[(record.prompt, not pair and record.add_special_tokens)] = None
                 if record.response is not None:
                     wanted[(record.response, self.seq2seq)] = None
         for special in (True, False):
@@ -167,27 +189,39 @@ class RecordEncoder:
         except Exception as exc:  # a tokenizer can reject odd input; name the line instead of crashing
             raise InputError(f"line {line}: the tokenizer failed: {exc}", line=line) from exc
 
-    def _chat_prompt_len(self, record: Record, rendered: str, ids: list[int]) -> int:
-        """Tokens of a chat's prompt (all but its last, assistant, message), so prefix sharing can
-        compute it once for the answers that share it (a preference pair, best-of-n chats); 0 when
-        the prompt's rendering is not a token prefix of the whole (the sequence is then run in full).
-        """
-        messages = record.messages or []
+    def _chat_prompt_len(self, messages: list[dict[str, Any]], ids: list[int]) -> int:
+        """How many of ``ids`` (a rendered conversation) are its prompt: the tokens it shares with the
+        messages before the last one rendered with the generation prompt (0: not an answer)."""
         if len(messages) < 2 or messages[-1].get("role") != "assistant":
             return 0
         try:
-            prompt = self.tokenizer.apply_chat_template(
+            rendered = self.tokenizer.apply_chat_template(
                 messages[:-1], tokenize=False, add_generation_prompt=True
             )
-        except Exception:  # a template that needs the whole conversation: no sharing
+        except Exception:  # a template that needs the whole conversation: no sharing, same values
             return 0
-        if not isinstance(prompt, str) or not prompt or not rendered.startswith(prompt):
+        if not isinstance(rendered, str):
             return 0
-        key = (prompt, False)
-        if key not in self._encoded:
-            self._encoded[key] = self._encode(prompt, special=False, line=record.line)
-        prompt_ids = self._encoded[key]
-        return len(prompt_ids) if ids[: len(prompt_ids)] == prompt_ids else 0
+        return _shared_len(self._cached(rendered, special=False), ids)
+
+    def _check_ids(self, ids: list[int], line: int) -> list[int]:
+        """Token ids given as they are: each must be one the tokenizer knows."""
+        size = len(self.tokenizer)
+        for index, token in enumerate(ids):
+            if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token < size:
+                raise InputError(
+                    f"line {line}: token {index} is {token!r}, not a token id of this tokenizer (0 to {size - 1})",
+                    line=line,
+                )
+        return list(ids)
+
+    def _cached(self, text: str, *, special: bool) -> list[int]:
+        """A prompt's ids, tokenized once per window (the answers to one prompt come together)."""
+        ids = self._encoded.get((text, special))
+        if ids is None:
+            ids = list(self.tokenizer(text, add_special_tokens=special, verbose=False)["input_ids"])
+            self._encoded[(text, special)] = ids
+        return ids
 
     def _render_chat(self, record: Record) -> str:
         line = record.line
@@ -198,7 +232,7 @@ class RecordEncoder:
                 hint="give 'text' or 'prompt' + 'response' instead",
             )
         try:
-            rendered = self.tokenizer.apply_chat_template(record.messages, tokenize=False)
+            rendered = self.tokenizer.apply_chat_template(record.messages or [], tokenize=False)
         except Exception as exc:  # jinja errors, e.g. "roles must alternate"
             raise InputError(f"line {line}: the chat template failed: {exc}", line=line) from exc
         if not isinstance(rendered, str):
@@ -206,7 +240,17 @@ class RecordEncoder:
         return rendered
 
 
-def special_tokens_around(tokenizer: Any) -> tuple[list[int], list[int]]:
+def _shared_len(prompt: list[int], ids: list[int]) -> int:
+    """How many first tokens ``ids`` shares with ``prompt``, if that leaves it at least one of its own."""
+    shared = 0
+    for a, b in zip(prompt, ids, strict=False):
+        if a != b:
+            break
+        shared += 1
+    return shared if shared < len(ids) else 0
+
+
+def special_tokens_around(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
     """The ids the tokenizer puts before and after a text (e.g. ([bos], []) for Llama, ([], []) for GPT-2).
 
     Found by encoding a probe with and without special tokens, so it works for any tokenizer.

@@ -5,6 +5,7 @@ Endpoints:
 - ``POST /get_reward``: OpenRLHF's remote reward model (``{"query": [...], "prompts": [...],
   "labels": [...]}`` -> ``{"rewards": [...], "scores": [...]}``);
 - ``POST /v1/score``: records as ``vhctl score`` reads them -> its result objects, in order;
+- ``POST /classify`` and ``GET /v1/models``: vLLM's pooling API (:mod:`vhctl.serve.pooling`);
 - ``GET /health``: 503 until the model is loaded, then 200;
 - ``GET /metrics``: Prometheus text.
 
@@ -30,9 +31,13 @@ from starlette.types import Message, Receive, Scope, Send
 from vhctl.io.records import Record
 from vhctl.serve.bodies import BadRequest, parse_json, reward_request, score_request, special_texts
 from vhctl.serve.metrics import CONTENT_TYPE, SCORING, Metrics
+from vhctl.serve.pooling import classify_request, classify_response, models_response
 from vhctl.serve.worker import Job, ModelWorker, Outcome
 
+__all__ = ["ERROR_KEY", "AppConfig", "Guard", "RECORDS_KEY", "RETRY_AFTER", "authorized", "build_app"]
+
 RECORDS_KEY = "vhctl.records"  # set in the ASGI scope by a handler: records answered (for the log)
+ERROR_KEY = "vhctl.error"  # set in the ASGI scope on a refusal: why, and the record at fault (for the log)
 RETRY_AFTER = "1"
 
 
@@ -45,12 +50,15 @@ class AppConfig:
         api_key: When set, every request but ``/health`` needs ``Authorization: Bearer <key>``.
         log: Where the request lines go (None: nowhere).
         info: Model facts for ``/health`` (shown to callers with the key).
+        get_reward_tokenize: ``/get_reward``'s tokenization when a body does not say
+            (``whole`` or ``apart``, see :func:`vhctl.serve.bodies.reward_request`).
     """
 
     max_body_bytes: int = 16 << 20
     api_key: str | None = None
     log: Callable[[str], None] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    get_reward_tokenize: str = "whole"
 
 
 def build_app(worker: ModelWorker, metrics: Metrics, config: AppConfig) -> Guard:
@@ -60,6 +68,8 @@ def build_app(worker: ModelWorker, metrics: Metrics, config: AppConfig) -> Guard
         routes=[
             Route("/get_reward", handlers.get_reward, methods=["POST"]),
             Route("/v1/score", handlers.score, methods=["POST"]),
+            Route("/classify", handlers.classify, methods=["POST"]),
+            Route("/v1/models", handlers.models, methods=["GET"]),
             Route("/health", handlers.health, methods=["GET"]),
             Route("/metrics", handlers.metrics, methods=["GET"]),
         ]
@@ -73,6 +83,7 @@ class _Handlers:
         self.metrics_ = metrics
         self.config = config
         self._specials: tuple[str, str] | None = None
+        self._created = int(time.time())
 
     async def score(self, request: Request) -> Response:
         async def answer() -> Response:
@@ -80,26 +91,49 @@ class _Handlers:
             results = await self._scored(request, parsed.records, parsed.per_token)
             return JSONResponse(results)
 
-        return await _answering(answer)
+        return await _answering(request, answer)
 
     async def get_reward(self, request: Request) -> Response:
         async def answer() -> Response:
-            records = reward_request(await self._read_json(request), self._special_texts())
+            data = await self._read_json(request)
+            records = reward_request(data, self._special_texts(), default=self.config.get_reward_tokenize)
             results = await self._scored(request, records, False)
             key = "reward" if self._reward else "value"
             rewards = [result.get(key) for result in results]
-            body: dict[str, Any] = {"rewards": rewards, "scores": rewards}
+            body: dict[str, Any] = {"rewards": rewards, "scores": rewards, "extra_logs": {}}
             cut = [i for i, result in enumerate(results) if result.get("truncated")]
             if cut:
                 body["truncated"] = cut
             return JSONResponse(body)
 
-        return await _answering(answer)
+        return await _answering(request, answer)
+
+    async def classify(self, request: Request) -> Response:
+        async def answer() -> Response:
+            parsed = classify_request(await self._read_json(request))
+            results = await self._scored(request, parsed.records, False)
+            tokens = await asyncio.to_thread(self._count_tokens, parsed.records)
+            key = "reward" if self._reward else "value"
+            body = classify_response(results, parsed, key=key, model=self._model_name(), tokens=tokens)
+            return JSONResponse(body)
+
+        return await _answering(request, answer)
+
+    async def models(self, request: Request) -> Response:
+        async def answer() -> Response:
+            if not self.worker.ready:
+                raise BadRequest("the model is not ready", status=503)
+            body = models_response(self._model_name(), self.config.info.get("max_length"), self._created)
+            return JSONResponse(body)
+
+        return await _answering(request, answer)
 
     async def health(self, request: Request) -> Response:
         if not self.worker.ready:
+            state = "loading" if self.worker.session is None else "stopping"
+            request.scope[ERROR_KEY] = {"error": f"not ready ({state})"}
             return JSONResponse(
-                {"status": "loading" if self.worker.session is None else "stopping"},
+                {"status": state},
                 status_code=503,
                 headers={"Retry-After": RETRY_AFTER},
             )
@@ -117,6 +151,23 @@ class _Handlers:
     def _reward(self) -> bool:
         loaded = self.worker.session
         return loaded is not None and loaded.reward is not None
+
+    def _model_name(self) -> str:
+        return str(self.config.info.get("model", "vhctl"))
+
+    def _count_tokens(self, records: list[Record]) -> int:
+        """Tokens of the inputs (the ``usage`` vLLM reports), counted as the scorer tokenizes them."""
+        loaded = self.worker.session
+        if loaded is None:
+            return 0
+        total = 0
+        for record in records:
+            if record.token_ids is not None:
+                total += len(record.token_ids)
+            elif record.text is not None:
+                ids = loaded.tokenizer(record.text, add_special_tokens=record.add_special_tokens)["input_ids"]
+                total += len(ids)
+        return total
 
     def _special_texts(self) -> tuple[str, str]:
         loaded = self.worker.session
@@ -172,17 +223,24 @@ def _settle(future: asyncio.Future[Outcome], outcome: Outcome) -> None:
         future.set_result(outcome)
 
 
-async def _answering(answer: Callable[[], Awaitable[Response]]) -> Response:
-    """Run a handler; refusals become their status with ``{"error": ...}``, model failures a 500."""
+async def _answering(request: Request, answer: Callable[[], Awaitable[Response]]) -> Response:
+    """Run a handler; refusals become their status with ``{"error": ...}``, model failures a 500.
+
+    Why a request was refused also goes into its scope, so that the request's log line says it.
+    """
     try:
         return await answer()
     except BadRequest as exc:
+        request.scope[ERROR_KEY] = exc.to_dict()
         headers = {"Retry-After": RETRY_AFTER} if exc.status == 503 else None
         return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
     except ClientDisconnect:
+        request.scope[ERROR_KEY] = {"error": "the client went away before the answer"}
         return Response(status_code=499)  # nobody reads it: only the log and the metrics see it
     except Exception as exc:  # a failure of the model while scoring
-        return JSONResponse({"error": f"scoring failed: {type(exc).__name__}: {exc}"}, status_code=500)
+        body = {"error": f"scoring failed: {type(exc).__name__}: {exc}"}
+        request.scope[ERROR_KEY] = body
+        return JSONResponse(body, status_code=500)
 
 
 def authorized(scope: Scope, key: str | None) -> bool:
@@ -229,6 +287,7 @@ class Guard:
             self.metrics.in_flight.inc()
         try:
             if path != "/health" and not authorized(scope, self.config.api_key):
+                scope[ERROR_KEY] = {"error": "missing or wrong API key"}
                 refusal = JSONResponse(
                     {"error": "missing or wrong API key (send Authorization: Bearer <key>)"},
                     status_code=401,
@@ -246,10 +305,21 @@ class Guard:
             if self.config.log is not None:
                 self.config.log(
                     f"{scope.get('method', '?')} {_printable(path)} {status} "
-                    f"{records} record(s) {seconds * 1000:.1f} ms"
+                    f"{records} record(s) {seconds * 1000:.1f} ms{_reason(scope, status)}"
                 )
 
 
-def _printable(path: str) -> str:
+def _reason(scope: Scope, status: int) -> str:
+    """``: <why>`` for an answer of 400 or more (with the index of the record at fault), else ``""``."""
+    if status < 400:
+        return ""
+    error = scope.get(ERROR_KEY)
+    if not isinstance(error, dict):
+        return ": no route for this method and path" if status in (404, 405) else ""
+    where = f" [record index {error['index']}]" if "index" in error else ""
+    return f": {_printable(str(error.get('error', '')), 500)}{where}"
+
+
+def _printable(path: str, limit: int = 200) -> str:
     """The path as it can go into one log line (a client chooses it)."""
-    return "".join(c if c.isprintable() else "?" for c in path[:200])
+    return "".join(c if c.isprintable() else "?" for c in path[:limit])

@@ -9,10 +9,27 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from vhctl.errors import InputError
+from vhctl.errors import InputError, UsageError
 from vhctl.io.records import Record, record_from_object
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+__all__ = [
+    "APART",
+    "TOKENIZE_CHOICES",
+    "WHOLE",
+    "BadRequest",
+    "ScoreRequest",
+    "check_tokenize",
+    "parse_json",
+    "record_of",
+    "reward_request",
+    "score_request",
+    "special_texts",
+]
 
 
 class BadRequest(Exception):
@@ -81,23 +98,48 @@ def score_request(data: Any) -> ScoreRequest:
             item = {"text": item}
         if not isinstance(item, dict):
             raise BadRequest(f"record {index}: must be an object or a string", index=index)
-        records.append(_record(item, index))
+        records.append(record_of(item, index))
     return ScoreRequest(records, per_token)
 
 
-def reward_request(data: Any, specials: tuple[str, str] = ("", "")) -> list[Record]:
+WHOLE, APART = "whole", "apart"
+TOKENIZE_CHOICES = (WHOLE, APART)
+
+
+def check_tokenize(value: str) -> str:
+    """``--get-reward-tokenize``: ``whole`` or ``apart``.
+
+    Raises:
+        UsageError: another value.
+    """
+    if value not in TOKENIZE_CHOICES:
+        raise UsageError(
+            f"invalid --get-reward-tokenize {value!r}", hint=f"use {' or '.join(TOKENIZE_CHOICES)}"
+        )
+    return value
+
+
+def reward_request(data: Any, specials: tuple[str, str] = ("", ""), *, default: str = WHOLE) -> list[Record]:
     """``/get_reward`` (OpenRLHF's remote reward model): ``{"query": [...], "prompts": [...], "labels": [...]}``.
 
     Each query is a full text (prompt and response) as the trainer decoded it, special tokens
-    written out. ``specials`` are the texts of the tokens the tokenizer adds around a text (e.g.
-    ``("<s>", "")``): a query that already carries them does not get them twice. When ``prompts``
-    gives the query's own beginning, the record is that prompt and the rest as the response, so the
-    responses of one prompt share its forward pass, across requests too. ``labels`` are accepted and
-    not used.
+    written out. By default (``"tokenize": "whole"``) it is scored as OpenRLHF's own server
+    (``openrlhf/cli/serve_rm.py``) scores it: the whole string tokenized with
+    ``add_special_tokens=False``, the reward at its last token; a prompt that begins its query only
+    lets the queries of one prompt share its tokens (values unchanged).
+
+    ``"tokenize": "apart"`` (or ``default="apart"``, the server's ``--get-reward-tokenize``) scores a query that begins with its prompt as that prompt and the rest
+    as the response, each tokenized alone, with the tokenizer's special tokens (``specials``, their
+    texts, e.g. ``("<s>", "")``) around the whole but never twice: as the policy produced the
+    tokens. The two differ where a BPE merge crosses the prompt's end, and by the special tokens a
+    query does not carry. ``labels`` are accepted and not used.
     """
     if not isinstance(data, dict) or "query" not in data:
         raise BadRequest("the body must be an object with a 'query' array (OpenRLHF's remote reward model)")
     queries, prompts = data["query"], data.get("prompts")
+    tokenize = data.get("tokenize", default)
+    if tokenize not in TOKENIZE_CHOICES:
+        raise BadRequest(f"'tokenize' must be {' or '.join(map(repr, TOKENIZE_CHOICES))}, not {tokenize!r}")
     if not isinstance(queries, list):
         raise BadRequest("'query' must be an array of strings")
     if prompts is not None and (not isinstance(prompts, list) or len(prompts) != len(queries)):
@@ -107,12 +149,19 @@ def reward_request(data: Any, specials: tuple[str, str] = ("", "")) -> list[Reco
         if not isinstance(query, str):
             raise BadRequest(f"query[{index}]: must be a string", index=index)
         prompt = prompts[index] if prompts is not None else None
+        begins = isinstance(prompt, str) and prompt and query.startswith(prompt) and len(prompt) < len(query)
+        if tokenize == WHOLE:
+            record = record_of({"text": query, "add_special_tokens": False}, index)
+            record.prompt_hint = prompt if begins else None
+            records.append(record)
+            continue
         text = _strip_specials(query, specials)
-        if isinstance(prompt, str) and prompt and query.startswith(prompt) and len(prompt) < len(query):
+        if begins:
+            assert isinstance(prompt, str)
             head = _strip_specials(prompt, (specials[0], ""))
-            records.append(_record({"prompt": head, "response": text[len(head) :]}, index))
+            records.append(record_of({"prompt": head, "response": text[len(head) :]}, index))
         else:
-            records.append(_record({"text": text}, index))
+            records.append(record_of({"text": text}, index))
     return records
 
 
@@ -125,7 +174,7 @@ def _strip_specials(text: str, specials: tuple[str, str]) -> str:
     return text
 
 
-def _record(obj: dict[str, Any], index: int) -> Record:
+def record_of(obj: dict[str, Any], index: int) -> Record:
     """The record of a request's object, checked as ``vhctl score`` checks a JSON line."""
     line = index + 1
     try:
@@ -134,11 +183,11 @@ def _record(obj: dict[str, Any], index: int) -> Record:
         raise BadRequest(f"record {index}: {str(exc).removeprefix(f'line {line}: ')}", index=index) from None
 
 
-def special_texts(tokenizer: Any) -> tuple[str, str]:
+def special_texts(tokenizer: PreTrainedTokenizerBase) -> tuple[str, str]:
     """The texts of the special tokens ``tokenizer`` puts before and after a text (``("", "")`` for GPT-2)."""
     bare = list(tokenizer("hello world", add_special_tokens=False)["input_ids"])
     full = list(tokenizer("hello world", add_special_tokens=True)["input_ids"])
     for start in range(len(full) - len(bare) + 1):
         if bare and full[start : start + len(bare)] == bare:
-            return tokenizer.decode(full[:start]), tokenizer.decode(full[start + len(bare) :])
+            return str(tokenizer.decode(full[:start])), str(tokenizer.decode(full[start + len(bare) :]))
     return "", ""

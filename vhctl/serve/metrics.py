@@ -9,8 +9,10 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-SCORING = ("/get_reward", "/v1/score")
-ENDPOINTS = (*SCORING, "/health", "/metrics")
+__all__ = ["CONTENT_TYPE", "ENDPOINTS", "Metrics", "SCORING"]
+
+SCORING = ("/get_reward", "/v1/score", "/classify")
+ENDPOINTS = (*SCORING, "/v1/models", "/health", "/metrics")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 

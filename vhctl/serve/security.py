@@ -8,6 +8,8 @@ from pathlib import Path
 
 from vhctl.errors import UsageError
 
+__all__ = ["KEY_ENV", "is_loopback", "read_api_key"]
+
 KEY_ENV = "VHCTL_API_KEY"
 
 

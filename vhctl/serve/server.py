@@ -40,6 +40,9 @@ class ServeOptions:
     max_body_bytes: int = 16 << 20
     api_key: str | None = None
     drain_timeout: float = 30.0
+    get_reward_tokenize: str = (
+        "whole"  # how /get_reward tokenizes a query by default (bodies.TOKENIZE_CHOICES)
+    )
 
 
 class HttpServer:
@@ -61,7 +64,12 @@ class HttpServer:
             on_batch=self.metrics.window,
             on_queue=self.metrics.queue.set,
         )
-        self.config = AppConfig(max_body_bytes=options.max_body_bytes, api_key=options.api_key, log=log)
+        self.config = AppConfig(
+            max_body_bytes=options.max_body_bytes,
+            api_key=options.api_key,
+            log=log,
+            get_reward_tokenize=options.get_reward_tokenize,
+        )
         app = build_app(self.worker, self.metrics, self.config)
         self._uvicorn = uvicorn.Server(
             uvicorn.Config(

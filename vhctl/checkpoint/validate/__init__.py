@@ -12,17 +12,26 @@ files), ``config`` (config.json and the meta-device model), ``base``, ``head``, 
 
 from vhctl.checkpoint.manifest import manifest_type_errors
 from vhctl.checkpoint.validate.problems import ERROR, PROBLEM_CODES, WARNING, Problem, has_errors
-from vhctl.checkpoint.validate.runner import CHECKS, Validation, run_checks, validate_checkpoint
+from vhctl.checkpoint.validate.runner import (
+    CHECKS,
+    InvalidCheckpointError,
+    Validation,
+    require_valid,
+    run_checks,
+    validate_checkpoint,
+)
 
 __all__ = [
     "CHECKS",
     "ERROR",
     "PROBLEM_CODES",
     "WARNING",
+    "InvalidCheckpointError",
     "Problem",
     "Validation",
     "has_errors",
     "manifest_type_errors",
+    "require_valid",
     "run_checks",
     "validate_checkpoint",
 ]

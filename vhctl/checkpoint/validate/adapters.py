@@ -18,6 +18,8 @@ from vhctl.checkpoint.validate.state import CheckState, ModuleShape
 from vhctl.constants import ADAPTER_CONFIG_NAME, ADAPTER_PT_NAME, ADAPTER_SAFE_NAME, MANIFEST_NAME
 from vhctl.io.files import safe_relpath
 
+__all__ = ["check_adapter_tensors", "check_adapters"]
+
 _LORA_KEY = re.compile(
     r"^(?:base_model\.model\.)?(.+)\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B)(?:\.weight)?$"
 )

@@ -29,6 +29,8 @@ from vhctl.constants import (
 )
 from vhctl.errors import CheckpointError
 
+__all__ = ["check_base"]
+
 # (code, file) -> messages, summarised per file once every tensor has been looked at
 _Notes = dict[tuple[str, str], list[str]]
 _Note = Callable[[str, str, str], None]

@@ -15,6 +15,8 @@ from vhctl.checkpoint.config import auto_class_for, detect_architecture, hidden_
 from vhctl.checkpoint.validate.state import CheckState, KeyMapper, ModelFacts, ModuleShape
 from vhctl.constants import ARCH_CAUSAL, ARCH_SEQ2SEQ, CONFIG_NAME, MANIFEST_NAME, TINY_MODEL_NAME
 
+__all__ = ["check_config", "model_facts"]
+
 
 def check_config(state: CheckState) -> None:
     """Read config.json (or a PEFT policy's base config), compare it with the manifest, build the model."""

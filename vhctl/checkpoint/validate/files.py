@@ -16,6 +16,14 @@ from vhctl.constants import KIND_REFERENCE, MANIFEST_NAME
 from vhctl.errors import CheckpointError, VhctlError
 from vhctl.io.files import safe_relpath, sha256_file
 
+__all__ = [
+    "PICKLE_SUFFIXES",
+    "check_files",
+    "check_manifest",
+    "check_symlinks",
+    "read_headers",
+]
+
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle")
 
 
@@ -133,12 +141,7 @@ def check_files(state: CheckState) -> None:
             state.add("file-unreadable", rel, f"cannot be read: {exc.strerror or exc}")
             continue
         if digest != entry.sha256:
-            state.add(
-                "hash-mismatch",
-                rel,
-                f"has sha256 {digest[:12]}..., the manifest says "
-                f"{entry.sha256[:12]}... (the file changed, or the manifest was edited)",
-            )
+            state.add("hash-mismatch", rel, _mismatch(state, rel, digest, entry.sha256))
     listed = set(state.manifest_files)
     for rel in state.files:
         if rel not in listed:
@@ -147,6 +150,21 @@ def check_files(state: CheckState) -> None:
                 rel,
                 "is not listed in the manifest (added after the checkpoint was written?)",
             )
+
+
+def _mismatch(state: CheckState, rel: str, digest: str, recorded: str) -> str:
+    """The hash-mismatch message, naming the likely cause: a recorded digest that was a Hugging Face
+    cache blob's name (not read when the checkpoint was made) points at that blob first."""
+    found = f"has sha256 {digest[:12]}..., the manifest says {recorded[:12]}..."
+    blob = state.manifest.cache_blob_of(rel) if state.manifest is not None else None
+    if blob is None:
+        return f"{found} (the file changed, or the manifest was edited)"
+    cache = Path(blob).parent.parent.parent
+    return (
+        f"{found}, which wrap took from the name of the Hugging Face cache blob {blob} without reading "
+        f"it: that blob is likely corrupt in the cache {cache} (or the file changed since; 'vhctl wrap "
+        f"--verify' checks a blob's bytes)"
+    )
 
 
 def read_headers(state: CheckState) -> None:

@@ -7,6 +7,8 @@ from vhctl.checkpoint.validate.state import CheckState
 from vhctl.constants import ADAPTER_SAFE_NAME, ADAPTERS_DIR
 from vhctl.errors import CheckpointError
 
+__all__ = ["FINITE_CHUNK", "check_finite"]
+
 # Bytes read at a time: memory stays flat whatever the tensor size.
 FINITE_CHUNK = 16 * 1024 * 1024
 

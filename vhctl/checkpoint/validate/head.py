@@ -9,6 +9,8 @@ from vhctl.checkpoint.validate.problems import fmt_shape
 from vhctl.checkpoint.validate.state import CheckState
 from vhctl.constants import MANIFEST_NAME, V_HEAD_BIAS, V_HEAD_WEIGHT
 
+__all__ = ["check_head"]
+
 _FLOATS = ", ".join(sorted(HEAD_FLOAT_NAMES))
 
 

@@ -8,6 +8,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+__all__ = [
+    "ERROR",
+    "Findings",
+    "MAX_LISTED",
+    "PROBLEM_CODES",
+    "Problem",
+    "SUMMARY_EXAMPLES",
+    "WARNING",
+    "fmt_shape",
+    "has_errors",
+]
+
 ERROR = "error"
 WARNING = "warning"
 
@@ -27,7 +39,8 @@ PROBLEM_CODES: dict[str, tuple[str, str]] = {
     "size-mismatch": (ERROR, "a file's size differs from the manifest (truncated or replaced)"),
     "hash-mismatch": (
         ERROR,
-        "a file's sha256 differs from the manifest (changed bytes or hand-edited manifest)",
+        "a file's sha256 differs from the manifest (changed bytes, hand-edited manifest, or a corrupt "
+        "Hugging Face cache blob whose name wrap took as the digest)",
     ),
     "unexpected-file": (WARNING, "a file is in the folder but not in the manifest"),
     "pickle-file": (WARNING, "a pickle file (*.bin, *.pt, *.pth, *.pkl, *.pickle) is in the folder"),

@@ -15,6 +15,8 @@ from vhctl.checkpoint.validate.state import CheckState
 from vhctl.constants import KIND_POLICY, KIND_REFERENCE, MANIFEST_NAME
 from vhctl.errors import CheckpointError, VhctlError
 
+__all__ = ["check_reference", "nested_references"]
+
 
 def check_reference(state: CheckState) -> None:
     """For a reference: its policy folder is a vhctl policy whose shared tensors still hash the same."""

@@ -26,6 +26,18 @@ from typing import Any
 from vhctl.checkpoint.validate.problems import ERROR
 from vhctl.checkpoint.validate.runner import CHECKS, Validation
 
+__all__ = [
+    "JUNIT_PACKAGE",
+    "annotation_path",
+    "counts",
+    "escape_data",
+    "escape_property",
+    "github_commands",
+    "json_report",
+    "junit_xml",
+    "summary_line",
+]
+
 # Characters XML 1.0 cannot carry at all (even escaped): C0 controls but tab/newline/CR, and
 # the surrogate and non-character code points.
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")

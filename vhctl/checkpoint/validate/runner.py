@@ -20,10 +20,21 @@ from vhctl.checkpoint.validate.config import check_config
 from vhctl.checkpoint.validate.files import check_files, check_manifest, check_symlinks, read_headers
 from vhctl.checkpoint.validate.finite import check_finite
 from vhctl.checkpoint.validate.head import check_head
-from vhctl.checkpoint.validate.problems import Findings, Problem, has_errors
+from vhctl.checkpoint.validate.problems import ERROR, Findings, Problem, has_errors
 from vhctl.checkpoint.validate.references import check_reference, nested_references
 from vhctl.checkpoint.validate.state import CheckState
+from vhctl.errors import CheckpointError
 from vhctl.io.files import existing_folder
+
+__all__ = [
+    "CHECKS",
+    "DEEP_ONLY",
+    "InvalidCheckpointError",
+    "Validation",
+    "require_valid",
+    "run_checks",
+    "validate_checkpoint",
+]
 
 # The check families, in report order, with what each covers (JUnit writes one test case per family).
 CHECKS: dict[str, str] = {
@@ -112,6 +123,35 @@ def validate_checkpoint(
         NotAModelError: ``path`` is not a folder.
     """
     return run_checks(path, deep=deep, check_policy=check_policy).problems
+
+
+class InvalidCheckpointError(CheckpointError):
+    """A checkpoint with errors, refused by an operation; ``problems`` lists the errors."""
+
+    def __init__(self, message: str, *, hint: str | None = None, problems: list[Problem]) -> None:
+        super().__init__(message, hint=hint)
+        self.problems = problems
+
+
+def require_valid(path: str | os.PathLike[str], *, refusing: str) -> None:
+    """Refuse a checkpoint ``validate_checkpoint`` finds errors in (warnings pass).
+
+    Args:
+        path: the checkpoint folder.
+        refusing: what the caller did not do, for the message (``"nothing was uploaded"``).
+
+    Raises:
+        InvalidCheckpointError: naming the first three errors; ``problems`` holds them all.
+    """
+    errors = [p for p in validate_checkpoint(path, deep=False) if p.severity == ERROR]
+    if errors:
+        shown = "; ".join(f"{p.file}: {p.message}" if p.file else p.message for p in errors[:3])
+        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+        raise InvalidCheckpointError(
+            f"{path} is not a valid checkpoint, {refusing}: {shown}{more}",
+            hint=f"run 'vhctl validate {path}' for the full list",
+            problems=errors,
+        )
 
 
 def _run(state: CheckState, seconds: dict[str, float]) -> None:

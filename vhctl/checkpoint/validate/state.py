@@ -17,6 +17,13 @@ from vhctl.checkpoint.tensors import SafetensorsHeader, TensorInfo
 from vhctl.checkpoint.validate.problems import Findings
 from vhctl.constants import VALUE_HEAD_NAME
 
+__all__ = [
+    "CheckState",
+    "KeyMapper",
+    "ModelFacts",
+    "ModuleShape",
+]
+
 # checkpoint key -> (model key, whether a converter that reshapes is involved)
 KeyMapper = Callable[[str], tuple[str, bool]]
 

@@ -1,15 +1,16 @@
 """``vhctl export``: a vhctl checkpoint in the layout TRL, OpenRLHF or transformers reads.
 
-Exports are exact: tensors are copied bit for bit under the format's names
-(:mod:`vhctl.formats.keymaps`), and a head bias the format cannot hold is kept as ``--bias`` says.
-Nothing written is a pickle; the output folder appears only once complete.
+The operation: check the options and the checkpoint, then hand the weights to the format's
+exporter (:mod:`vhctl.formats`, one module per format, their key maps in
+:mod:`vhctl.formats.keymaps`) inside an atomic output folder. Exports are exact: tensors are copied
+bit for bit under the format's names, and a head bias the format cannot hold is kept as ``--bias``
+says. Nothing written is a pickle; the output folder appears only once complete.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -29,17 +30,25 @@ from vhctl.constants import (
 from vhctl.errors import CheckpointError, IntegrityError, UnsupportedModelError, UsageError
 from vhctl.formats import keymaps as km
 from vhctl.formats.base import ExportJob, ExportResult
+from vhctl.formats.padding import PAD_AUTO, PAD_MODES
 from vhctl.formats.registry import format_spec
 from vhctl.formats.trl import PEFT_NOTE, export_peft
 from vhctl.formats.weights import read_weight_set
 from vhctl.io.files import atomic_output_dir
+from vhctl.io.hub import HubToken
 from vhctl.io.resolve import resolve_model
 
-__all__ = ["ExportResult", "export_checkpoint"]
+__all__ = ["export_checkpoint"]
 
 
-def _check_options(fmt: str, bias: str, value_head_prefix: str | None, keep_shards: bool) -> None:
+def _check_options(
+    fmt: str, bias: str, value_head_prefix: str | None, keep_shards: bool, pad_token: str
+) -> None:
     format_spec(fmt, exporting=True)
+    if pad_token not in PAD_MODES:
+        raise UsageError(f"unknown --pad-token {pad_token!r}", hint=f"use one of: {', '.join(PAD_MODES)}")
+    if pad_token != PAD_AUTO and fmt != km.SEQCLS:
+        raise UsageError("--pad-token applies to --format seqcls (the other formats read the attention mask)")
     if bias not in km.BIAS_MODES:
         raise UsageError(f"unknown --bias {bias!r}", hint=f"use one of: {', '.join(km.BIAS_MODES)}")
     if fmt == km.TRL and bias != km.BIAS_AUTO:
@@ -105,8 +114,9 @@ def export_checkpoint(
     keep_shards: bool = False,
     bias: str = km.BIAS_AUTO,
     value_head_prefix: str | None = None,
+    pad_token: str = PAD_AUTO,
     revision: str | None = None,
-    token: Any = None,
+    token: HubToken = None,
 ) -> ExportResult:
     """Export the vhctl checkpoint ``checkpoint`` to ``out`` in format ``fmt``.
 
@@ -121,6 +131,10 @@ def export_checkpoint(
             else fold it into the final norm's bias where the family has one; else refuse), ``norm``,
             ``mean`` (OpenRLHF: exact normalised rewards) or ``config`` (recorded only).
         value_head_prefix: OpenRLHF head name (default ``score``; ``value_head`` for old OpenRLHF).
+        pad_token: seqcls only: ``auto`` gives a model whose pad token is its EOS token a pad token of
+            its own (a special token of the tokenizer, or a new one on a spare embedding row) and
+            refuses when there is none; ``eos`` keeps EOS (a text ending in EOS is then scored by
+            transformers at the token before its trailing EOS tokens).
         revision: the hub revision to pin when ``checkpoint`` is a hub id.
         token: a hub token for a private hub id (never printed or stored).
 
@@ -130,10 +144,11 @@ def export_checkpoint(
     Raises:
         UsageError: unknown format or option, or an option that does not apply to the format.
         ManifestError: ``checkpoint`` is not a vhctl checkpoint.
-        UnsupportedModelError: the format cannot hold this model (seq2seq in OpenRLHF...) or its bias.
+        UnsupportedModelError: the format cannot hold this model (seq2seq in OpenRLHF...) or its bias;
+            seqcls: the pad token is EOS and no other token can pad (``pad_token="auto"``).
         DestinationExistsError: ``out`` exists and ``force`` is False.
     """
-    _check_options(fmt, bias, value_head_prefix, keep_shards)
+    _check_options(fmt, bias, value_head_prefix, keep_shards, pad_token)
     spec = format_spec(fmt, exporting=True)
     folder = resolve_model(checkpoint, revision=revision, token=token).path
     manifest = Manifest.read(folder)
@@ -180,8 +195,9 @@ def export_checkpoint(
         keep_shards = False
     with atomic_output_dir(out_path, force=force) as tmp:
         job = ExportJob(
-            folder, tmp, weights, head, config, manifest, hidden, bias, value_head_prefix, keep_shards, result
-        )
+            folder, tmp, weights, head, config, manifest, hidden, bias, value_head_prefix, keep_shards, result,
+            pad_token,
+        )  # fmt: skip
         assert spec.export is not None
         spec.export(job)
     return result
