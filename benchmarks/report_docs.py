@@ -217,7 +217,15 @@ def _headline(results: dict[str, dict[str, Any]]) -> list[str]:
             )
     if not rows:
         return ["No scoring, make-ref, wrap or start-up result is committed yet."]
-    return ["| | TRL 1.12.0 | vhctl |", "| --- | --- | --- |", *rows]
+    loads = [(name, res) for name, res in results.items() if name in ("scoring", "memory", "wrap", "startup")]
+    cores = loads[0][1]["machine"]["cores"]
+    note = (
+        f"Load average at the start of each run ({cores} cores): "
+        + ", ".join(f"{name} {res['load']['before'][0]:.1f}" for name, res in loads)
+        + ". Where it is above the core count, other processes held the cores while it ran, and the ratios "
+        "move with them: `benchmarks/RESULTS.md` has every repetition's spread."
+    )
+    return ["| | TRL 1.12.0 | vhctl |", "| --- | --- | --- |", *rows, "", note]
 
 
 def _section_block(name: str, results: dict[str, dict[str, Any]]) -> list[str]:
