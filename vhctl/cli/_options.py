@@ -103,7 +103,7 @@ CompileOpt = Annotated[
         metavar="auto|on|off",
         help="Run the model's layers compiled with torch.compile: a compile of 20 to 30 s on a CPU first "
         "(kept on disk for the next job). auto: only where a measured speed-up pays for it (not on a CPU, "
-        "where eager scoring is matmul-bound).",
+        "where the measured speed-up was within run-to-run noise).",
     ),
 ]
 PrefixCacheOpt = Annotated[
