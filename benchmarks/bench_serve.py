@@ -148,7 +148,9 @@ async def post_rows(
     rewards: dict[int, float] = {}
     latencies: list[float] = []
     width = clients * (PER_PROMPT if mode == "groups" else 1)
-    limits = httpx.Limits(max_connections=width, max_keepalive_connections=width)
+    # A connection per request, as OpenRLHF's client opens one: a kept-alive connection that a busy
+    # server closes after its idle timeout would fail the next POST on it (httpx does not retry those).
+    limits = httpx.Limits(max_connections=width, max_keepalive_connections=0)
 
     async with httpx.AsyncClient(timeout=600, limits=limits) as http:
 
