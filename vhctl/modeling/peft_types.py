@@ -6,9 +6,17 @@ import sys
 
 __all__ = ["KBIT_ARGS", "peft_model_types"]
 
-# The keyword arguments of peft's ``prepare_model_for_kbit_training`` (peft 0.14 to 0.21), listed
-# here so that from_pretrained can split kwargs without importing peft.
-KBIT_ARGS = frozenset({"use_gradient_checkpointing", "gradient_checkpointing_kwargs", "auto_clear_cache"})
+# The keyword arguments of peft's ``prepare_model_for_kbit_training``, every supported peft's (0.14
+# to 0.21, and 0.22's ``activation_checkpointing_kwargs``), listed here so that from_pretrained can
+# split kwargs without importing peft.
+KBIT_ARGS = frozenset(
+    {
+        "use_gradient_checkpointing",
+        "gradient_checkpointing_kwargs",
+        "activation_checkpointing_kwargs",
+        "auto_clear_cache",
+    }
+)
 
 
 def peft_model_types() -> tuple[type, ...]:
