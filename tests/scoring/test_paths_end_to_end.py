@@ -16,7 +16,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
-import torch
 from helpers.differential import check_results, expected_ids, hard_records, plain_forward
 from helpers.tiny_models import make_reward_adapter, save_tiny_model, tiny_tokenizer
 from helpers.torchrun import torchrun_command, torchrun_env
@@ -127,15 +126,6 @@ def test_serve_with_its_defaults_over_http(ckpt, reference) -> None:
             answers = list(pool.map(lambda i: httpx.post(url, json=[records[i]], timeout=TIMEOUT), order))
         by_index = {i: a.json()[0] for i, a in zip(order, answers, strict=True)}
     check([by_index[i] for i in range(len(records))], reference, per_token=False, reward=True, atol=EAGER_TOL)
-
-
-@pytest.fixture
-def aot_eager(monkeypatch):
-    real = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real(fn, backend="aot_eager", **kw))
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
 
 
 @pytest.mark.parametrize("cache_mb", [0, 1024], ids=["no-prefix-cache", "prefix-cache"])

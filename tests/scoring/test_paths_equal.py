@@ -72,16 +72,6 @@ def models(tmp_path_factory):
     return get
 
 
-@pytest.fixture
-def aot_eager(monkeypatch):
-    """torch.compile with dynamo + AOTAutograd: the real trace, graphs and guards, no C++ build."""
-    real = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real(fn, backend="aot_eager", **kw))
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
-
-
 def references(model, tok, records, limit, *, reward: bool):
     return [
         plain_forward(model, expected_ids(tok, r, limit), reward="rm" if reward else None) for r in records

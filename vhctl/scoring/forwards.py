@@ -107,6 +107,18 @@ class Forwards:
             width += BUCKET
         return width <= limit
 
+    def matches_plain(self, item: Item, last: torch.Tensor) -> bool:
+        """Whether ``last``, the hidden state (H,) a cache-reusing path gave ``item``'s last token,
+        yields the plain forward's value within float noise (the first-use check of prefix sharing
+        and of the prefix cache: a model that builds positions or masks some other way is caught)."""
+        import torch
+
+        cached = float(self.values(last))
+        plain_last, _ = self.plain([item], False)
+        plain = float(self.values(plain_last[0]))
+        tolerance = 1e-4 if last.dtype == torch.float32 else 5e-2  # float noise is ~1e-6 in float32
+        return abs(cached - plain) <= tolerance * (1.0 + abs(plain))
+
     def upload(self, tensor: torch.Tensor) -> torch.Tensor:
         """``tensor`` on the model's input device."""
         device = self.parts.device

@@ -326,13 +326,7 @@ class CachedPasses:
     def _verify(self, chunk: list[_Row], hidden: torch.Tensor, cont: Any) -> bool:
         """Check once that a reused prefix gives the plain forward's value (on the row with the
         most padding between its prefix and its tokens)."""
-        import torch
-
         width = max(row.cached for row in chunk)
         b = max((b for b, row in enumerate(chunk) if row.cached), key=lambda b: width - chunk[b].cached)
-        cached = float(self.forwards.values(hidden[b, cont.lengths_list[b] - 1]))
-        plain_last, _ = self.forwards.plain([chunk[b].item], False)
-        plain = float(self.forwards.values(plain_last[0]))
-        tolerance = 1e-4 if hidden.dtype == torch.float32 else 5e-2
-        self.verified = abs(cached - plain) <= tolerance * (1.0 + abs(plain))
+        self.verified = self.forwards.matches_plain(chunk[b].item, hidden[b, cont.lengths_list[b] - 1])
         return self.verified

@@ -174,17 +174,11 @@ class SharedPrefix:
         some other way (e.g. a local attention window that counts padding) is caught here and scored
         the plain way instead of wrongly.
         """
-        import torch
-
         # The most sensitive row: most padding after its prompt, then the shortest response.
         g = min(range(len(pack)), key=lambda i: len(pack[i].prompt))
         item = min(pack[g].items, key=lambda i: len(i.ids) - i.prefix_len)
         hidden, cont = self._chunk(shared, [(g, item)])
-        cached = float(self.forwards.values(hidden[0, cont.lengths_list[0] - 1]))
-        plain_last, _ = self.forwards.plain([item], False)
-        plain = float(self.forwards.values(plain_last[0]))
-        tolerance = 1e-4 if hidden.dtype == torch.float32 else 5e-2  # float noise is ~1e-6 in float32
-        ok = abs(cached - plain) <= tolerance * (1.0 + abs(plain))
+        ok = self.forwards.matches_plain(item, hidden[0, cont.lengths_list[0] - 1])
         if ok and (len(pack) == 1 or self.multi_prompt):
             self.verified = True
         return ok
